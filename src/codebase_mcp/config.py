@@ -1,0 +1,276 @@
+"""Settings from the environment (pydantic-settings), validated up front.
+
+`load_settings()` turns every validation problem into one ConfigError that names each bad
+setting by its environment variable (the CLI exits 78 on it). URLs are only ever shown
+with the password masked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from codebase_mcp.errors import ConfigError
+
+# pgvector's HNSW index covers `vector` columns of up to 2,000 dimensions.
+MAX_INDEXED_DIMENSIONS = 2000
+_PG_SCHEMES = ("postgresql", "postgres", "postgresql+asyncpg")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="",
+        case_sensitive=False,
+        extra="ignore",
+        populate_by_name=True,
+        frozen=True,
+    )
+
+    database_url: str = Field(
+        validation_alias=AliasChoices("REGISTRY_DATABASE_URL", "database_url"),
+        repr=False,
+    )
+    embedding_provider: Literal["ollama", "openai"] = Field(
+        "ollama", validation_alias=AliasChoices("EMBEDDING_PROVIDER", "embedding_provider")
+    )
+    ollama_base_url: str = Field(
+        "http://localhost:11434",
+        validation_alias=AliasChoices("OLLAMA_BASE_URL", "ollama_base_url"),
+    )
+    ollama_embedding_model: str = Field(
+        "nomic-embed-text",
+        validation_alias=AliasChoices("OLLAMA_EMBEDDING_MODEL", "ollama_embedding_model"),
+    )
+    openai_base_url: str = Field(
+        "https://api.openai.com/v1",
+        validation_alias=AliasChoices("OPENAI_BASE_URL", "openai_base_url"),
+    )
+    openai_api_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("OPENAI_API_KEY", "openai_api_key")
+    )
+    # The model for the OpenAI-compatible provider; unset means OLLAMA_EMBEDDING_MODEL.
+    embedding_model: str | None = Field(
+        None, validation_alias=AliasChoices("EMBEDDING_MODEL", "embedding_model")
+    )
+    # Fixed into the schema at migration time (chunks.embedding vector(N)).
+    embedding_dimensions: int = Field(
+        768,
+        ge=1,
+        le=MAX_INDEXED_DIMENSIONS,
+        validation_alias=AliasChoices("EMBEDDING_DIMENSIONS", "embedding_dimensions"),
+    )
+    roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=lambda: [Path.cwd()],
+        validation_alias=AliasChoices("CODEBASE_ROOTS", "roots"),
+    )
+    max_file_size: int = Field(
+        1_000_000, ge=1, validation_alias=AliasChoices("CODEBASE_MAX_FILE_SIZE", "max_file_size")
+    )
+    embed_batch_size: int = Field(
+        64,
+        ge=1,
+        le=2048,
+        validation_alias=AliasChoices("CODEBASE_EMBED_BATCH_SIZE", "embed_batch_size"),
+    )
+    embed_concurrency: int = Field(
+        4,
+        ge=1,
+        le=64,
+        validation_alias=AliasChoices("CODEBASE_EMBED_CONCURRENCY", "embed_concurrency"),
+    )
+    embed_timeout: float = Field(
+        60.0, gt=0, validation_alias=AliasChoices("CODEBASE_EMBED_TIMEOUT", "embed_timeout")
+    )
+    embed_retries: int = Field(
+        4, ge=0, le=20, validation_alias=AliasChoices("CODEBASE_EMBED_RETRIES", "embed_retries")
+    )
+    # Files per database transaction: the unit of atomic progress and of cancellation.
+    file_batch_size: int = Field(
+        200, ge=1, validation_alias=AliasChoices("CODEBASE_FILE_BATCH_SIZE", "file_batch_size")
+    )
+    # Chunking processes; 0 means one per CPU core.
+    index_workers: int = Field(
+        0, ge=0, le=256, validation_alias=AliasChoices("CODEBASE_INDEX_WORKERS", "index_workers")
+    )
+    db_pool_size: int = Field(
+        8, ge=2, le=200, validation_alias=AliasChoices("CODEBASE_DB_POOL_SIZE", "db_pool_size")
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        parts = urlsplit(value.strip())
+        if parts.scheme not in _PG_SCHEMES or not parts.hostname:
+            raise ValueError(
+                "must be a PostgreSQL URL like postgresql://user:password@host:5432/db "
+                "(postgresql+asyncpg:// is accepted too)"
+            )
+        return value.strip()
+
+    @field_validator("ollama_base_url", "openai_base_url")
+    @classmethod
+    def _check_http_url(cls, value: str) -> str:
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL")
+        return value.strip().rstrip("/")
+
+    @field_validator("roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            items = [p.strip() for p in text.replace(os.pathsep, ",").split(",")]
+            return [p for p in items if p]
+        return value
+
+    @field_validator("roots")
+    @classmethod
+    def _resolve_roots(cls, value: list[Path]) -> list[Path]:
+        if not value:
+            raise ValueError("needs at least one directory")
+        return [Path(p).expanduser().resolve() for p in value]
+
+    # --- derived values -------------------------------------------------------------
+
+    @property
+    def asyncpg_dsn(self) -> str:
+        """The URL in the form asyncpg understands (postgresql://)."""
+        return normalize_database_url(self.database_url, driver=None)
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return normalize_database_url(self.database_url, driver="asyncpg")
+
+    @property
+    def database_url_masked(self) -> str:
+        return mask_url(self.database_url)
+
+    @property
+    def model_name(self) -> str:
+        """The embedding model in use for the configured provider."""
+        if self.embedding_provider == "openai":
+            return self.embedding_model or self.ollama_embedding_model
+        return self.ollama_embedding_model
+
+    @property
+    def embedder_url(self) -> str:
+        return self.openai_base_url if self.embedding_provider == "openai" else self.ollama_base_url
+
+    @property
+    def workers(self) -> int:
+        return self.index_workers or max(1, os.cpu_count() or 1)
+
+
+class _ExplicitSettings(Settings):
+    """Settings from the given values only: no process environment, no .env file."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def normalize_database_url(url: str, driver: str | None) -> str:
+    """postgresql[+driver]://... from any accepted spelling."""
+    parts = urlsplit(url.strip())
+    scheme = "postgresql" if driver is None else f"postgresql+{driver}"
+    return urlunsplit((scheme, parts.netloc, parts.path, parts.query, parts.fragment))
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ***; safe for logs and error messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if parts.password is None:
+        return url
+    userinfo = f"{parts.username or ''}:***@"
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, userinfo + host, parts.path, parts.query, parts.fragment))
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    names = {
+        name: alias.choices[0]
+        for name, info in Settings.model_fields.items()
+        if isinstance((alias := info.validation_alias), AliasChoices)
+        and isinstance(alias.choices[0], str)
+    }
+    loc = error.get("loc") or ("?",)
+    field = str(loc[0])
+    env_name = names.get(field, field.upper())
+    message = str(error.get("msg", "invalid"))
+    if error.get("type") == "missing":
+        message = "is required but not set"
+    message = message.removeprefix("Value error, ")
+    return f"{env_name}: {message}"
+
+
+def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Settings from the process environment (or `env`), with keyword overrides.
+
+    Raises ConfigError naming every bad setting; the message never contains a password.
+    """
+    try:
+        if env is None:
+            return Settings(**overrides)
+        lowered = {k.lower(): v for k, v in env.items()}
+        values: dict[str, Any] = {}
+        for name, info in Settings.model_fields.items():
+            alias = info.validation_alias
+            if isinstance(alias, AliasChoices):
+                key = str(alias.choices[0]).lower()
+                if key in lowered:
+                    values[name] = lowered[key]
+        values.update(overrides)
+        return _ExplicitSettings(**values)
+    except ValidationError as exc:
+        problems = [_describe(e) for e in exc.errors(include_input=False, include_url=False)]
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from None
+
+
+def find_alembic_ini() -> Path:
+    """alembic.ini: $CODEBASE_MCP_ALEMBIC_INI, then ./alembic.ini, then the source
+    checkout, then /app (where the container image keeps it)."""
+    candidates: list[Path] = []
+    explicit = os.environ.get("CODEBASE_MCP_ALEMBIC_INI")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"CODEBASE_MCP_ALEMBIC_INI: {path} does not exist")
+        return path
+    candidates.append(Path.cwd() / "alembic.ini")
+    candidates.append(Path(__file__).resolve().parents[2] / "alembic.ini")
+    candidates.append(Path("/app/alembic.ini"))
+    for path in candidates:
+        if path.is_file() and (path.parent / "migrations" / "env.py").is_file():
+            return path
+    raise ConfigError(
+        "alembic.ini not found (looked in "
+        + ", ".join(str(p) for p in candidates)
+        + "); set CODEBASE_MCP_ALEMBIC_INI"
+    )

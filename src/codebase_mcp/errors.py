@@ -1,0 +1,35 @@
+"""Errors the engine raises for callers to show to users (no tracebacks as messages)."""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base of the errors whose message is meant for a user."""
+
+
+class ConfigError(EngineError):
+    """Invalid settings; the message names every bad setting (the CLI exits 78)."""
+
+
+class RepositoryNotFoundError(EngineError):
+    pass
+
+
+class JobNotFoundError(EngineError):
+    pass
+
+
+class EmbedderError(EngineError):
+    """The embedder failed; search falls back to lexical, indexing records the error."""
+
+
+class EmbedderUnavailableError(EmbedderError):
+    """The embedder cannot be reached (refused, DNS, timeout) or keeps failing."""
+
+
+class ModelMissingError(EmbedderError):
+    """The configured embedding model is not present on the embedding server."""
+
+
+class SchemaError(EngineError):
+    """The database schema is missing or not at head (run migrations)."""
