@@ -1,0 +1,129 @@
+"""Repositories, files, chunks (embedding + full-text) and jobs.
+
+The embedding column's size N is fixed here, at migration time: `-x dimensions=N`, else
+EMBEDDING_DIMENSIONS, else 768 (nomic-embed-text). It must match the model the server
+embeds with; the server checks it at start.
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-11-21
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from alembic import context, op
+
+revision: str = "0002"
+down_revision: str | Sequence[str] | None = "0001"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+MAX_HNSW_DIMENSIONS = 2000
+
+
+def _dimensions() -> int:
+    raw = context.get_x_argument(as_dictionary=True).get("dimensions") or os.environ.get(
+        "EMBEDDING_DIMENSIONS", "768"
+    )
+    try:
+        dims = int(raw)
+    except ValueError:
+        raise RuntimeError(f"EMBEDDING_DIMENSIONS must be an integer, got {raw!r}") from None
+    if not 1 <= dims <= MAX_HNSW_DIMENSIONS:
+        raise RuntimeError(
+            f"EMBEDDING_DIMENSIONS must be between 1 and {MAX_HNSW_DIMENSIONS} "
+            f"(pgvector's HNSW limit), got {dims}"
+        )
+    return dims
+
+
+def upgrade() -> None:
+    dims = _dimensions()
+    op.execute(
+        """
+        CREATE TABLE repositories (
+            id                   bigserial PRIMARY KEY,
+            path                 text NOT NULL UNIQUE,
+            embedding_model      text,
+            embedding_dimensions integer,
+            created_at           timestamptz NOT NULL DEFAULT now(),
+            last_indexed_at      timestamptz
+        )
+        """
+    )
+    op.execute(
+        """
+        CREATE TABLE files (
+            id            bigserial PRIMARY KEY,
+            repository_id bigint NOT NULL REFERENCES repositories(id) ON DELETE CASCADE,
+            path          text NOT NULL,
+            language      text,
+            content_hash  text NOT NULL,
+            size          bigint NOT NULL,
+            chunk_count   integer NOT NULL DEFAULT 0,
+            indexed_at    timestamptz NOT NULL DEFAULT now(),
+            UNIQUE (repository_id, path)
+        )
+        """
+    )
+    # search_text = the chunk text plus its identifiers split into words (parseDate ->
+    # parse date), filled by the indexer; the tsvector over it uses the 'simple' config
+    # so code words are neither stemmed nor dropped as stop words.
+    op.execute(
+        f"""
+        CREATE TABLE chunks (
+            id            bigserial PRIMARY KEY,
+            file_id       bigint NOT NULL REFERENCES files(id) ON DELETE CASCADE,
+            repository_id bigint NOT NULL REFERENCES repositories(id) ON DELETE CASCADE,
+            ordinal       integer NOT NULL,
+            start_line    integer NOT NULL,
+            end_line      integer NOT NULL,
+            kind          text,
+            symbol        text,
+            language      text,
+            text          text NOT NULL,
+            search_text   text NOT NULL,
+            tsv           tsvector GENERATED ALWAYS AS (to_tsvector('simple', search_text)) STORED,
+            embedding     vector({dims})
+        )
+        """
+    )
+    op.execute("CREATE INDEX chunks_file_id ON chunks (file_id)")
+    op.execute("CREATE INDEX chunks_repository_language ON chunks (repository_id, language)")
+    op.execute("CREATE INDEX chunks_tsv ON chunks USING gin (tsv)")
+    op.execute("CREATE INDEX chunks_embedding ON chunks USING hnsw (embedding vector_cosine_ops)")
+    op.execute(
+        """
+        CREATE TABLE jobs (
+            id              uuid PRIMARY KEY,
+            repository_path text NOT NULL,
+            state           text NOT NULL CHECK (state IN ('queued', 'running', 'completed',
+                                'failed', 'cancelled', 'interrupted')),
+            force           boolean NOT NULL DEFAULT false,
+            files_total     integer NOT NULL DEFAULT 0,
+            files_done      integer NOT NULL DEFAULT 0,
+            files_skipped   integer NOT NULL DEFAULT 0,
+            files_deleted   integer NOT NULL DEFAULT 0,
+            chunks_total    integer NOT NULL DEFAULT 0,
+            chunks_done     integer NOT NULL DEFAULT 0,
+            errors          jsonb NOT NULL DEFAULT '[]'::jsonb,
+            message         text,
+            created_at      timestamptz NOT NULL DEFAULT now(),
+            started_at      timestamptz,
+            finished_at     timestamptz,
+            updated_at      timestamptz NOT NULL DEFAULT now()
+        )
+        """
+    )
+    op.execute("CREATE INDEX jobs_repository_path ON jobs (repository_path, created_at DESC)")
+    op.execute("CREATE INDEX jobs_active ON jobs (state) WHERE state IN ('queued', 'running')")
+
+
+def downgrade() -> None:
+    op.execute("DROP TABLE IF EXISTS jobs")
+    op.execute("DROP TABLE IF EXISTS chunks")
+    op.execute("DROP TABLE IF EXISTS files")
+    op.execute("DROP TABLE IF EXISTS repositories")
