@@ -1,0 +1,3 @@
+"""codebase-mcp: semantic code search for AI assistants over MCP."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,450 @@
+"""`codebase-mcp`: serve MCP (stdio or http), or index and search from a terminal.
+
+Exit codes: 0 ok, 1 failure, 2 usage (bad arguments, a path outside CODEBASE_ROOTS),
+69 a dependency unavailable (database, schema not migrated), 78 bad configuration,
+130 interrupted (index/search only; serve exits 0 on SIGTERM/SIGINT after its teardown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TextIO
+
+import anyio
+import structlog
+
+from codebase_mcp.errors import ConfigError, EngineError, SchemaError
+from codebase_mcp.logs import LEVELS, configure_logging
+
+if TYPE_CHECKING:
+    from codebase_mcp.config import Settings
+    from codebase_mcp.models import JobInfo, Progress, SearchResponse
+
+log = structlog.get_logger("codebase-mcp")
+
+OK = 0
+FAILURE = 1
+USAGE = 2
+UNAVAILABLE = 69
+CONFIG = 78
+INTERRUPTED = 130
+
+TRANSPORTS = ("stdio", "http")
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+
+EPILOG = """\
+environment:
+  REGISTRY_DATABASE_URL  PostgreSQL URL (required), e.g. postgresql://user:pw@host:5432/db
+  CODEBASE_ROOTS         directories that may be indexed, comma-separated (default: cwd)
+  EMBEDDING_PROVIDER     ollama (default) or openai (any OpenAI-compatible /v1/embeddings)
+  OLLAMA_BASE_URL        default http://localhost:11434
+  OLLAMA_EMBEDDING_MODEL default nomic-embed-text
+  MCP_TRANSPORT          serve's default transport: stdio (default) or http
+  MCP_HOST, MCP_PORT     serve's http address (default 127.0.0.1:8000)
+  CODEBASE_LOG_LEVEL     debug, info (default), warning, error
+  NOTIFY_SOCKET          sd_notify socket: READY=1, STOPPING=1, WATCHDOG=1 (set by
+                         mcp-supervisor or systemd; WATCHDOG_USEC sets the ping period)
+
+exit codes:
+  0 ok, 1 failure, 2 usage, 69 dependency unavailable (database down or not
+  migrated), 78 bad configuration, 130 interrupted
+"""
+
+
+class UsageError(Exception):
+    """Bad arguments the parser could not catch (exit 2)."""
+
+
+# --- pure helpers -----------------------------------------------------------------------
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The exit code for an error that ended a command."""
+    from codebase_mcp.discover import PathNotAllowedError
+
+    if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        return exit_code_for(exc.exceptions[0])
+    if isinstance(exc, ConfigError):
+        return CONFIG
+    if isinstance(exc, UsageError | PathNotAllowedError):
+        return USAGE
+    if isinstance(exc, SchemaError | OSError | TimeoutError):
+        return UNAVAILABLE
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        return exit_code_for_sqlstate(sqlstate)
+    return FAILURE
+
+
+def exit_code_for_sqlstate(sqlstate: str) -> int:
+    """PostgreSQL errors that end a command: bad credentials are configuration, an
+    unreachable, starting or full server is an unavailable dependency."""
+    if sqlstate.startswith("28"):  # invalid authorization / password
+        return CONFIG
+    if sqlstate.startswith("08") or sqlstate in ("57P03", "53300", "3D000"):
+        return UNAVAILABLE
+    return FAILURE
+
+
+def error_message(exc: BaseException) -> str:
+    """One line for the user; never a traceback."""
+    if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        return error_message(exc.exceptions[0])
+    text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, EngineError | ValueError):
+        return text
+    return f"{type(exc).__name__}: {text}"
+
+
+def resolve_transport(arg: str | None, env: dict[str, str] | os._Environ[str]) -> str:
+    value = (arg or env.get("MCP_TRANSPORT") or "stdio").strip().lower()
+    if value in ("streamable-http", "streamable_http"):
+        value = "http"
+    if value not in TRANSPORTS:
+        raise ConfigError(f"MCP_TRANSPORT: must be one of {', '.join(TRANSPORTS)}, not {value!r}")
+    return value
+
+
+def resolve_port(arg: int | None, env: dict[str, str] | os._Environ[str]) -> int:
+    if arg is not None:
+        return arg
+    raw = env.get("MCP_PORT", "").strip()
+    if not raw:
+        return DEFAULT_PORT
+    try:
+        port = int(raw)
+    except ValueError:
+        raise ConfigError(f"MCP_PORT: must be a port number, not {raw!r}") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"MCP_PORT: must be between 0 and 65535, not {port}")
+    return port
+
+
+def render_bar(done: int, total: int, width: int = 30) -> str:
+    """`[#####.....]  50% 5/10` (an unknown total shows only the count)."""
+    if total <= 0:
+        return f"[{'?' * width}] {done}"
+    ratio = min(1.0, max(0.0, done / total))
+    filled = int(ratio * width)
+    return f"[{'#' * filled}{'.' * (width - filled)}] {ratio:4.0%} {done}/{total}"
+
+
+def format_progress(p: Progress) -> str:
+    return f"files {render_bar(p.files_done, p.files_total)}  chunks {p.chunks_done}"
+
+
+def format_summary(job: JobInfo, elapsed: float) -> str:
+    rate = job.files_done / elapsed if elapsed > 0 else 0.0
+    lines = [
+        f"{job.state}: {job.repository}",
+        f"  files: {job.files_done}/{job.files_total} processed, {job.files_skipped} unchanged, "
+        f"{job.files_deleted} deleted",
+        f"  chunks: {job.chunks_done}",
+        f"  time: {elapsed:.1f} s ({rate:.0f} files/s)",
+    ]
+    if job.errors:
+        lines.append(f"  errors: {len(job.errors)} file(s) could not be indexed")
+        lines.extend(f"    {e.path}: {e.error}" for e in job.errors[:10])
+        if len(job.errors) > 10:
+            lines.append(f"    ... and {len(job.errors) - 10} more")
+    if job.message:
+        lines.append(f"  note: {job.message}")
+    return "\n".join(lines)
+
+
+def format_results(response: SearchResponse, snippet_lines: int = 4) -> str:
+    if not response.results:
+        head = f"no results for {response.query!r} ({response.mode})"
+        return head + (f"\nnote: {response.notice}" if response.notice else "")
+    out: list[str] = []
+    for rank, r in enumerate(response.results, 1):
+        where = f"{r.path}:{r.start_line}-{r.end_line}"
+        what = " ".join(x for x in (r.language and f"[{r.language}]", r.symbol) if x)
+        out.append(f"{rank:>2}. {where}  {what}  (score {r.score:.4f}, {r.mode})")
+        out.append(f"    in {r.repository}")
+        lines = r.snippet.splitlines()
+        out.extend(f"    | {line}" for line in lines[:snippet_lines])
+        if len(lines) > snippet_lines:
+            out.append(f"    | ... ({len(lines) - snippet_lines} more lines)")
+    footer = f"{len(response.results)} result(s), {response.mode}, {response.elapsed_ms:.0f} ms"
+    if response.notice:
+        footer += f"\nnote: {response.notice}"
+    out.append(footer)
+    return "\n".join(out)
+
+
+# --- the parser -------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="codebase-mcp",
+        description="Semantic code search over MCP: serve it, or index and search from here.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=sorted(LEVELS, key=LEVELS.__getitem__),
+        default=None,
+        help="log level on stderr (default: $CODEBASE_LOG_LEVEL or info)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the MCP server",
+        description="Run the MCP server. stdout carries only MCP messages; logs go to stderr. "
+        "SIGTERM/SIGINT stop it gracefully (running jobs are marked interrupted), exit 0.",
+    )
+    serve.add_argument(
+        "--transport",
+        choices=TRANSPORTS,
+        default=None,
+        help="stdio or http (streamable HTTP at /mcp, plus GET /health) "
+        "(default: $MCP_TRANSPORT or stdio)",
+    )
+    serve.add_argument(
+        "--host", default=None, help=f"http bind address (default: $MCP_HOST or {DEFAULT_HOST})"
+    )
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help=f"http port (default: $MCP_PORT or {DEFAULT_PORT})",
+    )
+
+    index = sub.add_parser(
+        "index",
+        help="index a repository (incrementally), with a progress bar on stderr",
+        description="Index a repository under CODEBASE_ROOTS; unchanged files are skipped.",
+    )
+    index.add_argument("path", metavar="PATH", help="the repository's directory")
+    index.add_argument(
+        "--force", action="store_true", help="re-embed every file (default: changed files only)"
+    )
+    index.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (default: shown on stderr)"
+    )
+
+    search = sub.add_parser(
+        "search",
+        help="search indexed code; ranked results on stdout",
+        description="Hybrid (semantic + full-text) search; prints ranked results with paths "
+        "and lines.",
+    )
+    search.add_argument("query", metavar="QUERY", help="a description or an identifier")
+    search.add_argument(
+        "--limit", "-n", type=_limit, default=10, help="number of results, 1-100 (default: 10)"
+    )
+    search.add_argument("--language", "-l", default=None, help="only this language")
+    search.add_argument("--repository", "-r", default=None, help="only this repository path")
+    search.add_argument("--path-glob", "-g", default=None, help="only paths matching this glob")
+    search.add_argument("--json", action="store_true", help="print JSON instead of text")
+    return parser
+
+
+def _limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError("must be between 1 and 100")
+    return value
+
+
+# --- commands ---------------------------------------------------------------------------
+
+
+def _settings() -> Settings:
+    from codebase_mcp.config import load_settings
+
+    return load_settings()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    transport = resolve_transport(args.transport, os.environ)
+    host = args.host or os.environ.get("MCP_HOST") or DEFAULT_HOST
+    port = resolve_port(args.port, os.environ)
+    settings = _settings()
+
+    from codebase_mcp import lifecycle
+    from codebase_mcp.notify import Notifier
+    from codebase_mcp.server import build_server
+
+    mcp, state = build_server(settings)
+    notifier = Notifier.from_env()
+    notifier.status("starting")
+    try:
+        if transport == "stdio":
+            anyio.run(lifecycle.serve_stdio, mcp, notifier)
+        else:
+            anyio.run(lifecycle.serve_http, mcp, notifier, host, port)
+    except (Exception, SystemExit) as exc:
+        # uvicorn exits (SystemExit 3) when the app's lifespan fails: the real cause is
+        # the lifespan's own error, kept by the server state.
+        cause: BaseException = state.startup_error or exc
+        if isinstance(cause, SystemExit) and state.startup_error is None:
+            cause = RuntimeError(f"the http server stopped (exit {cause.code})")
+        notifier.stopping(f"failed: {error_message(cause)}")
+        raise cause from None
+    finally:
+        notifier.close()
+    if state.startup_error is not None:
+        raise state.startup_error
+    log.info("stopped")
+    return OK
+
+
+async def _with_stop(work: Callable[[anyio.CancelScope], Any]) -> tuple[Any, bool]:
+    """Run work(scope); SIGINT/SIGTERM cancel it. Returns (result, interrupted)."""
+    interrupted = False
+    result: Any = None
+    async with anyio.create_task_group() as tg:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+
+            async def watch() -> None:
+                nonlocal interrupted
+                async for _ in signals:
+                    interrupted = True
+                    tg.cancel_scope.cancel()
+
+            tg.start_soon(watch)
+            result = await work(tg.cancel_scope)
+            tg.cancel_scope.cancel()
+    return result, interrupted
+
+
+class ProgressPrinter:
+    """A one-line bar on a terminal; a line every few seconds otherwise."""
+
+    def __init__(self, stream: TextIO, enabled: bool) -> None:
+        self.stream = stream
+        self.enabled = enabled
+        self.tty = stream.isatty()
+        self._last = 0.0
+        self._shown = False
+
+    async def __call__(self, p: Progress) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self._last < (0.1 if self.tty else 5.0):
+            return
+        self._last = now
+        line = format_progress(p)
+        if self.tty:
+            self.stream.write("\r" + line)
+            self._shown = True
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def end(self) -> None:
+        if self._shown:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._shown = False
+
+
+async def _run_index(settings: Settings, path: str, force: bool, show: bool) -> int:
+    from codebase_mcp.engine import Engine
+
+    printer = ProgressPrinter(sys.stderr, show)
+    started = time.monotonic()
+    async with Engine(settings) as engine:
+        job = await engine.start_index(path, force=force, progress=printer)
+
+        async def work(_: anyio.CancelScope) -> JobInfo:
+            return await engine.wait_job(job.id)
+
+        final, interrupted = await _with_stop(work)
+        printer.end()
+        if interrupted:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                await engine.cancel_job(job.id)
+            print(
+                "interrupted: the job stops at a safe point; run again to resume", file=sys.stderr
+            )
+            return INTERRUPTED
+    elapsed = time.monotonic() - started
+    print(format_summary(final, elapsed))  # stdout-ok: the human CLI's result
+    return OK if str(final.state) == "completed" else FAILURE
+
+
+async def _run_search(settings: Settings, args: argparse.Namespace) -> int:
+    from codebase_mcp.engine import Engine
+
+    if not args.query.strip():
+        raise UsageError("QUERY must not be empty")
+    async with Engine(settings) as engine:
+
+        async def work(_: anyio.CancelScope) -> SearchResponse:
+            return await engine.search(
+                args.query,
+                repository=args.repository,
+                language=args.language,
+                path_glob=args.path_glob,
+                limit=args.limit,
+            )
+
+        response, interrupted = await _with_stop(work)
+    if interrupted:
+        return INTERRUPTED
+    if args.json:
+        import json
+
+        from codebase_mcp.server import search_to_dict
+
+        print(json.dumps(search_to_dict(response), indent=2))  # stdout-ok: requested output
+    else:
+        print(format_results(response))  # stdout-ok: the human CLI's result
+    return OK
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    settings = _settings()
+    result: int = anyio.run(_run_index, settings, args.path, args.force, not args.no_progress)
+    return result
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    settings = _settings()
+    result: int = anyio.run(_run_search, settings, args)
+    return result
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "serve": cmd_serve,
+    "index": cmd_index,
+    "search": cmd_search,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits 2 on usage errors
+    level = args.log_level or os.environ.get("CODEBASE_LOG_LEVEL", "info")
+    if level.lower() not in LEVELS:
+        print(f"codebase-mcp: CODEBASE_LOG_LEVEL: unknown level {level!r}", file=sys.stderr)
+        return CONFIG
+    configure_logging(level, os.environ.get("CODEBASE_LOG_FORMAT", "auto"))
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        return INTERRUPTED
+    except BaseException as exc:
+        if isinstance(exc, SystemExit) and isinstance(exc.code, int):
+            return exc.code
+        code = exit_code_for(exc)
+        # The user gets one line; the traceback only at debug level, for us.
+        log.debug("command failed", command=args.command, exc_info=exc)
+        print(f"codebase-mcp {args.command}: {error_message(exc)}", file=sys.stderr)
+        return code
