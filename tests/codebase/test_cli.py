@@ -1,0 +1,225 @@
+"""The human CLI: help, exit codes, and index/search as real subprocesses against a real
+PostgreSQL and the local Ollama-API server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from codebase_mcp import cli
+from codebase_mcp.discover import PathNotAllowedError
+from codebase_mcp.errors import ConfigError, EngineError, SchemaError
+from codebase_mcp.models import FileError, JobInfo, JobState, SearchResponse, SearchResult
+from tests.support.fake_ollama import FakeOllama
+from tests.support.pg import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+CLI = [sys.executable, "-m", "codebase_mcp"]
+
+
+def migrate(url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config(str(ROOT / "alembic.ini"))
+    cfg.set_main_option("sqlalchemy.url", url)
+    cfg.attributes["configure_logger"] = False
+    command.upgrade(cfg, "head")
+
+
+# --- pure parts -------------------------------------------------------------------------
+
+
+def test_exit_codes_for_errors() -> None:
+    assert cli.exit_code_for(ConfigError("bad")) == cli.CONFIG
+    assert cli.exit_code_for(SchemaError("not migrated")) == cli.UNAVAILABLE
+    assert cli.exit_code_for(ConnectionRefusedError()) == cli.UNAVAILABLE
+    assert cli.exit_code_for(PathNotAllowedError("/etc", [Path("/work")])) == cli.USAGE
+    assert cli.exit_code_for(EngineError("boom")) == cli.FAILURE
+    assert cli.exit_code_for(RuntimeError("boom")) == cli.FAILURE
+    assert cli.exit_code_for(ExceptionGroup("g", [ConfigError("x")])) == cli.CONFIG
+    assert cli.exit_code_for_sqlstate("28P01") == cli.CONFIG  # wrong password
+    assert cli.exit_code_for_sqlstate("08006") == cli.UNAVAILABLE
+    assert cli.exit_code_for_sqlstate("57P03") == cli.UNAVAILABLE  # starting up
+    assert cli.exit_code_for_sqlstate("42P01") == cli.FAILURE
+
+
+def test_error_message_is_one_line_without_traceback() -> None:
+    assert cli.error_message(ConfigError("invalid configuration: X")) == (
+        "invalid configuration: X"
+    )
+    assert cli.error_message(ExceptionGroup("g", [RuntimeError("boom")])) == (
+        "RuntimeError: boom"
+    )
+
+
+def test_resolve_transport_and_port() -> None:
+    assert cli.resolve_transport(None, {}) == "stdio"
+    assert cli.resolve_transport(None, {"MCP_TRANSPORT": "HTTP"}) == "http"
+    assert cli.resolve_transport(None, {"MCP_TRANSPORT": "streamable-http"}) == "http"
+    assert cli.resolve_transport("stdio", {"MCP_TRANSPORT": "http"}) == "stdio"
+    with pytest.raises(ConfigError, match="MCP_TRANSPORT"):
+        cli.resolve_transport(None, {"MCP_TRANSPORT": "carrier-pigeon"})
+    assert cli.resolve_port(None, {}) == cli.DEFAULT_PORT
+    assert cli.resolve_port(None, {"MCP_PORT": "9000"}) == 9000
+    assert cli.resolve_port(7000, {"MCP_PORT": "9000"}) == 7000
+    with pytest.raises(ConfigError, match="MCP_PORT"):
+        cli.resolve_port(None, {"MCP_PORT": "http"})
+    with pytest.raises(ConfigError, match="MCP_PORT"):
+        cli.resolve_port(None, {"MCP_PORT": "70000"})
+
+
+def test_render_bar() -> None:
+    assert cli.render_bar(5, 10, width=10) == "[#####.....]  50% 5/10"
+    assert cli.render_bar(12, 10, width=4) == "[####] 100% 12/10"
+    assert cli.render_bar(3, 0, width=3) == "[???] 3"
+
+
+def test_format_results_and_summary() -> None:
+    result = SearchResult(
+        repository="/work/repo",
+        path="pkg/dates.py",
+        start_line=10,
+        end_line=14,
+        language="python",
+        symbol="parse_date",
+        kind="function",
+        snippet="def parse_date(text):\n    ...\n",
+        score=0.0327,
+        mode="hybrid",
+    )
+    text = cli.format_results(SearchResponse("parse date", "hybrid", (result,), None, 3.2))
+    assert " 1. pkg/dates.py:10-14  [python] parse_date  (score 0.0327, hybrid)" in text
+    assert "    | def parse_date(text):" in text
+    empty = cli.format_results(SearchResponse("zz", "lexical", (), "embedder unreachable", 1))
+    assert "no results" in empty
+    assert "embedder unreachable" in empty
+
+    job = JobInfo(
+        id="j1",
+        repository="/work/repo",
+        state=JobState.COMPLETED,
+        files_total=3,
+        files_done=3,
+        chunks_done=7,
+        files_skipped=1,
+        errors=(FileError("a.bin", "unreadable"),),
+        finished_at=datetime.now(UTC),
+    )
+    summary = cli.format_summary(job, 2.0)
+    assert summary.splitlines()[0] == "completed: /work/repo"
+    assert "3/3 processed, 1 unchanged" in summary
+    assert "a.bin: unreadable" in summary
+
+
+# --- the command line -------------------------------------------------------------------
+
+
+def test_help_documents_defaults_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for needle in ("serve", "index", "search", "REGISTRY_DATABASE_URL", "CODEBASE_ROOTS", "78"):
+        assert needle in out
+    with pytest.raises(SystemExit):
+        cli.main(["search", "--help"])
+    out = capsys.readouterr().out
+    assert "(default: 10)" in out
+    assert "--path-glob" in out
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["search"])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["search", "q", "--limit", "0"])
+    assert exc.value.code == 2
+
+
+def _env(**extra: str) -> dict[str, str]:
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH")
+    env = {k: v for k, v in os.environ.items() if k in keep}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def _run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        CLI + args, env=env, cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_bad_config_exits_78_with_one_clear_line(tmp_path: Path) -> None:
+    proc = _run(["serve"], _env(REGISTRY_DATABASE_URL="mysql://u:hunter2@h/db"), tmp_path)
+    assert proc.returncode == 78
+    assert "REGISTRY_DATABASE_URL" in proc.stderr
+    assert "hunter2" not in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+    proc = _run(["serve"], _env(MCP_TRANSPORT="carrier-pigeon"), tmp_path)
+    assert proc.returncode == 78
+    assert "MCP_TRANSPORT" in proc.stderr
+
+
+def test_database_down_exits_69(tmp_path: Path) -> None:
+    url = f"postgresql://u:hunter2@127.0.0.1:{free_port()}/db"
+    proc = _run(["search", "anything"], _env(REGISTRY_DATABASE_URL=url), tmp_path)
+    assert proc.returncode == 69, proc.stderr
+    assert "hunter2" not in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+
+
+def _write_repo(root: Path) -> Path:
+    repo = root / "repo"
+    (repo / "pkg").mkdir(parents=True)
+    (repo / "pkg" / "dates.py").write_text(
+        "def parse_iso_date(text):\n"
+        '    """Parse an ISO 8601 date string into a date."""\n'
+        "    year, month, day = text.split('-')\n"
+        "    return int(year), int(month), int(day)\n"
+    )
+    (repo / "web.js").write_text(
+        "function renderShoppingCart(items) {\n  return items.map(String).join(',');\n}\n"
+    )
+    return repo
+
+
+def test_index_then_search(pg_url: str, fake_ollama: FakeOllama, tmp_path: Path) -> None:
+    migrate(pg_url)
+    repo = _write_repo(tmp_path)
+    env = _env(
+        REGISTRY_DATABASE_URL=pg_url,
+        OLLAMA_BASE_URL=fake_ollama.url,
+        CODEBASE_ROOTS=str(tmp_path),
+        CODEBASE_INDEX_WORKERS="1",
+    )
+    proc = _run(["index", str(repo)], env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"completed: {repo}")
+    assert "2/2 processed" in proc.stdout
+    assert pg_url.split("@")[0].split(":")[-1] not in proc.stderr  # no password in logs
+
+    proc = _run(["search", "parse_iso_date", "--limit", "3"], env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    first = proc.stdout.splitlines()[0]
+    assert first.startswith(" 1. pkg/dates.py:1-4"), proc.stdout
+    assert "parse_iso_date" in first
+
+    proc = _run(["search", "shopping cart", "--language", "javascript"], env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "web.js:1-3" in proc.stdout
+    assert "dates.py" not in proc.stdout
+
+    proc = _run(["index", "/etc"], env, tmp_path)
+    assert proc.returncode == 2
+    assert "not under an allowed root" in proc.stderr
+    assert "Traceback" not in proc.stderr
