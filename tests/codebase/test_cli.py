@@ -16,7 +16,7 @@ from codebase_mcp.discover import PathNotAllowedError
 from codebase_mcp.errors import ConfigError, EngineError, SchemaError
 from codebase_mcp.models import FileError, JobInfo, JobState, SearchResponse, SearchResult
 from tests.support.fake_ollama import FakeOllama
-from tests.support.pg import free_port
+from tests.support.pg import PASSWORD, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "codebase_mcp"]
@@ -53,9 +53,7 @@ def test_error_message_is_one_line_without_traceback() -> None:
     assert cli.error_message(ConfigError("invalid configuration: X")) == (
         "invalid configuration: X"
     )
-    assert cli.error_message(ExceptionGroup("g", [RuntimeError("boom")])) == (
-        "RuntimeError: boom"
-    )
+    assert cli.error_message(ExceptionGroup("g", [RuntimeError("boom")])) == ("RuntimeError: boom")
 
 
 def test_resolve_transport_and_port() -> None:
@@ -206,7 +204,7 @@ def test_index_then_search(pg_url: str, fake_ollama: FakeOllama, tmp_path: Path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"completed: {repo}")
     assert "2/2 processed" in proc.stdout
-    assert pg_url.split("@")[0].split(":")[-1] not in proc.stderr  # no password in logs
+    assert PASSWORD not in proc.stderr
 
     proc = _run(["search", "parse_iso_date", "--limit", "3"], env, tmp_path)
     assert proc.returncode == 0, proc.stderr

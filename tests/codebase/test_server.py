@@ -1,0 +1,224 @@
+"""The MCP surface through FastMCP's in-memory client, against a real PostgreSQL and the
+local Ollama-API server: tools, progress, errors users can read, the health resource."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from fastmcp import Client, FastMCP
+
+from codebase_mcp.config import load_settings
+from codebase_mcp.server import AppState, build_server
+from tests.support.fake_ollama import FakeOllama
+
+ROOT = Path(__file__).resolve().parents[2]
+TOOLS = {
+    "index_repository",
+    "get_indexing_status",
+    "search_code",
+    "list_repositories",
+    "remove_repository",
+}
+
+
+def migrate(url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config(str(ROOT / "alembic.ini"))
+    cfg.set_main_option("sqlalchemy.url", url)
+    cfg.attributes["configure_logger"] = False
+    command.upgrade(cfg, "head")
+
+
+def write_repo(root: Path) -> Path:
+    """A small repository in three languages, with a gitignored file."""
+    repo = root / "repo"
+    (repo / "pkg").mkdir(parents=True)
+    (repo / "pkg" / "dates.py").write_text(
+        "import datetime\n\n\n"
+        "def parse_iso_date(text):\n"
+        '    """Parse an ISO 8601 date string into a date object."""\n'
+        "    return datetime.date.fromisoformat(text)\n\n\n"
+        "class Calendar:\n"
+        "    def add_holiday(self, day):\n"
+        "        self.holidays.append(day)\n"
+    )
+    (repo / "cart.ts").write_text(
+        "export function renderShoppingCart(items: string[]): string {\n"
+        "  return items.join(', ');\n"
+        "}\n"
+    )
+    (repo / "main.go").write_text(
+        "package main\n\nfunc ComputeChecksum(data []byte) uint32 {\n\treturn 0\n}\n"
+    )
+    (repo / ".gitignore").write_text("secret_notes.py\n")
+    (repo / "secret_notes.py").write_text("def hidden_gitignored_function():\n    pass\n")
+    return repo
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    return write_repo(tmp_path)
+
+
+@pytest.fixture
+async def served(
+    pg_url: str, fake_ollama: FakeOllama, tmp_path: Path
+) -> AsyncIterator[tuple[Client[Any], FastMCP[AppState], AppState]]:
+    await anyio.to_thread.run_sync(migrate, pg_url)  # alembic's env runs its own loop
+    settings = load_settings(
+        env={
+            "REGISTRY_DATABASE_URL": pg_url,
+            "OLLAMA_BASE_URL": fake_ollama.url,
+            "CODEBASE_ROOTS": str(tmp_path),
+            "CODEBASE_INDEX_WORKERS": "1",
+        }
+    )
+    mcp, state = build_server(settings)
+    async with Client(mcp) as client:
+        yield client, mcp, state
+
+
+async def call(client: Client[Any], tool: str, **args: Any) -> dict[str, Any]:
+    result = await client.call_tool(tool, args)
+    assert result.structured_content is not None
+    return result.structured_content
+
+
+async def error_of(client: Client[Any], tool: str, **args: Any) -> str:
+    result = await client.call_tool(tool, args, raise_on_error=False)
+    assert result.is_error, result
+    text = " ".join(getattr(c, "text", "") for c in result.content)
+    assert "Traceback" not in text
+    return text
+
+
+async def wait_done(client: Client[Any], job_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        status = await call(client, "get_indexing_status", job_id=job_id)
+        if status["finished"]:
+            return status
+        await anyio.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not finish: {status}")
+
+
+@pytest.mark.anyio
+async def test_lists_the_tools_and_the_health_resource(
+    served: tuple[Client[Any], FastMCP[AppState], AppState],
+) -> None:
+    client, _, _ = served
+    tools = {t.name: t for t in await client.list_tools()}
+    assert set(tools) == TOOLS
+    assert {"path", "force", "wait"} <= set(tools["index_repository"].inputSchema["properties"])
+    search_props = tools["search_code"].inputSchema["properties"]
+    assert {"query", "repository", "language", "path_glob", "limit"} <= set(search_props)
+    resources = [str(r.uri) for r in await client.list_resources()]
+    assert "health://status" in resources
+
+    contents = await client.read_resource("health://status")
+    health = json.loads(getattr(contents[0], "text", ""))
+    assert {"database", "embedder", "jobs"} <= set(health)
+    assert health["status"] == "ok", health
+
+
+@pytest.mark.anyio
+async def test_index_poll_search_list_remove(
+    served: tuple[Client[Any], FastMCP[AppState], AppState], repo: Path
+) -> None:
+    client, _, _ = served
+    started = await call(client, "index_repository", path=str(repo))
+    assert started["job_id"]
+    assert started["repository"] == str(repo)
+
+    done = await wait_done(client, started["job_id"])
+    assert done["state"] == "completed", done
+    assert done["files_done"] == done["files_total"] >= 3
+    assert done["chunks_done"] > 0
+
+    found = await call(client, "search_code", query="parse_iso_date", limit=3)
+    top = found["results"][0]
+    assert top["path"] == "pkg/dates.py"
+    assert top["symbol"] == "parse_iso_date"
+    assert top["repository"] == str(repo)
+    assert top["language"] == "python"
+    assert top["start_line"] == 4
+    assert top["end_line"] >= 6
+    assert "def parse_iso_date" in top["snippet"]
+    assert top["mode"] in ("hybrid", "vector", "lexical")
+    assert isinstance(top["score"], float)
+
+    by_meaning = await call(client, "search_code", query="shopping cart", language="typescript")
+    assert [r["path"] for r in by_meaning["results"]][:1] == ["cart.ts"]
+
+    hidden = await call(client, "search_code", query="hidden_gitignored_function")
+    assert all(r["path"] != "secret_notes.py" for r in hidden["results"])
+
+    repos = (await call(client, "list_repositories"))["repositories"]
+    assert [r["path"] for r in repos] == [str(repo)]
+    assert repos[0]["chunks"] > 0
+    assert repos[0]["embedding_model"]
+
+    removed = await call(client, "remove_repository", path=str(repo))
+    assert removed["removed"]["path"] == str(repo)
+    assert (await call(client, "list_repositories"))["repositories"] == []
+    assert "repo" in await error_of(client, "remove_repository", path=str(repo))
+
+
+@pytest.mark.anyio
+async def test_index_with_wait_reports_progress(
+    served: tuple[Client[Any], FastMCP[AppState], AppState], repo: Path
+) -> None:
+    client, _, _ = served
+    seen: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append((progress, total, message))
+
+    result = await client.call_tool(
+        "index_repository", {"path": str(repo), "wait": True}, progress_handler=on_progress
+    )
+    final = result.structured_content
+    assert final is not None
+    assert final["state"] == "completed"
+    assert seen, "no progress notification"
+    assert seen[-1][0] == seen[-1][1] == final["files_total"]
+    assert "completed" in (seen[-1][2] or "")
+
+
+@pytest.mark.anyio
+async def test_a_second_index_call_returns_the_running_job(
+    served: tuple[Client[Any], FastMCP[AppState], AppState],
+    repo: Path,
+    fake_ollama: FakeOllama,
+) -> None:
+    client, _, _ = served
+    fake_ollama.embed_delay = 0.5  # keep the first job running
+    first = await call(client, "index_repository", path=str(repo))
+    second = await call(client, "index_repository", path=str(repo))
+    assert second["job_id"] == first["job_id"]
+    fake_ollama.embed_delay = 0.0
+    assert (await wait_done(client, first["job_id"]))["state"] == "completed"
+
+
+@pytest.mark.anyio
+async def test_bad_input_gets_clear_errors(
+    served: tuple[Client[Any], FastMCP[AppState], AppState], tmp_path: Path
+) -> None:
+    client, _, _ = served
+    outside = await error_of(client, "index_repository", path="/etc")
+    assert "not under an allowed root" in outside
+    assert str(tmp_path) in outside  # names the allowed roots
+
+    missing = await error_of(client, "get_indexing_status", job_id="no-such-job")
+    assert "no-such-job" in missing
+
+    assert await error_of(client, "search_code", query="   ")
+    assert await error_of(client, "search_code", query="x", limit=0)
