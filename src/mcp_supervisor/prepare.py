@@ -1,0 +1,224 @@
+"""The preparing steps: wait for the dependencies, then migrate.
+
+Two callers:
+- the runner (PID 1) spawns `python -m mcp_supervisor.prepare --spec-fd N --mode MODE`
+  and waits for its exit code, so asyncpg, httpx and SQLAlchemy never load into PID 1
+  and their memory goes away with this process;
+- the `mcp-supervisor wait` and `mcp-supervisor migrate` subcommands call `run()` in
+  their own process.
+
+Exit codes: 0 ready, 69 a dependency unavailable at the deadline or unusable
+(authentication refused, no pgvector, model missing with pulling off, pull failed),
+70 migration failed or timed out, 78 invalid configuration, 128+N stopped by signal N
+(SIGTERM/SIGINT stop every step at once; a running migration rolls back).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Literal
+
+import anyio
+import structlog
+
+from mcp_supervisor.spec import RunSpec
+
+Mode = Literal["wait", "migrate"]
+MODES: tuple[Mode, ...] = ("wait", "migrate")
+
+EX_OK = 0
+EX_UNAVAILABLE = 69
+EX_SOFTWARE = 70
+EX_CONFIG = 78
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+log = structlog.get_logger("mcp_supervisor.prepare")
+
+
+class _Failed(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def steps_for(spec: RunSpec, mode: Mode) -> list[str]:
+    """Which steps run, in order: the dependencies in `wait_for` (a migration needs
+    PostgreSQL, so `migrate` always waits for it), then the migration."""
+    wanted: list[str] = list(spec.wait_for)
+    if mode == "migrate" and "postgres" not in wanted:
+        wanted.insert(0, "postgres")
+    steps: list[str] = [d for d in ("postgres", "ollama") if d in wanted]
+    if mode == "migrate":
+        steps.append("migrate")
+    return steps
+
+
+def run(spec: RunSpec, mode: Mode) -> int:
+    """Run the steps for `mode`; returns the exit code. Installs SIGTERM/SIGINT handlers
+    for its duration; logging is the caller's to configure."""
+    return anyio.run(_run, spec, mode)
+
+
+async def _run(spec: RunSpec, mode: Mode) -> int:
+    result: list[int] = []
+    stopped_by: list[int] = []
+
+    async with anyio.create_task_group() as tg:
+
+        async def watch_signals(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+            with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
+                task_status.started()
+                async for signum in signals:
+                    stopped_by.append(int(signum))
+                    log.warning("stop signal: stopping", signal=signal.Signals(signum).name)
+                    tg.cancel_scope.cancel()
+                    return
+
+        await tg.start(watch_signals)
+        result.append(await _steps(spec, mode))
+        tg.cancel_scope.cancel()
+    if stopped_by:
+        return 128 + stopped_by[0]
+    return result[0]
+
+
+async def _steps(spec: RunSpec, mode: Mode) -> int:
+    from mcp_supervisor import deps
+
+    steps = steps_for(spec, mode)
+    if not steps:
+        log.info("nothing to wait for", wait_for="none")
+        return EX_OK
+    if ("postgres" in steps) and not spec.database_url:
+        log.error(
+            "invalid configuration: REGISTRY_DATABASE_URL is not set (the embedded "
+            "PostgreSQL only runs under the supervisor itself)"
+        )
+        return EX_CONFIG
+    deadline = time.monotonic() + spec.dependency_timeout
+    waits: dict[str, Callable[[], Awaitable[None]]] = {}
+    if "postgres" in steps:
+        url = spec.database_url or ""
+        waits["postgres"] = lambda: deps.wait_for_postgres(
+            url, deadline=deadline, cap=spec.backoff_cap
+        )
+    if "ollama" in steps:
+        waits["ollama"] = lambda: deps.wait_for_ollama(
+            spec.ollama_base_url,
+            spec.ollama_embedding_model,
+            pull=spec.pull_model,
+            deadline=deadline,
+            cap=spec.backoff_cap,
+        )
+    try:
+        await _wait_all(waits)
+        if "migrate" in steps:
+            await _step("migrate", lambda: _migrate(spec))
+    except _Failed as exc:
+        log.error(str(exc), exit_code=exc.code)  # noqa: TRY400 - a message, no traceback
+        return exc.code
+    return EX_OK
+
+
+async def _wait_all(waits: dict[str, Callable[[], Awaitable[None]]]) -> None:
+    """The dependency waits run side by side under the one deadline; the first failure
+    stops the others."""
+    failures: list[_Failed] = []
+    async with anyio.create_task_group() as tg:
+        for name, fn in waits.items():
+
+            async def one(name: str = name, fn: Callable[[], Awaitable[None]] = fn) -> None:
+                try:
+                    await _step(name, fn)
+                except _Failed as exc:
+                    failures.append(exc)
+                    tg.cancel_scope.cancel()
+
+            tg.start_soon(one)
+    if failures:
+        raise failures[0]
+
+
+async def _step(name: str, fn: Callable[[], Awaitable[object]]) -> None:
+    from mcp_supervisor.deps import DependencyUnavailable, InvalidDependencyConfig
+    from mcp_supervisor.migrate import MigrationFailed
+
+    log.info("step started", step=name)
+    started = time.monotonic()
+    try:
+        await fn()
+    except InvalidDependencyConfig as exc:
+        raise _Failed(EX_CONFIG, f"invalid configuration: {exc}") from None
+    except DependencyUnavailable as exc:
+        raise _Failed(EX_UNAVAILABLE, str(exc)) from None
+    except MigrationFailed as exc:
+        raise _Failed(EX_SOFTWARE, str(exc)) from None
+    log.info("step finished", step=name, duration_ms=round((time.monotonic() - started) * 1000))
+
+
+async def _migrate(spec: RunSpec) -> None:
+    from mcp_supervisor.migrate import upgrade_head
+
+    try:
+        from codebase_mcp.errors import ConfigError
+    except ImportError:  # pragma: no cover - the engine package ships with us
+        ConfigError = RuntimeError  # type: ignore[misc,assignment]
+    try:
+        result = await upgrade_head(spec.database_url or "", time_limit=spec.migration_timeout)
+    except ConfigError as exc:  # alembic.ini not found
+        raise _Failed(EX_CONFIG, f"invalid configuration: {exc}") from None
+    if result.ran:
+        log.info(
+            "migrated",
+            from_revision=result.before or "base",
+            to_revision=result.after,
+            lock_wait_ms=round(result.lock_wait * 1000),
+        )
+    else:
+        log.info(
+            "schema already at head",
+            revision=result.after,
+            lock_wait_ms=round(result.lock_wait * 1000),
+        )
+
+
+# --- entry point for the runner ---------------------------------------------------------
+
+
+def _configure_logging(spec: RunSpec) -> None:
+    from mcp_supervisor.log import configure_logging
+
+    configure_logging(spec, phase="preparing")
+
+
+def _load_spec(fd: int | None) -> RunSpec:
+    if fd is not None:
+        return RunSpec.read_from_fd(fd)
+    from mcp_supervisor.config import load_settings
+
+    return load_settings().to_spec(None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m mcp_supervisor.prepare",
+        description="Wait for the dependencies (and migrate); exit 0 when ready.",
+    )
+    parser.add_argument("--spec-fd", type=int, help="read the run spec (JSON) from this fd")
+    parser.add_argument("--mode", choices=MODES, default="migrate")
+    args = parser.parse_args(argv)
+    try:
+        spec = _load_spec(args.spec_fd)
+    except Exception as exc:  # ConfigError, or a broken pipe from the runner
+        print(f"mcp-supervisor: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    _configure_logging(spec)
+    return run(spec, args.mode)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
