@@ -20,8 +20,21 @@ use one ``Chunker`` per thread (``chunk_source`` keeps one per thread for you).
 
 from __future__ import annotations
 
+import bisect
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import cast
+
+import structlog
+import tree_sitter_language_pack
+from tree_sitter import Node, Parser
+
+from codebase_mcp.languages import grammar_for
+
+log = structlog.get_logger(__name__)
+# The pack types its argument as a Literal of grammar names; ours come from a table.
+_get_parser = cast("Callable[[str], Parser]", tree_sitter_language_pack.get_parser)
 
 # Chunk kinds. Definitions: the kind of the node. Shell pieces of a container carry the
 # container's kind. GAP: code between definitions. WINDOW: line windows.
@@ -63,27 +76,741 @@ class Chunk:
     language: str | None
 
 
+# --------------------------------------------------------------------------------------
+# Per-grammar rules: which tree-sitter node types are definitions, and of what kind.
+
+
+@dataclass(frozen=True, slots=True)
+class _Rules:
+    # node type -> kind, for definitions chunked on their own
+    defs: Mapping[str, str]
+    # definition types whose body members (methods, nested classes) get their own chunks
+    containers: frozenset[str] = frozenset()
+    # node types wrapping one definition (decorators, export, template ...): the chunk spans
+    # the wrapper; field name holding the definition, or "" to take the first definition child
+    wrappers: Mapping[str, str] = field(default_factory=dict)
+    # node types searched for definitions as if their children stood at this level
+    transparent: frozenset[str] = frozenset({"ERROR"})
+    # node types attached to the definition right below them (comments, attributes)
+    leading: frozenset[str] = frozenset({"comment"})
+    # definition types that count only with a body (not prototypes/abstract signatures)
+    need_body: frozenset[str] = frozenset()
+    # variable declarations that define a function when their value is one (JS/TS)
+    variables: frozenset[str] = frozenset()
+
+
+_C_LIKE_TRANSPARENT = frozenset(
+    {
+        "ERROR",
+        "preproc_if",
+        "preproc_ifdef",
+        "preproc_else",
+        "preproc_elif",
+        "preproc_elifdef",
+        "linkage_specification",
+        "declaration_list",
+    }
+)
+_JS_DEFS = {
+    "function_declaration": FUNCTION,
+    "generator_function_declaration": FUNCTION,
+    "class_declaration": CLASS,
+    "abstract_class_declaration": CLASS,
+    "class": CLASS,
+    "method_definition": METHOD,
+    "interface_declaration": "interface",
+    "type_alias_declaration": "type",
+    "enum_declaration": "enum",
+    "internal_module": "module",
+    "module": "module",
+}
+_JS_RULES = _Rules(
+    defs=_JS_DEFS,
+    containers=frozenset(
+        {"class_declaration", "abstract_class_declaration", "class", "internal_module", "module"}
+    ),
+    wrappers={
+        "export_statement": "declaration",
+        "ambient_declaration": "",
+        "expression_statement": "",
+    },
+    leading=frozenset({"comment", "decorator"}),
+    need_body=frozenset({"function_declaration", "method_definition"}),
+    variables=frozenset(
+        {
+            "lexical_declaration",
+            "variable_declaration",
+            "public_field_definition",
+            "field_definition",
+        }
+    ),
+)
+_C_RULES = _Rules(
+    defs={
+        "function_definition": FUNCTION,
+        "struct_specifier": "struct",
+        "union_specifier": "union",
+        "enum_specifier": "enum",
+    },
+    transparent=_C_LIKE_TRANSPARENT,
+    need_body=frozenset({"struct_specifier", "union_specifier", "enum_specifier"}),
+)
+_CPP_RULES = _Rules(
+    defs={
+        "function_definition": FUNCTION,
+        "class_specifier": CLASS,
+        "struct_specifier": "struct",
+        "union_specifier": "union",
+        "enum_specifier": "enum",
+        "namespace_definition": "namespace",
+        "concept_definition": "type",
+    },
+    containers=frozenset({"class_specifier", "struct_specifier", "namespace_definition"}),
+    wrappers={"template_declaration": ""},
+    transparent=_C_LIKE_TRANSPARENT,
+    need_body=frozenset(
+        {"class_specifier", "struct_specifier", "union_specifier", "enum_specifier"}
+    ),
+)
+
+_RULES: dict[str, _Rules] = {
+    "python": _Rules(
+        defs={"function_definition": FUNCTION, "class_definition": CLASS},
+        containers=frozenset({"class_definition"}),
+        wrappers={"decorated_definition": "definition"},
+    ),
+    "javascript": _JS_RULES,
+    "typescript": _JS_RULES,
+    "tsx": _JS_RULES,
+    "go": _Rules(
+        defs={
+            "function_declaration": FUNCTION,
+            "method_declaration": METHOD,
+            "type_declaration": "type",
+        },
+    ),
+    "rust": _Rules(
+        defs={
+            "function_item": FUNCTION,
+            "struct_item": "struct",
+            "enum_item": "enum",
+            "union_item": "union",
+            "trait_item": "trait",
+            "impl_item": "impl",
+            "mod_item": "module",
+            "macro_definition": "macro",
+        },
+        containers=frozenset({"trait_item", "impl_item", "mod_item"}),
+        leading=frozenset({"line_comment", "block_comment", "attribute_item"}),
+        need_body=frozenset({"function_item", "mod_item"}),
+    ),
+    "java": _Rules(
+        defs={
+            "class_declaration": CLASS,
+            "interface_declaration": "interface",
+            "enum_declaration": "enum",
+            "record_declaration": "record",
+            "annotation_type_declaration": "interface",
+            "method_declaration": METHOD,
+            "constructor_declaration": METHOD,
+            "compact_constructor_declaration": METHOD,
+        },
+        containers=frozenset(
+            {"class_declaration", "interface_declaration", "enum_declaration", "record_declaration"}
+        ),
+        leading=frozenset({"line_comment", "block_comment"}),
+        need_body=frozenset({"method_declaration"}),
+    ),
+    "c": _C_RULES,
+    "cpp": _CPP_RULES,
+    "csharp": _Rules(
+        defs={
+            "class_declaration": CLASS,
+            "struct_declaration": "struct",
+            "interface_declaration": "interface",
+            "record_declaration": "record",
+            "record_struct_declaration": "record",
+            "enum_declaration": "enum",
+            "namespace_declaration": "namespace",
+            "method_declaration": METHOD,
+            "constructor_declaration": METHOD,
+            "destructor_declaration": METHOD,
+            "operator_declaration": METHOD,
+            "conversion_operator_declaration": METHOD,
+            "local_function_statement": FUNCTION,
+            "delegate_declaration": "type",
+        },
+        containers=frozenset(
+            {
+                "class_declaration",
+                "struct_declaration",
+                "interface_declaration",
+                "record_declaration",
+                "record_struct_declaration",
+                "namespace_declaration",
+            }
+        ),
+        transparent=frozenset({"ERROR", "file_scoped_namespace_declaration"}),
+        need_body=frozenset({"method_declaration", "operator_declaration"}),
+    ),
+    "ruby": _Rules(
+        defs={
+            "method": FUNCTION,
+            "singleton_method": METHOD,
+            "class": CLASS,
+            "module": "module",
+            "singleton_class": CLASS,
+        },
+        containers=frozenset({"class", "module", "singleton_class"}),
+    ),
+    "php": _Rules(
+        defs={
+            "function_definition": FUNCTION,
+            "class_declaration": CLASS,
+            "interface_declaration": "interface",
+            "trait_declaration": "trait",
+            "enum_declaration": "enum",
+            "method_declaration": METHOD,
+            "namespace_definition": "namespace",
+        },
+        containers=frozenset(
+            {
+                "class_declaration",
+                "interface_declaration",
+                "trait_declaration",
+                "enum_declaration",
+                "namespace_definition",
+            }
+        ),
+        need_body=frozenset({"method_declaration", "namespace_definition"}),
+    ),
+    "kotlin": _Rules(
+        defs={
+            "function_declaration": FUNCTION,
+            "class_declaration": CLASS,
+            "object_declaration": "object",
+            "companion_object": "object",
+        },
+        containers=frozenset({"class_declaration", "object_declaration", "companion_object"}),
+        leading=frozenset({"comment", "line_comment", "multiline_comment"}),
+        need_body=frozenset({"function_declaration"}),
+    ),
+    "swift": _Rules(
+        defs={
+            "function_declaration": FUNCTION,
+            "class_declaration": CLASS,
+            "protocol_declaration": "protocol",
+            "init_declaration": METHOD,
+            "deinit_declaration": METHOD,
+            "subscript_declaration": METHOD,
+        },
+        containers=frozenset({"class_declaration", "protocol_declaration"}),
+        leading=frozenset({"comment", "multiline_comment"}),
+        need_body=frozenset({"function_declaration"}),
+    ),
+    "scala": _Rules(
+        defs={
+            "function_definition": FUNCTION,
+            "class_definition": CLASS,
+            "object_definition": "object",
+            "trait_definition": "trait",
+            "enum_definition": "enum",
+        },
+        containers=frozenset(
+            {"class_definition", "object_definition", "trait_definition", "enum_definition"}
+        ),
+        leading=frozenset({"comment", "block_comment"}),
+    ),
+    "bash": _Rules(defs={"function_definition": FUNCTION}),
+}
+
+# Container kinds whose function members are methods (namespaces and modules keep functions).
+_METHOD_OWNERS = frozenset(
+    {
+        *(CLASS, "struct", "interface", "impl", "trait", "object", "protocol", "record"),
+        *("enum", "extension", "actor"),
+    }
+)
+# Kotlin/Swift share one node type for class/struct/enum/interface...: the keyword tells.
+_KIND_KEYWORDS = frozenset(
+    {"class", "struct", "enum", "interface", "extension", "actor", "protocol", "object"}
+)
+_BODY_TYPES = frozenset(
+    {
+        "class_body",
+        "function_body",
+        "enum_class_body",
+        "protocol_body",
+        "declaration_list",
+        "field_declaration_list",
+        "body_statement",
+        "template_body",
+        "block",
+        "compound_statement",
+        "statement_block",
+    }
+)
+_NAME_TYPES = frozenset(
+    {
+        "identifier",
+        "type_identifier",
+        "simple_identifier",
+        "constant",
+        "name",
+        "word",
+        "field_identifier",
+        "property_identifier",
+    }
+)
+_DECLARATOR_NAMES = frozenset(
+    {
+        "identifier",
+        "field_identifier",
+        "qualified_identifier",
+        "destructor_name",
+        "operator_name",
+        "type_identifier",
+    }
+)
+_FUNCTION_VALUES = frozenset(
+    {"arrow_function", "function_expression", "function", "generator_function"}
+)
+_MAX_DEPTH = 40
+_MAX_SYMBOL = 200
+
+
+# --------------------------------------------------------------------------------------
+# Tree walking: definitions -> segments (0-based inclusive rows, non-overlapping, in order)
+
+
+@dataclass(slots=True)
+class _Seg:
+    start: int
+    end: int
+    kind: str
+    symbol: str | None
+    node: Node | None  # its descendants' start rows are the preferred split points
+
+
+@dataclass(slots=True)
+class _Def:
+    start: int  # includes the comments/attributes attached above
+    end: int
+    node: Node  # the definition itself (inside any wrapper)
+    kind: str
+
+
+def _end_row(node: Node) -> int:
+    """Last row holding text of the node (a node ending at column 0 ends on the row before)."""
+    end = node.end_point
+    start_row = node.start_point.row
+    if end.column == 0 and end.row > start_row:
+        return end.row - 1
+    return end.row
+
+
+def _text(node: Node) -> str:
+    raw = node.text
+    return raw.decode("utf-8", "replace") if raw is not None else ""
+
+
+def _body(node: Node) -> Node | None:
+    body = node.child_by_field_name("body")
+    if body is not None:
+        return body
+    for child in reversed(node.named_children):
+        if child.type in _BODY_TYPES:
+            return child
+    return None
+
+
+def _declarator_name(node: Node) -> Node | None:
+    """C/C++: follow declarator fields (pointer, function, reference) down to the name."""
+    decl = node.child_by_field_name("declarator")
+    for _ in range(_MAX_DEPTH):
+        if decl is None or decl.type in _DECLARATOR_NAMES:
+            return decl
+        decl = decl.child_by_field_name("declarator")
+    return None
+
+
+def _name(node: Node) -> str | None:
+    kind = node.type
+    name_node = node.child_by_field_name("name")
+    if name_node is None:
+        if kind == "impl_item":
+            name_node = node.child_by_field_name("type")
+        elif kind == "type_declaration":
+            spec = next(iter(node.named_children), None)
+            name_node = spec.child_by_field_name("name") if spec is not None else None
+        else:
+            name_node = _declarator_name(node)
+    if name_node is None:
+        name_node = next((c for c in node.named_children if c.type in _NAME_TYPES), None)
+    if name_node is None:
+        return None
+    name = _text(name_node).split("\n", 1)[0].strip()
+    if kind == "impl_item":
+        name = name.split("<", 1)[0].strip()  # impl<T> Foo<T> -> Foo
+    receiver = node.child_by_field_name("receiver") if kind == "method_declaration" else None
+    if receiver is not None:  # Go: func (p *Point) Add -> Point.Add
+        receiver_type = next((d.child_by_field_name("type") for d in receiver.named_children), None)
+        if receiver_type is not None:
+            owner = _text(receiver_type).lstrip("*&").split("[", 1)[0].strip()
+            name = f"{owner}.{name}"
+    return name[:_MAX_SYMBOL] or None
+
+
+def _refine_kind(node: Node, kind: str) -> str:
+    """The kind a shared node type stands for (Go type specs, Kotlin/Swift declarations)."""
+    if node.type == "type_declaration":
+        spec = next(iter(node.named_children), None)
+        shape = spec.child_by_field_name("type") if spec is not None else None
+        if shape is not None and shape.type == "struct_type":
+            return "struct"
+        if shape is not None and shape.type == "interface_type":
+            return "interface"
+    elif node.type == "class_declaration":
+        for child in node.children[:4]:
+            if not child.is_named and child.type in _KIND_KEYWORDS:
+                return child.type
+    return kind
+
+
+def _qualify(owner: str | None, name: str | None) -> str | None:
+    if name is None:
+        return owner
+    if owner is None:
+        return name
+    return f"{owner}.{name}"[:_MAX_SYMBOL]
+
+
+def _definition(node: Node, rules: _Rules, depth: int = 0) -> tuple[str, Node] | None:
+    """(kind, definition node) if ``node`` is a definition or wraps one."""
+    node_type = node.type
+    kind = rules.defs.get(node_type)
+    if kind is not None:
+        if node_type in rules.need_body and _body(node) is None:
+            return None
+        return _refine_kind(node, kind), node
+    if node_type in rules.wrappers and depth < 3:
+        field_name = rules.wrappers[node_type]
+        inner = node.child_by_field_name(field_name) if field_name else None
+        for candidate in [inner] if inner is not None else node.named_children:
+            found = _definition(candidate, rules, depth + 1)
+            if found is not None:
+                return found
+        return None
+    if node_type in rules.variables:
+        return _function_variable(node)
+    return None
+
+
+def _function_variable(node: Node) -> tuple[str, Node] | None:
+    """JS/TS ``const f = () => ...`` and class fields holding a function."""
+    value = node.child_by_field_name("value")
+    named = node
+    if value is None:
+        declarator = next((c for c in node.named_children if c.type == "variable_declarator"), None)
+        if declarator is None:
+            return None
+        value = declarator.child_by_field_name("value")
+        named = declarator
+    if value is not None and value.type in _FUNCTION_VALUES:
+        return FUNCTION, named
+    return None
+
+
+def _members(node: Node, rules: _Rules, depth: int) -> list[_Def]:
+    """The definitions among ``node``'s children, each with its leading comments."""
+    found: list[_Def] = []
+    lead_start = -1  # first row of the run of leading comments/attributes, or -1
+    lead_end = -1
+    prev_end = -1
+    for child in node.named_children:
+        start = child.start_point.row
+        end = _end_row(child)
+        if child.type in rules.leading:
+            if start > prev_end:  # a comment after code on the same row trails that code
+                if lead_start < 0 or start > lead_end + 1:
+                    lead_start = start
+                lead_end = end
+            prev_end = max(prev_end, end)
+            continue
+        definition = _definition(child, rules)
+        if definition is not None:
+            kind, inner = definition
+            if lead_start >= 0 and lead_end >= start - 1:
+                start = lead_start
+            found.append(_Def(start, end, inner, kind))
+        elif child.type in rules.transparent and depth < _MAX_DEPTH:
+            found.extend(_members(child, rules, depth + 1))
+        lead_start = lead_end = -1
+        prev_end = max(prev_end, end)
+    return found
+
+
+def _emit(
+    owner: tuple[int, int, str, str | None, Node | None],
+    members: list[_Def],
+    rules: _Rules,
+    depth: int,
+    out: list[_Seg],
+) -> None:
+    """Segments of a container spanning rows ``owner[:2]``: one per member (recursively)
+    and shell pieces (the container's kind and symbol) for the rows between them."""
+    start, end, kind, symbol, node = owner
+    cursor = start
+    for member in members:
+        if member.start < cursor:  # shares a row with what came before: fold into it
+            if out and member.end > out[-1].end:
+                out[-1].end = member.end
+            cursor = max(cursor, member.end + 1)
+            continue
+        if member.start > cursor:
+            out.append(_Seg(cursor, member.start - 1, kind, symbol, node))
+        member_kind = member.kind
+        if member_kind == FUNCTION and kind in _METHOD_OWNERS:
+            member_kind = METHOD
+        qualified = _qualify(symbol, _name(member.node))
+        inner: list[_Def] = []
+        if member.node.type in rules.containers and depth < _MAX_DEPTH:
+            body = _body(member.node)
+            if body is not None:
+                inner = _members(body, rules, depth + 1)
+            # A member on the header's row (`trait T { fn t() {} }`): keep the container whole.
+            if inner and inner[0].start <= member.node.start_point.row:
+                inner = []
+        if inner:
+            span = (member.start, member.end, member_kind, qualified, member.node)
+            _emit(span, inner, rules, depth + 1, out)
+        else:
+            out.append(_Seg(member.start, member.end, member_kind, qualified, member.node))
+        cursor = member.end + 1
+    if cursor <= end:
+        out.append(_Seg(cursor, end, kind, symbol, node))
+
+
+# --------------------------------------------------------------------------------------
+# Segments -> chunks: trim blank rows, fold trivial pieces, split by size.
+
+
+class _Lines:
+    """A file's lines with the per-row facts the splitter needs."""
+
+    __slots__ = ("blank", "cum", "lines")
+
+    def __init__(self, text: str) -> None:
+        self.lines = text.split("\n")
+        self.blank = [not line.strip() for line in self.lines]
+        cum = [0]
+        total = 0
+        for line in self.lines:
+            total += len(line) + 1
+            cum.append(total)
+        self.cum = cum  # cum[i]: characters (newline included) before row i
+
+    def chars(self, start: int, end: int) -> int:
+        return self.cum[end + 1] - self.cum[start] - 1
+
+    def text(self, start: int, end: int) -> str:
+        return "\n".join(self.lines[start : end + 1])
+
+
+def _trim(lines: _Lines, start: int, end: int) -> tuple[int, int]:
+    blank = lines.blank
+    while start <= end and blank[start]:
+        start += 1
+    while end >= start and blank[end]:
+        end -= 1
+    return start, end
+
+
+def _is_trivial(lines: _Lines, seg: _Seg) -> bool:
+    """Closing braces, ``end`` and the like: not worth a chunk of their own."""
+    if seg.end - seg.start > 2 or lines.chars(seg.start, seg.end) > 40:
+        return False
+    text = lines.text(seg.start, seg.end).strip()
+    return len(text) <= 3 or not any(ch.isalnum() for ch in text)
+
+
+def _hint_rows(node: Node, limit: int = 4000) -> set[int]:
+    """Start rows of the node's named descendants, three levels down: good split points."""
+    rows: set[int] = set()
+    level = [node]
+    for _ in range(3):
+        following: list[Node] = []
+        for parent in level:
+            for child in parent.named_children:
+                rows.add(child.start_point.row)
+                following.append(child)
+        if len(rows) > limit or not following:
+            break
+        level = following
+    return rows
+
+
 class Chunker:
     """Chunks files; holds the parser cache. Not thread-safe: one per thread."""
 
     def __init__(self, options: ChunkOptions | None = None) -> None:
         self.options = options or ChunkOptions()
+        self._parsers: dict[str, Parser | None] = {}
 
-    def chunk(self, text: str, language: str | None) -> list[Chunk]:
-        """Chunks of ``text`` (a whole file) in file order. Never raises for bad source."""
-        raise NotImplementedError
+    def chunk(self, text: str, language: str | None, data: bytes | None = None) -> list[Chunk]:
+        """Chunks of ``text`` (a whole file) in file order. ``data``: the file's bytes, if
+        at hand (saves encoding ``text`` again). Never raises for bad source."""
+        if "\r" in text:
+            text = text.replace("\r\n", "\n")  # same rows; no stray \r in chunk text
+        lines = _Lines(text)
+        grammar = grammar_for(language)
+        rules = _RULES.get(language) if language is not None else None
+        if grammar is not None and rules is not None:
+            try:
+                segments = self._segments(
+                    data if data is not None else text.encode(), grammar, rules
+                )
+            except Exception as exc:  # any parser trouble: fall back to windows
+                log.warning("chunk.parse_failed", language=language, error=repr(exc))
+                segments = None
+            if segments is not None:
+                return self._finish(segments, lines, language)
+        return self._windows(lines, language)
+
+    def _parser(self, grammar: str) -> Parser | None:
+        if grammar not in self._parsers:
+            try:
+                parser: Parser | None = _get_parser(grammar)
+            except Exception as exc:  # a grammar missing from the pack: windows instead
+                log.warning("chunk.no_grammar", grammar=grammar, error=repr(exc))
+                parser = None
+            self._parsers[grammar] = parser
+        return self._parsers[grammar]
+
+    def _segments(self, data: bytes, grammar: str, rules: _Rules) -> list[_Seg] | None:
+        parser = self._parser(grammar)
+        if parser is None:
+            return None
+        root = parser.parse(data).root_node
+        last_row = data.count(b"\n")
+        out: list[_Seg] = []
+        _emit((0, last_row, GAP, None, root), _members(root, rules, 0), rules, 0, out)
+        return out
+
+    def _finish(self, segments: list[_Seg], lines: _Lines, language: str | None) -> list[Chunk]:
+        kept: list[_Seg] = []
+        fold_start = -1  # a trivial piece before any kept segment waits for the next one
+        last_row = len(lines.lines) - 1
+        for seg in segments:
+            seg.end = min(seg.end, last_row)
+            seg.start, seg.end = _trim(lines, seg.start, seg.end)
+            if seg.start > seg.end:
+                continue
+            if _is_trivial(lines, seg):
+                if kept:
+                    kept[-1].end = seg.end
+                elif fold_start < 0:
+                    fold_start = seg.start
+                continue
+            if fold_start >= 0:
+                seg.start = fold_start
+                fold_start = -1
+            kept.append(seg)
+        if fold_start >= 0:  # nothing but trivial pieces
+            kept.append(_Seg(fold_start, _trim(lines, fold_start, last_row)[1], GAP, None, None))
+        chunks: list[Chunk] = []
+        for seg in kept:
+            self._split(seg, lines, language, chunks, max_lines=self.options.max_lines)
+        return chunks
+
+    def _windows(self, lines: _Lines, language: str | None) -> list[Chunk]:
+        chunks: list[Chunk] = []
+        headings: list[int] = []
+        if language == "markdown":
+            headings = [i for i, line in enumerate(lines.lines) if line.startswith("#")]
+        seg = _Seg(0, len(lines.lines) - 1, WINDOW, None, None)
+        self._split(
+            seg, lines, language, chunks, max_lines=self.options.window_lines, hints=set(headings)
+        )
+        if headings:
+            titled: list[Chunk] = []
+            for chunk in chunks:
+                at = bisect.bisect_right(headings, chunk.start_line - 1) - 1
+                symbol = lines.lines[headings[at]].lstrip("#").strip() if at >= 0 else None
+                titled.append(
+                    Chunk(
+                        chunk.start_line,
+                        chunk.end_line,
+                        chunk.text,
+                        WINDOW,
+                        symbol or None,
+                        language,
+                    )
+                )
+            chunks = titled
+        return chunks
+
+    def _split(
+        self,
+        seg: _Seg,
+        lines: _Lines,
+        language: str | None,
+        out: list[Chunk],
+        *,
+        max_lines: int,
+        hints: set[int] | None = None,
+    ) -> None:
+        """Append ``seg`` as chunks no larger than the limits, cutting at line boundaries
+        (a child node's first row or the row after a blank one, as late as possible)."""
+        max_chars = self.options.max_chars
+        start, end = _trim(lines, seg.start, seg.end)
+        if start > end:
+            return
+        if end - start < max_lines and lines.chars(start, end) <= max_chars:
+            out.append(
+                Chunk(start + 1, end + 1, lines.text(start, end), seg.kind, seg.symbol, language)
+            )
+            return
+        if hints is None:
+            hints = _hint_rows(seg.node) if seg.node is not None else set()
+        cum, blank = lines.cum, lines.blank
+        while start <= end:
+            # last row r such that rows start..r fit both limits
+            fit = bisect.bisect_right(cum, cum[start] + max_chars + 1) - 2
+            fit = min(fit, start + max_lines - 1, end)
+            if fit < start:  # one row longer than max_chars: cut it into pieces
+                long_line = lines.lines[start]
+                for offset in range(0, len(long_line), max_chars):
+                    piece = long_line[offset : offset + max_chars]
+                    out.append(Chunk(start + 1, start + 1, piece, seg.kind, seg.symbol, language))
+                start, end = _trim(lines, start + 1, end)
+                continue
+            cut = fit + 1  # first row of the next piece
+            if fit < end:
+                floor = start + max(1, (fit - start + 1) // 3)
+                for row in range(fit + 1, floor, -1):
+                    if row in hints or blank[row - 1]:
+                        cut = row
+                        break
+            piece_start, piece_end = _trim(lines, start, cut - 1)
+            if piece_start <= piece_end:
+                text = lines.text(piece_start, piece_end)
+                out.append(
+                    Chunk(piece_start + 1, piece_end + 1, text, seg.kind, seg.symbol, language)
+                )
+            start, end = _trim(lines, cut, end)
 
 
 _local = threading.local()
 
 
 def chunk_source(
-    text: str, language: str | None, options: ChunkOptions | None = None
+    text: str, language: str | None, options: ChunkOptions | None = None, data: bytes | None = None
 ) -> list[Chunk]:
-    """``Chunker(options).chunk(text, language)`` with a per-thread cached ``Chunker``."""
+    """``Chunker(options).chunk(text, language, data)`` with a per-thread cached Chunker."""
     options = options or ChunkOptions()
     chunker: Chunker | None = getattr(_local, "chunker", None)
     if chunker is None or chunker.options != options:
         chunker = Chunker(options)
         _local.chunker = chunker
-    return chunker.chunk(text, language)
+    return chunker.chunk(text, language, data)
