@@ -64,14 +64,18 @@ def upgrade() -> None:
             content_hash  text NOT NULL,
             size          bigint NOT NULL,
             chunk_count   integer NOT NULL DEFAULT 0,
+            -- false: stored while the embedder was down (lexical only); re-embedded next run
+            embedded      boolean NOT NULL DEFAULT true,
             indexed_at    timestamptz NOT NULL DEFAULT now(),
             UNIQUE (repository_id, path)
         )
         """
     )
-    # search_text = the chunk text plus its identifiers split into words (parseDate ->
-    # parse date), filled by the indexer; the tsvector over it uses the 'simple' config
-    # so code words are neither stemmed nor dropped as stop words.
+    # search_text, symbol_words, path_words: the chunk text, its symbol and its file path
+    # as lower-case words with identifiers split (parseDate -> parsedate parse date),
+    # filled by the indexer (codebase_mcp.tokens). The tsvector weighs a symbol match
+    # highest (A), then the path (B), then the body (D); the 'simple' config neither stems
+    # nor drops stop words, which suits code.
     op.execute(
         f"""
         CREATE TABLE chunks (
@@ -86,7 +90,13 @@ def upgrade() -> None:
             language      text,
             text          text NOT NULL,
             search_text   text NOT NULL,
-            tsv           tsvector GENERATED ALWAYS AS (to_tsvector('simple', search_text)) STORED,
+            symbol_words  text NOT NULL DEFAULT '',
+            path_words    text NOT NULL DEFAULT '',
+            tsv           tsvector GENERATED ALWAYS AS (
+                setweight(to_tsvector('simple', symbol_words), 'A')
+                || setweight(to_tsvector('simple', path_words), 'B')
+                || setweight(to_tsvector('simple', search_text), 'D')
+            ) STORED,
             embedding     vector({dims})
         )
         """
@@ -103,6 +113,7 @@ def upgrade() -> None:
             state           text NOT NULL CHECK (state IN ('queued', 'running', 'completed',
                                 'failed', 'cancelled', 'interrupted')),
             force           boolean NOT NULL DEFAULT false,
+            owner           text,  -- host:pid of the process running it
             files_total     integer NOT NULL DEFAULT 0,
             files_done      integer NOT NULL DEFAULT 0,
             files_skipped   integer NOT NULL DEFAULT 0,

@@ -6,10 +6,20 @@ async and none of it writes to stdout.
 
 from __future__ import annotations
 
+import os
+import socket
+import time
+from concurrent.futures import Executor
 from types import TracebackType
 from typing import Any
 
+import anyio
+import structlog
+
+from codebase_mcp import db
 from codebase_mcp.config import Settings
+from codebase_mcp.discover import resolve_under_roots
+from codebase_mcp.embed import Embedder, create_embedder
 from codebase_mcp.errors import (
     ConfigError,
     EmbedderError,
@@ -20,6 +30,8 @@ from codebase_mcp.errors import (
     RepositoryNotFoundError,
     SchemaError,
 )
+from codebase_mcp.index import IndexRun, make_executor
+from codebase_mcp.jobs import JobManager, Outcome, RunningJob
 from codebase_mcp.models import (
     FileError,
     JobInfo,
@@ -31,6 +43,7 @@ from codebase_mcp.models import (
     SearchResponse,
     SearchResult,
 )
+from codebase_mcp.search import Filters, run_search
 
 __all__ = [
     "ConfigError",
@@ -54,30 +67,99 @@ __all__ = [
 ]
 
 
-class Engine:
-    """Use `engine = await Engine.create(settings)` (or `async with Engine(settings)`)."""
+log = structlog.get_logger(__name__)
 
-    def __init__(self, settings: Settings) -> None:
+# After a failed query embedding, answer lexically without trying again for this long:
+# a dead embedder must not add its timeout to every search.
+EMBEDDER_COOLDOWN_S = 5.0
+QUERY_EMBED_TIMEOUT_S = 10.0
+HEALTH_CACHE_S = 5.0
+
+
+class Engine:
+    """Use `engine = await Engine.create(settings)` (or `async with Engine(settings)`).
+
+    `embedder` replaces the HTTP embedder built from the settings (benchmarks plug an
+    instant one in); pass `embedder=None` with `use_embedder=False` for lexical only."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        embedder: Embedder | None = None,
+        use_embedder: bool = True,
+    ) -> None:
         self.settings = settings
+        self._embedder_override = embedder
+        self._use_embedder = use_embedder
+        self._pool: db.Pool | None = None
+        self._embedder: Embedder | None = None
+        self._jobs: JobManager | None = None
+        self._executor: Executor | None = None
+        self._owner = f"{socket.gethostname()}:{os.getpid()}"
+        self._embedder_down_until = 0.0
+        self._embedder_error: str | None = None
+        self._health_cache: tuple[float, dict[str, Any]] | None = None
+        self._closed = False
 
     @classmethod
-    async def create(cls, settings: Settings) -> Engine:
-        engine = cls(settings)
+    async def create(cls, settings: Settings, **kwargs: Any) -> Engine:
+        engine = cls(settings, **kwargs)
         await engine.start()
         return engine
 
     async def start(self) -> None:
         """Open the pool, check the schema, mark jobs left `running` as interrupted."""
-        raise NotImplementedError
+        pool = await db.create_pool(self.settings)
+        try:
+            async with pool.acquire() as conn:
+                await db.check_schema(conn, self.settings.embedding_dimensions)
+                orphans = await db.interrupt_orphaned_jobs(
+                    conn,
+                    socket.gethostname(),
+                    "the server stopped while the job ran; index the repository again to resume",
+                )
+        except BaseException:
+            await pool.close()
+            raise
+        if orphans:
+            log.info("marked jobs of a previous run interrupted", jobs=orphans)
+        self._pool = pool
+        if self._embedder_override is not None:
+            self._embedder = self._embedder_override
+        elif self._use_embedder:
+            self._embedder = create_embedder(self.settings)
+        self._jobs = JobManager(pool, self._owner, self._run_job)
+        log.info(
+            "engine ready",
+            database=self.settings.database_url_masked,
+            embedder=self.settings.embedding_provider,
+            model=self.settings.model_name,
+        )
 
     async def close(self) -> None:
         """Stop running jobs (as `shutdown(grace=0)`), close the embedder and the pool."""
-        raise NotImplementedError
+        await self.shutdown(0.0)
 
     async def shutdown(self, grace: float = 5.0) -> None:
         """Stop running jobs at a safe point (within `grace` seconds), mark them
         interrupted, then close everything. Idempotent."""
-        raise NotImplementedError
+        if self._closed:
+            return
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            if self._jobs is not None:
+                await self._jobs.stop_all(grace)
+            if self._executor is not None:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = None
+            if self._embedder is not None:
+                await self._embedder.aclose()
+            if self._pool is not None:
+                with anyio.move_on_after(5) as scope:
+                    await self._pool.close()
+                if scope.cancelled_caught:
+                    self._pool.terminate()
 
     async def __aenter__(self) -> Engine:
         await self.start()
@@ -91,26 +173,73 @@ class Engine:
     ) -> None:
         await self.close()
 
+    # --- plumbing -----------------------------------------------------------------------
+
+    @property
+    def pool(self) -> db.Pool:
+        if self._pool is None or self._closed:
+            raise EngineError("the engine is not running")
+        return self._pool
+
+    @property
+    def jobs(self) -> JobManager:
+        if self._jobs is None or self._closed:
+            raise EngineError("the engine is not running")
+        return self._jobs
+
+    def _chunk_executor(self) -> Executor:
+        if self._executor is None:
+            self._executor = make_executor(self.settings.workers)
+        return self._executor
+
+    async def _run_job(self, job: RunningJob) -> Outcome:
+        run = IndexRun(
+            pool=self.pool,
+            embedder=self._embedder,
+            executor=self._chunk_executor(),
+            root=job.info.repository,
+            job=job,
+            force=job.info.force,
+            max_file_bytes=self.settings.max_file_size,
+            file_batch=self.settings.file_batch_size,
+            read_ahead=2 * self.settings.workers,
+        )
+        result = await run.run()
+        message = None
+        if result.embedder_error:
+            message = (
+                f"embedder unavailable ({result.embedder_error}); files were stored for "
+                "full-text search and get embedded when the repository is indexed again"
+            )
+        return Outcome(stopped=result.stopped, message=message)
+
+    # --- jobs ---------------------------------------------------------------------------
+
     async def start_index(
         self, path: str, force: bool = False, progress: ProgressCallback | None = None
     ) -> JobInfo:
         """Start indexing `path` in the background and return its job at once. If a job for
         the same repository is queued or running, that job is returned instead.
         Raises discover.PathNotAllowedError for paths outside CODEBASE_ROOTS."""
-        raise NotImplementedError
+        resolved = resolve_under_roots(path, self.settings.roots)
+        if not resolved.is_dir():
+            raise EngineError(f"{path!r} is not a directory")
+        return await self.jobs.start(str(resolved), force, progress)
 
     async def wait_job(self, job_id: str) -> JobInfo:
         """Wait until the job has finished (any final state) and return it (callers bound
         the wait with anyio.fail_after)."""
-        raise NotImplementedError
+        return await self.jobs.wait(job_id)
 
     async def cancel_job(self, job_id: str) -> JobInfo:
         """Stop a running job at its next safe point; it ends `cancelled`."""
-        raise NotImplementedError
+        return await self.jobs.cancel(job_id)
 
     async def job_status(self, job_id: str) -> JobInfo:
         """Raises JobNotFoundError for an unknown id."""
-        raise NotImplementedError
+        return await self.jobs.status(job_id)
+
+    # --- search -------------------------------------------------------------------------
 
     async def search(
         self,
@@ -119,17 +248,100 @@ class Engine:
         language: str | None = None,
         path_glob: str | None = None,
         limit: int = 10,
+        *,
+        mode: SearchMode | None = None,
     ) -> SearchResponse:
-        raise NotImplementedError
+        """Hybrid search (mode None); `mode` forces one retrieval."""
+        query = query.strip()
+        if not query:
+            raise EngineError("the search query is empty")
+        if limit < 1:
+            raise EngineError("limit must be at least 1")
+        vector: list[float] | None = None
+        notice: str | None = None
+        if mode != "lexical":
+            vector, notice = await self._query_vector(query)
+        filters = Filters(repository=repository, language=language, path_glob=path_glob)
+        return await run_search(self.pool, query, vector, filters, limit, want=mode, notice=notice)
+
+    async def _query_vector(self, query: str) -> tuple[list[float] | None, str | None]:
+        if self._embedder is None:
+            return None, "no embedder configured: answered by full-text search only"
+        if time.monotonic() < self._embedder_down_until:
+            return None, f"embedder unavailable ({self._embedder_error}): full-text search only"
+        try:
+            with anyio.fail_after(QUERY_EMBED_TIMEOUT_S):
+                vector = await self._embedder.embed_query(query)
+        except (EmbedderError, TimeoutError) as exc:
+            self._embedder_error = str(exc) or "timed out"
+            self._embedder_down_until = time.monotonic() + EMBEDDER_COOLDOWN_S
+            log.warning("query embedding failed; lexical search", error=self._embedder_error)
+            return None, f"embedder unavailable ({self._embedder_error}): full-text search only"
+        self._embedder_down_until = 0.0
+        return vector, None
+
+    # --- repositories -------------------------------------------------------------------
 
     async def list_repositories(self) -> list[RepositoryInfo]:
-        raise NotImplementedError
+        async with self.pool.acquire() as conn:
+            return await db.list_repositories(conn)
 
     async def remove_repository(self, path: str) -> RepositoryInfo:
-        """Delete a repository with its files and chunks; raises RepositoryNotFoundError."""
-        raise NotImplementedError
+        """Delete a repository with its files and chunks; raises RepositoryNotFoundError.
+        A job running for it is cancelled first."""
+        real = await anyio.to_thread.run_sync(os.path.realpath, path)
+        candidates = list(dict.fromkeys([path.rstrip("/") or "/", real]))
+        async with self.pool.acquire() as conn:
+            infos = [await db.repository_info(conn, p) for p in candidates]
+        info = next((i for i in infos if i is not None), None)
+        if info is None:
+            raise RepositoryNotFoundError(f"no indexed repository at {path!r}")
+        running = self.jobs.active_for(info.path)
+        if running is not None:
+            await self.jobs.cancel(running.info.id)
+        async with self.pool.acquire() as conn:
+            await db.delete_repository(conn, info.path)
+        return info
+
+    # --- health -------------------------------------------------------------------------
 
     async def health(self) -> dict[str, Any]:
         """{"status": "ok"|"degraded"|"down", "database": {...}, "embedder": {...},
         "jobs": {"running": n, ...}}"""
-        raise NotImplementedError
+        now = time.monotonic()
+        if self._health_cache is not None and now - self._health_cache[0] < HEALTH_CACHE_S:
+            return self._health_cache[1]
+        database: dict[str, Any]
+        jobs: dict[str, Any] = {"running": self._jobs.running if self._jobs else 0}
+        started = time.perf_counter()
+        try:
+            with anyio.fail_after(3):
+                async with self.pool.acquire() as conn:
+                    await conn.fetchval("SELECT 1")
+                    jobs["by_state"] = await db.job_counts(conn)
+            database = {
+                "ok": True,
+                "url": self.settings.database_url_masked,
+                "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+            }
+        except Exception as exc:
+            database = {
+                "ok": False,
+                "url": self.settings.database_url_masked,
+                "error": f"{type(exc).__name__}: {exc}".replace(
+                    self.settings.database_url, self.settings.database_url_masked
+                ),
+            }
+        embedder: dict[str, Any]
+        if self._embedder is None:
+            embedder = {"ok": False, "error": "no embedder configured"}
+        else:
+            try:
+                with anyio.fail_after(5):
+                    embedder = await self._embedder.check()
+            except TimeoutError:
+                embedder = {"ok": False, "model": self._embedder.model, "error": "timed out"}
+        status = "down" if not database["ok"] else "ok" if embedder.get("ok") else "degraded"
+        report = {"status": status, "database": database, "embedder": embedder, "jobs": jobs}
+        self._health_cache = (now, report)
+        return report

@@ -1,0 +1,431 @@
+"""Storage: the asyncpg pool and every query the indexer and the engine run.
+
+pgvector values travel in pgvector's binary format through a codec registered on each
+connection, so COPY (`copy_records_to_table`) can bulk-load chunks with their embeddings.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import sys
+import uuid
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, TypeAlias
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from codebase_mcp.config import Settings
+from codebase_mcp.errors import EngineError, SchemaError
+from codebase_mcp.models import FileError, JobInfo, JobState, RepositoryInfo
+
+# A pooled or a plain connection: queries take either.
+if TYPE_CHECKING:
+    Conn: TypeAlias = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
+    Pool: TypeAlias = asyncpg.Pool[asyncpg.Record]
+else:  # asyncpg's classes are generic only in the stubs
+    Conn = asyncpg.Connection | PoolConnectionProxy
+    Pool = asyncpg.Pool
+
+# The alembic head this code expects (a test checks it against migrations/).
+SCHEMA_HEAD = "0002"
+
+_HEADER = struct.Struct(">HH")
+_BIG_ENDIAN = sys.byteorder == "big"
+
+
+def encode_vector(vector: Sequence[float]) -> bytes:
+    """pgvector's binary send format: dims (int16), unused (int16), float4 big-endian."""
+    values = array("f", vector)
+    if not _BIG_ENDIAN:
+        values.byteswap()
+    return _HEADER.pack(len(values), 0) + values.tobytes()
+
+
+def decode_vector(data: bytes) -> list[float]:
+    dims, _ = _HEADER.unpack_from(data)
+    values = array("f")
+    values.frombytes(data[4 : 4 + 4 * dims])
+    if not _BIG_ENDIAN:
+        values.byteswap()
+    return values.tolist()
+
+
+async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    schema = await conn.fetchval(
+        "SELECT n.nspname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace "
+        "WHERE t.typname = 'vector' LIMIT 1"
+    )
+    if schema is not None:
+        await conn.set_type_codec(
+            "vector",
+            schema=schema,
+            encoder=encode_vector,
+            decoder=decode_vector,
+            format="binary",
+        )
+
+
+async def create_pool(settings: Settings) -> Pool:
+    """A pool with the vector codec; connection failures become a clear EngineError."""
+    try:
+        pool = await asyncpg.create_pool(
+            settings.asyncpg_dsn,
+            min_size=1,
+            max_size=settings.db_pool_size,
+            init=_init_connection,
+            server_settings={"application_name": "codebase-mcp"},
+            timeout=10,
+        )
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        raise EngineError(
+            f"cannot connect to PostgreSQL at {settings.database_url_masked}: "
+            f"{type(exc).__name__}: {_scrub(str(exc), settings)}"
+        ) from None
+    assert pool is not None
+    return pool
+
+
+def _scrub(text: str, settings: Settings) -> str:
+    from urllib.parse import urlsplit
+
+    password = urlsplit(settings.database_url).password
+    return text.replace(password, "***") if password else text
+
+
+async def check_schema(conn: Conn, dimensions: int) -> None:
+    """The schema must be at SCHEMA_HEAD with an embedding column of `dimensions`."""
+    try:
+        version = await conn.fetchval("SELECT version_num FROM alembic_version")
+    except asyncpg.UndefinedTableError:
+        version = None
+    if version != SCHEMA_HEAD:
+        found = "no schema" if version is None else f"revision {version}"
+        raise SchemaError(
+            f"the database schema is not at head ({found}, expected {SCHEMA_HEAD}); run "
+            "`mcp-supervisor migrate` or `alembic upgrade head` first"
+        )
+    typmod = await conn.fetchval(
+        "SELECT atttypmod FROM pg_attribute "
+        "WHERE attrelid = 'chunks'::regclass AND attname = 'embedding'"
+    )
+    if typmod != dimensions:
+        raise SchemaError(
+            f"the database stores {typmod}-dimensional embeddings but EMBEDDING_DIMENSIONS is "
+            f"{dimensions}; set EMBEDDING_DIMENSIONS={typmod} (and a model of that size) or "
+            "migrate a fresh database"
+        )
+
+
+# --- repositories ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RepositoryRow:
+    id: int
+    path: str
+    embedding_model: str | None
+    embedding_dimensions: int | None
+
+
+async def upsert_repository(conn: Conn, path: str) -> RepositoryRow:
+    row = await conn.fetchrow(
+        "INSERT INTO repositories (path) VALUES ($1) "
+        "ON CONFLICT (path) DO UPDATE SET path = EXCLUDED.path "
+        "RETURNING id, path, embedding_model, embedding_dimensions",
+        path,
+    )
+    assert row is not None
+    return RepositoryRow(**dict(row))
+
+
+async def mark_repository_indexed(
+    conn: Conn, repository_id: int, model: str, dimensions: int
+) -> None:
+    await conn.execute(
+        "UPDATE repositories SET last_indexed_at = now(), embedding_model = $2, "
+        "embedding_dimensions = $3 WHERE id = $1",
+        repository_id,
+        model,
+        dimensions,
+    )
+
+
+_REPO_SUMMARY = """
+    SELECT r.path, r.last_indexed_at, r.embedding_model, r.embedding_dimensions,
+           count(f.id) AS files, coalesce(sum(f.chunk_count), 0)::bigint AS chunks
+    FROM repositories r LEFT JOIN files f ON f.repository_id = r.id
+"""
+
+
+def _repo_info(row: asyncpg.Record) -> RepositoryInfo:
+    return RepositoryInfo(
+        path=row["path"],
+        files=int(row["files"]),
+        chunks=int(row["chunks"]),
+        last_indexed=row["last_indexed_at"],
+        embedding_model=row["embedding_model"],
+        embedding_dimensions=row["embedding_dimensions"],
+    )
+
+
+async def list_repositories(conn: Conn) -> list[RepositoryInfo]:
+    rows = await conn.fetch(_REPO_SUMMARY + " GROUP BY r.id ORDER BY r.path")
+    return [_repo_info(r) for r in rows]
+
+
+async def repository_info(conn: Conn, path: str) -> RepositoryInfo | None:
+    row = await conn.fetchrow(_REPO_SUMMARY + " WHERE r.path = $1 GROUP BY r.id", path)
+    return None if row is None else _repo_info(row)
+
+
+async def delete_repository(conn: Conn, path: str) -> bool:
+    """Delete a repository; files and chunks go with it (ON DELETE CASCADE)."""
+    status = await conn.execute("DELETE FROM repositories WHERE path = $1", path)
+    return bool(status != "DELETE 0")
+
+
+# --- files and chunks -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    id: int
+    content_hash: str
+    embedded: bool  # every chunk has its embedding
+
+
+async def stored_files(conn: Conn, repository_id: int) -> dict[str, StoredFile]:
+    rows = await conn.fetch(
+        "SELECT id, path, content_hash, embedded FROM files WHERE repository_id = $1",
+        repository_id,
+    )
+    return {r["path"]: StoredFile(r["id"], r["content_hash"], r["embedded"]) for r in rows}
+
+
+async def delete_files(conn: Conn, repository_id: int, paths: Sequence[str]) -> int:
+    if not paths:
+        return 0
+    status = await conn.execute(
+        "DELETE FROM files WHERE repository_id = $1 AND path = ANY($2::text[])",
+        repository_id,
+        list(paths),
+    )
+    return int(status.split()[-1])
+
+
+@dataclass(frozen=True, slots=True)
+class FileRow:
+    path: str
+    language: str | None
+    content_hash: str
+    size: int
+    chunk_count: int
+    embedded: bool
+
+
+CHUNK_COLUMNS = (
+    "file_id",
+    "repository_id",
+    "ordinal",
+    "start_line",
+    "end_line",
+    "kind",
+    "symbol",
+    "language",
+    "text",
+    "search_text",
+    "symbol_words",
+    "path_words",
+    "embedding",
+)
+
+# (ordinal, start_line, end_line, kind, symbol, language, text, search_text, symbol_words,
+#  path_words, embedding): CHUNK_COLUMNS after file_id and repository_id.
+ChunkRecord = tuple[
+    int,
+    int,
+    int,
+    str | None,
+    str | None,
+    str | None,
+    str,
+    str,
+    str,
+    str,
+    Sequence[float] | None,
+]
+
+
+async def replace_files(
+    conn: Conn,
+    repository_id: int,
+    files: Sequence[FileRow],
+    chunks: Sequence[Sequence[ChunkRecord]],
+) -> None:
+    """Replace these files' rows and chunks; call inside a transaction so a batch is all
+    or nothing. `chunks[i]` belongs to `files[i]`."""
+    paths = [f.path for f in files]
+    await delete_files(conn, repository_id, paths)
+    rows = await conn.fetch(
+        """
+        INSERT INTO files (repository_id, path, language, content_hash, size, chunk_count,
+                           embedded)
+        SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[],
+                                 $6::int[], $7::bool[])
+        RETURNING id, path
+        """,
+        repository_id,
+        paths,
+        [f.language for f in files],
+        [f.content_hash for f in files],
+        [f.size for f in files],
+        [f.chunk_count for f in files],
+        [f.embedded for f in files],
+    )
+    ids = {r["path"]: r["id"] for r in rows}
+    records = [
+        (ids[f.path], repository_id, *chunk)
+        for f, file_chunks in zip(files, chunks, strict=True)
+        for chunk in file_chunks
+    ]
+    if records:
+        await conn.copy_records_to_table("chunks", records=records, columns=CHUNK_COLUMNS)
+
+
+# --- jobs -----------------------------------------------------------------------------
+
+_JOB_COLUMNS = """id, repository_path, state, force, files_total, files_done, files_skipped,
+    files_deleted, chunks_total, chunks_done, errors, message, created_at, started_at,
+    finished_at"""
+
+# Built from constants only.
+_INSERT_JOB = (
+    "INSERT INTO jobs (id, repository_path, state, force, owner) "  # noqa: S608
+    f"VALUES ($1, $2, 'queued', $3, $4) RETURNING {_JOB_COLUMNS}"
+)
+_SELECT_JOB = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = $1"  # noqa: S608
+
+
+def job_from_row(row: asyncpg.Record) -> JobInfo:
+    errors = row["errors"]
+    if isinstance(errors, str):
+        errors = json.loads(errors)
+    return JobInfo(
+        id=str(row["id"]),
+        repository=row["repository_path"],
+        state=JobState(row["state"]),
+        force=row["force"],
+        files_total=row["files_total"],
+        files_done=row["files_done"],
+        files_skipped=row["files_skipped"],
+        files_deleted=row["files_deleted"],
+        chunks_total=row["chunks_total"],
+        chunks_done=row["chunks_done"],
+        errors=tuple(FileError(e["path"], e["error"]) for e in errors),
+        message=row["message"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+    )
+
+
+def parse_job_id(job_id: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(job_id))
+    except ValueError:
+        return None
+
+
+async def insert_job(conn: Conn, repository_path: str, force: bool, owner: str) -> JobInfo:
+    row = await conn.fetchrow(
+        _INSERT_JOB,
+        uuid.uuid4(),
+        repository_path,
+        force,
+        owner,
+    )
+    assert row is not None
+    return job_from_row(row)
+
+
+async def save_job(conn: Conn, job: JobInfo) -> None:
+    await conn.execute(
+        """
+        UPDATE jobs SET state = $2, files_total = $3, files_done = $4, files_skipped = $5,
+            files_deleted = $6, chunks_total = $7, chunks_done = $8, errors = $9::jsonb,
+            message = $10, started_at = $11, finished_at = $12, updated_at = now()
+        WHERE id = $1
+        """,
+        uuid.UUID(job.id),
+        job.state.value,
+        job.files_total,
+        job.files_done,
+        job.files_skipped,
+        job.files_deleted,
+        job.chunks_total,
+        job.chunks_done,
+        json.dumps([{"path": e.path, "error": e.error} for e in job.errors]),
+        job.message,
+        job.started_at,
+        job.finished_at,
+    )
+
+
+async def get_job(conn: Conn, job_id: str) -> JobInfo | None:
+    key = parse_job_id(job_id)
+    if key is None:
+        return None
+    row = await conn.fetchrow(_SELECT_JOB, key)
+    return None if row is None else job_from_row(row)
+
+
+async def last_interrupted_job(conn: Conn, repository_path: str, other_than: str) -> str | None:
+    """The id of the repository's latest job when that one was interrupted (a new job for
+    the repository resumes it: unchanged files are skipped by their hashes)."""
+    row = await conn.fetchrow(
+        "SELECT id, state FROM jobs WHERE repository_path = $1 AND id <> $2 "
+        "ORDER BY created_at DESC LIMIT 1",
+        repository_path,
+        uuid.UUID(other_than),
+    )
+    if row is None or row["state"] != JobState.INTERRUPTED.value:
+        return None
+    return str(row["id"])
+
+
+async def interrupt_orphaned_jobs(
+    conn: Conn, host: str, message: str, stale_after_s: float = 300.0
+) -> int:
+    """Jobs left queued/running by a process that died: mark them interrupted.
+
+    Replicas share the database, so only jobs of this host (a restarted container keeps
+    its hostname) or jobs whose progress stalled for `stale_after_s` are taken."""
+    status = await conn.execute(
+        """
+        UPDATE jobs SET state = 'interrupted', message = $1, finished_at = now(),
+            updated_at = now()
+        WHERE state IN ('queued', 'running')
+          AND (owner IS NULL OR split_part(owner, ':', 1) = $2
+               OR updated_at < now() - make_interval(secs => $3))
+        """,
+        message,
+        host,
+        stale_after_s,
+    )
+    return int(status.split()[-1])
+
+
+async def job_counts(conn: Conn) -> dict[str, int]:
+    rows = await conn.fetch("SELECT state, count(*) AS n FROM jobs GROUP BY state")
+    return {r["state"]: int(r["n"]) for r in rows}
+
+
+def now_utc() -> datetime:
+    from datetime import UTC
+
+    return datetime.now(UTC)

@@ -1,0 +1,389 @@
+"""The indexing pipeline for one repository.
+
+discover -> hash (threads) -> compare with the stored hashes -> chunk the changed files
+(a process pool sized to the cores, running ahead) -> embed (batched, concurrent) -> write
+each file batch in one transaction with COPY. Unchanged files cost a read and a hash:
+no parsing, no embedding. Deleted files are removed. Per-file errors are collected, not
+fatal. Stopping happens between file batches (a batch is all or nothing), so a stopped
+run leaves only whole files behind and the next run picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import anyio
+import structlog
+
+from codebase_mcp import db
+from codebase_mcp.chunk import ChunkOptions, chunk_source
+from codebase_mcp.discover import (
+    DiscoveryStats,
+    SkipReason,
+    SourceFile,
+    content_hash,
+    discover_files,
+)
+from codebase_mcp.embed import Embedder
+from codebase_mcp.errors import EmbedderError
+from codebase_mcp.models import FileError
+from codebase_mcp.tokens import search_text
+
+log = structlog.get_logger(__name__)
+
+# Files per executor task and per database transaction: large enough to amortise the
+# round trips, small enough that a stop request is honoured quickly.
+FILE_BATCH = 32
+# Cap on collected per-file errors kept in a job record.
+MAX_ERRORS = 200
+
+
+# --- worker side (runs in the chunking processes; must stay picklable) ----------------
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedFile:
+    path: str
+    language: str | None
+    content_hash: str
+    size: int
+    # db.ChunkRecord without the embedding
+    chunks: list[tuple[int, int, int, str, str | None, str | None, str, str, str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedFile:
+    path: str
+    reason: str
+    error: bool  # True: a failure worth reporting; False: binary/too large etc.
+
+
+def prepare_file(source: SourceFile, max_bytes: int) -> PreparedFile | SkippedFile:
+    """Read, decode, chunk one file and compute each chunk's search text."""
+    try:
+        loaded = source.load(max_bytes)
+        if isinstance(loaded, SkipReason):
+            return SkippedFile(source.rel_path, loaded.value, loaded == SkipReason.UNREADABLE)
+        chunks = chunk_source(loaded.text, loaded.language, ChunkOptions())
+        path_words = search_text(source.rel_path)
+        rows = [
+            (
+                i,
+                c.start_line,
+                c.end_line,
+                c.kind,
+                c.symbol,
+                c.language or loaded.language,
+                c.text.replace("\x00", ""),
+                search_text(c.text),
+                search_text(c.symbol) if c.symbol else "",
+                path_words,
+            )
+            for i, c in enumerate(chunks)
+        ]
+    except Exception as exc:  # one bad file must not stop the job
+        return SkippedFile(source.rel_path, f"{type(exc).__name__}: {exc}", True)
+    return PreparedFile(
+        source.rel_path, loaded.language, loaded.content_hash, len(loaded.data), rows
+    )
+
+
+def prepare_batch(
+    sources: Sequence[SourceFile], max_bytes: int
+) -> list[PreparedFile | SkippedFile]:
+    return [prepare_file(s, max_bytes) for s in sources]
+
+
+def hash_file(source: SourceFile) -> str | None:
+    try:
+        return content_hash(source.read_bytes())
+    except OSError:
+        return None
+
+
+def hash_batch(sources: Sequence[SourceFile]) -> list[str | None]:
+    return [hash_file(s) for s in sources]
+
+
+def make_executor(workers: int) -> Executor:
+    """Chunking runs in processes (tree-sitter walks and identifier splitting are Python,
+    GIL-bound); with one worker a thread avoids starting a process at all."""
+    if workers <= 1:
+        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk")
+    # spawn: forking a process that runs an event loop and HTTP threads is unsafe.
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+# --- decisions (pure) -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    changed: list[SourceFile]
+    unchanged: int
+    deleted: list[str]
+
+
+def plan_changes(
+    discovered: Sequence[SourceFile],
+    hashes: Sequence[str | None],
+    stored: dict[str, db.StoredFile],
+    *,
+    force: bool,
+) -> Plan:
+    """Which files to (re)index: new, changed by content hash, stored without embeddings
+    (the embedder was down), or all with `force`; which stored files are gone."""
+    changed: list[SourceFile] = []
+    unchanged = 0
+    for source, digest in zip(discovered, hashes, strict=True):
+        old = stored.get(source.rel_path)
+        if force or old is None or digest is None or old.content_hash != digest or not old.embedded:
+            changed.append(source)
+        else:
+            unchanged += 1
+    present = {s.rel_path for s in discovered}
+    deleted = sorted(p for p in stored if p not in present)
+    return Plan(changed, unchanged, deleted)
+
+
+def embedding_text(path: str, symbol: str | None, text: str) -> str:
+    """What the model sees for a chunk: where it lives helps it match descriptions."""
+    header = f"{path} {symbol}" if symbol else path
+    return f"{header}\n{text}"
+
+
+# --- the run --------------------------------------------------------------------------
+
+
+class JobControl(Protocol):
+    """What the pipeline needs from the job that runs it (see jobs.RunningJob)."""
+
+    @property
+    def stop_requested(self) -> bool: ...
+
+    async def report(self, **changes: Any) -> None: ...
+
+
+@dataclass
+class Counters:
+    files_total: int = 0
+    files_done: int = 0
+    files_skipped: int = 0
+    files_deleted: int = 0
+    chunks_total: int = 0
+    chunks_done: int = 0
+    errors: list[FileError] = field(default_factory=list)
+
+    def add_error(self, path: str, error: str) -> None:
+        if len(self.errors) < MAX_ERRORS:
+            self.errors.append(FileError(path, error))
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "files_total": self.files_total,
+            "files_done": self.files_done,
+            "files_skipped": self.files_skipped,
+            "files_deleted": self.files_deleted,
+            "chunks_total": self.chunks_total,
+            "chunks_done": self.chunks_done,
+            "errors": tuple(self.errors),
+        }
+
+
+@dataclass
+class _Embedded:
+    files: list[PreparedFile]
+    skipped: list[SkippedFile]
+    vectors: list[list[float]] | None  # None: stored without embeddings (lexical only)
+
+
+@dataclass
+class IndexResult:
+    counters: Counters
+    stopped: bool
+    embedder_error: str | None
+
+
+class IndexRun:
+    """Indexes one repository once; `run()` returns when done or stopped."""
+
+    def __init__(
+        self,
+        *,
+        pool: db.Pool,
+        embedder: Embedder | None,
+        executor: Executor,
+        root: str,
+        job: JobControl,
+        force: bool = False,
+        max_file_bytes: int = 1_000_000,
+        file_batch: int = FILE_BATCH,
+        read_ahead: int = 4,
+    ) -> None:
+        self.pool = pool
+        self.embedder = embedder
+        self.executor = executor
+        self.root = root
+        self.job = job
+        self.force = force
+        self.max_file_bytes = max_file_bytes
+        self.file_batch = file_batch
+        self.read_ahead = max(2, read_ahead)
+        self.counters = Counters()
+        self.embedder_error: str | None = None if embedder is not None else "no embedder"
+
+    async def run(self) -> IndexResult:
+        c = self.counters
+        async with self.pool.acquire() as conn:
+            repo = await db.upsert_repository(conn, self.root)
+            stored = await db.stored_files(conn, repo.id)
+        model = self.embedder.model if self.embedder else None
+        # Vectors of another model are not comparable: re-embed everything.
+        force = self.force or (
+            model is not None and repo.embedding_model not in (None, model) and bool(stored)
+        )
+
+        stats = DiscoveryStats()
+        discovered: list[SourceFile] = await anyio.to_thread.run_sync(
+            lambda: list(discover_files(self.root, max_file_bytes=self.max_file_bytes, stats=stats))
+        )
+        hashes: list[str | None] = []
+        for i in range(0, len(discovered), 512):
+            hashes += await anyio.to_thread.run_sync(hash_batch, discovered[i : i + 512])
+        plan = plan_changes(discovered, hashes, stored, force=force)
+
+        if plan.deleted:
+            async with self.pool.acquire() as conn:
+                c.files_deleted = await db.delete_files(conn, repo.id, plan.deleted)
+        c.files_total = len(discovered)
+        c.files_done = c.files_skipped = plan.unchanged
+        await self.job.report(**c.snapshot())
+
+        stopped = await self._process(repo.id, plan.changed, stored)
+        if not stopped:
+            async with self.pool.acquire() as conn:
+                await db.mark_repository_indexed(
+                    conn, repo.id, model or repo.embedding_model or "", self._dims()
+                )
+        return IndexResult(
+            c, stopped, self.embedder_error if self.embedder_error != "no embedder" else None
+        )
+
+    def _dims(self) -> int:
+        return self.embedder.dimensions if self.embedder else 0
+
+    async def _process(
+        self, repository_id: int, changed: list[SourceFile], stored: dict[str, db.StoredFile]
+    ) -> bool:
+        """Chunk -> embed -> write, as three stages joined by small buffers."""
+        batches = [
+            changed[i : i + self.file_batch] for i in range(0, len(changed), self.file_batch)
+        ]
+        if not batches:
+            return False
+        to_embed_send, to_embed_recv = anyio.create_memory_object_stream[
+            list[PreparedFile | SkippedFile]
+        ](1)
+        to_write_send, to_write_recv = anyio.create_memory_object_stream[_Embedded](1)
+        stopped = False
+
+        async def chunk_stage() -> None:
+            async with to_embed_send:
+                pending: list[Future[list[PreparedFile | SkippedFile]]] = []
+                submitted = 0
+                try:
+                    while submitted < len(batches) or pending:
+                        while submitted < len(batches) and len(pending) < self.read_ahead:
+                            pending.append(
+                                self.executor.submit(
+                                    prepare_batch, batches[submitted], self.max_file_bytes
+                                )
+                            )
+                            submitted += 1
+                        result = await asyncio.wrap_future(pending.pop(0))
+                        if self.job.stop_requested:
+                            return
+                        await to_embed_send.send(result)
+                finally:
+                    for future in pending:  # not started yet: drop; running: ignore
+                        future.cancel()
+
+        async def embed_stage() -> None:
+            async with to_embed_recv, to_write_send:
+                async for results in to_embed_recv:
+                    files = [r for r in results if isinstance(r, PreparedFile)]
+                    skipped = [r for r in results if isinstance(r, SkippedFile)]
+                    self.counters.chunks_total += sum(len(f.chunks) for f in files)
+                    vectors = await self._embed(files)
+                    if self.job.stop_requested:
+                        return
+                    await to_write_send.send(_Embedded(files, skipped, vectors))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(chunk_stage)
+            tg.start_soon(embed_stage)
+            async with to_write_recv:
+                async for batch in to_write_recv:
+                    await self._write(repository_id, batch, stored)
+                    await self.job.report(**self.counters.snapshot())
+                    if self.job.stop_requested:
+                        stopped = True
+                        tg.cancel_scope.cancel()
+                        break
+        return stopped or self.job.stop_requested
+
+    async def _embed(self, files: list[PreparedFile]) -> list[list[float]] | None:
+        texts = [embedding_text(f.path, ch[4], ch[6]) for f in files for ch in f.chunks]
+        if not texts:
+            return []
+        if self.embedder is None or self.embedder_error is not None:
+            return None
+        try:
+            return await self.embedder.embed_documents(texts)
+        except EmbedderError as exc:
+            # Keep indexing for lexical search; these files get embedded on a later run.
+            self.embedder_error = str(exc)
+            self.counters.add_error("*", f"embedding stopped: {exc}")
+            log.warning("embedder failed; storing chunks for lexical search only", error=str(exc))
+            return None
+
+    async def _write(
+        self, repository_id: int, batch: _Embedded, stored: dict[str, db.StoredFile]
+    ) -> None:
+        c = self.counters
+        embedded = batch.vectors is not None
+        rows: list[db.FileRow] = []
+        chunk_rows: list[list[db.ChunkRecord]] = []
+        offset = 0
+        for f in batch.files:
+            vecs: Sequence[Sequence[float] | None]
+            if batch.vectors is not None:
+                vecs = batch.vectors[offset : offset + len(f.chunks)]
+                offset += len(f.chunks)
+            else:
+                vecs = [None] * len(f.chunks)
+            rows.append(
+                db.FileRow(f.path, f.language, f.content_hash, f.size, len(f.chunks), embedded)
+            )
+            chunk_rows.append([(*ch, v) for ch, v in zip(f.chunks, vecs, strict=True)])
+        gone = [s.path for s in batch.skipped if s.path in stored]
+        async with self.pool.acquire() as conn, conn.transaction():
+            if gone:
+                await db.delete_files(conn, repository_id, gone)
+            if rows:
+                await db.replace_files(conn, repository_id, rows, chunk_rows)
+        for s in batch.skipped:
+            if s.error:
+                c.add_error(s.path, s.reason)
+        c.files_done += len(batch.files) + len(batch.skipped)
+        c.chunks_done += sum(len(f.chunks) for f in batch.files)
+
+
+def default_workers() -> int:
+    return max(1, os.cpu_count() or 1)

@@ -1,0 +1,210 @@
+"""Index jobs at run time: one task per job, at most one job per repository, persisted in
+the jobs table at every step, stoppable at a safe point (cancel, shutdown).
+
+The pipeline itself lives in index.py; this module owns states and their transitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import anyio
+import structlog
+
+from codebase_mcp import db
+from codebase_mcp.errors import EngineError, JobNotFoundError
+from codebase_mcp.models import JobInfo, JobState, Progress, ProgressCallback
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a finished run reports back: stopped early, or a note (e.g. embedder down)."""
+
+    stopped: bool = False
+    message: str | None = None
+
+
+def final_state(
+    outcome: Outcome | None, stop_state: JobState | None, error: str | None
+) -> tuple[JobState, str | None]:
+    """The state a job ends in and its message (pure).
+
+    outcome None means the run did not return (an exception or a hard cancel)."""
+    if error is not None:
+        return JobState.FAILED, error
+    if outcome is None or outcome.stopped:
+        state = stop_state or JobState.INTERRUPTED
+        why = "cancelled by request" if state is JobState.CANCELLED else "stopped by shutdown"
+        note = f"{why}; index the repository again to resume"
+        if outcome is not None and outcome.message:
+            note += f" ({outcome.message})"
+        return state, note
+    return JobState.COMPLETED, outcome.message
+
+
+class RunningJob:
+    """A job in this process: its latest info, its stop request and its task."""
+
+    def __init__(self, info: JobInfo, pool: db.Pool) -> None:
+        self.info = info
+        self.pool = pool
+        self.stop_state: JobState | None = None
+        self.done = asyncio.Event()
+        self.scope = anyio.CancelScope()
+        self.callbacks: list[ProgressCallback] = []
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.stop_state is not None
+
+    def request_stop(self, state: JobState) -> None:
+        if self.stop_state is None:
+            self.stop_state = state
+
+    async def report(self, **changes: Any) -> None:
+        """Record progress: in memory, in the jobs table, and to progress callbacks."""
+        self.info = replace(self.info, **changes)
+        async with self.pool.acquire() as conn:
+            await db.save_job(conn, self.info)
+        await self._notify()
+
+    async def _notify(self, message: str = "") -> None:
+        i = self.info
+        snapshot = Progress(
+            i.id, i.files_done, i.files_total, i.chunks_done, i.chunks_total, message
+        )
+        for callback in list(self.callbacks):
+            try:
+                await callback(snapshot)
+            except Exception as exc:  # a client that went away must not stop the job
+                log.debug("progress callback failed", job=i.id, error=str(exc))
+                self.callbacks.remove(callback)
+
+
+Runner = Callable[[RunningJob], Awaitable[Outcome]]
+
+
+class JobManager:
+    def __init__(self, pool: db.Pool, owner: str, runner: Runner) -> None:
+        self.pool = pool
+        self.owner = owner
+        self.runner = runner
+        self._active: dict[str, RunningJob] = {}  # by repository path
+        self._by_id: dict[str, RunningJob] = {}
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    @property
+    def running(self) -> int:
+        return len(self._active)
+
+    async def start(
+        self, repository: str, force: bool, progress: ProgressCallback | None
+    ) -> JobInfo:
+        async with self._lock:
+            if self._closed:
+                raise EngineError("the engine is shutting down; no new jobs")
+            job = self._active.get(repository)
+            if job is None:
+                async with self.pool.acquire() as conn:
+                    info = await db.insert_job(conn, repository, force, self.owner)
+                    resumed = await db.last_interrupted_job(conn, repository, info.id)
+                if resumed is not None:
+                    info = replace(info, message=f"resumes interrupted job {resumed}")
+                job = RunningJob(info, self.pool)
+                self._active[repository] = job
+                self._by_id[info.id] = job
+                job.task = asyncio.get_running_loop().create_task(self._run(job))
+            if progress is not None:
+                job.callbacks.append(progress)
+            return job.info
+
+    async def _run(self, job: RunningJob) -> None:
+        outcome: Outcome | None = None
+        error: str | None = None
+        try:
+            with job.scope:
+                await job.report(state=JobState.RUNNING, started_at=db.now_utc())
+                outcome = await self.runner(job)
+        except EngineError as exc:
+            error = str(exc)
+        except Exception as exc:
+            log.exception("index job failed", job=job.info.id)
+            error = f"{type(exc).__name__}: {exc}"
+        finally:
+            state, message = final_state(outcome, job.stop_state, error)
+            job.info = replace(job.info, state=state, message=message, finished_at=db.now_utc())
+            with anyio.CancelScope(shield=True):
+                try:
+                    async with self.pool.acquire() as conn:
+                        await db.save_job(conn, job.info)
+                except Exception as exc:  # the database may be gone at shutdown
+                    log.warning("could not record the job's end", job=job.info.id, error=str(exc))
+                await job._notify(state.value)
+            self._active.pop(job.info.repository, None)
+            job.done.set()
+            log.info(
+                "index job finished",
+                job=job.info.id,
+                repository=job.info.repository,
+                state=state.value,
+                files=job.info.files_done,
+                chunks=job.info.chunks_done,
+            )
+
+    async def status(self, job_id: str) -> JobInfo:
+        job = self._by_id.get(job_id)
+        if job is not None:
+            return job.info
+        async with self.pool.acquire() as conn:
+            info = await db.get_job(conn, job_id)
+        if info is None:
+            raise JobNotFoundError(f"no indexing job with id {job_id!r}")
+        return info
+
+    async def wait(self, job_id: str) -> JobInfo:
+        job = self._by_id.get(job_id)
+        if job is not None:
+            await job.done.wait()
+            return job.info
+        return await self.status(job_id)
+
+    async def cancel(self, job_id: str) -> JobInfo:
+        job = self._by_id.get(job_id)
+        if job is None:
+            return await self.status(job_id)  # finished or unknown: nothing to stop
+        job.request_stop(JobState.CANCELLED)
+        await job.done.wait()
+        return job.info
+
+    def active_for(self, repository: str) -> RunningJob | None:
+        return self._active.get(repository)
+
+    async def stop_all(self, grace: float) -> None:
+        """Ask every job to stop at its next safe point; after `grace` seconds cancel what
+        is left (its open batch rolls back). All end `interrupted`."""
+        self._closed = True
+        jobs = list(self._active.values())
+        for job in jobs:
+            job.request_stop(JobState.INTERRUPTED)
+        with anyio.move_on_after(max(grace, 0.0)):
+            for job in jobs:
+                await job.done.wait()
+        for job in jobs:
+            if not job.done.is_set():
+                job.scope.cancel()
+        with anyio.move_on_after(5):
+            for job in jobs:
+                await job.done.wait()
+        for job in jobs:
+            if not job.done.is_set() and job.task is not None:
+                job.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await job.task

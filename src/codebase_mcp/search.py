@@ -1,0 +1,268 @@
+"""Hybrid search: pgvector cosine top-k and full-text top-k fused by reciprocal rank.
+
+Filters (repository, language, path glob) apply inside both queries. Without a reachable
+embedder or without stored embeddings, the lexical list answers alone and the response
+says so (mode "lexical" and a notice).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from codebase_mcp import db
+from codebase_mcp.models import SearchMode, SearchResponse, SearchResult
+from codebase_mcp.tokens import tsquery_for
+
+RRF_K = 60
+MAX_LIMIT = 100
+
+
+# --- pure parts -----------------------------------------------------------------------
+
+
+def glob_to_regex(glob: str) -> str:
+    """A PostgreSQL regular expression (ARE) for a path glob, anchored at both ends.
+
+    `*` stays within a path segment, `**` crosses segments (`**/` also matches nothing),
+    `?` is one character, `[...]` a class. A glob without `/` matches the file name at any
+    depth (as in .gitignore). Every other character is literal: escaped with `\\`, which
+    in an ARE makes any non-alphanumeric character literal.
+    """
+    pattern = glob.strip().lstrip("/")
+    anchored_anywhere = "/" not in pattern
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(.*/)?")
+            i += 3
+            continue
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if ch == "*":
+            out.append("[^/]*")
+        elif ch == "?":
+            out.append("[^/]")
+        elif ch == "[":
+            end = pattern.find("]", i + 2)
+            if end == -1:
+                out.append("\\[")
+            else:
+                body = pattern[i + 1 : end]
+                negate = body.startswith(("!", "^"))
+                body = body[1:] if negate else body
+                safe = "".join(c if c.isalnum() or c == "-" else "\\" + c for c in body)
+                out.append("[" + ("^" if negate else "") + safe + "]")
+                i = end + 1
+                continue
+        elif ch.isalnum():
+            out.append(ch)
+        else:
+            out.append("\\" + ch)
+        i += 1
+    prefix = "(.*/)?" if anchored_anywhere else ""
+    return "^" + prefix + "".join(out) + "$"
+
+
+def rrf_fuse(ranked: Sequence[Sequence[int]], k: int = RRF_K) -> list[tuple[int, float]]:
+    """Reciprocal rank fusion: each id scores sum(1 / (k + rank)) over the lists it is in
+    (rank 1-based); best first, ties broken by the first list's order."""
+    scores: dict[int, float] = {}
+    for ids in ranked:
+        for rank, chunk_id in enumerate(ids, start=1):
+            scores[chunk_id] = scores.get(chunk_id, 0.0) + 1.0 / (k + rank)
+    return sorted(scores.items(), key=lambda item: -item[1])
+
+
+@dataclass(frozen=True)
+class Filters:
+    repository: str | None = None
+    language: str | None = None
+    path_glob: str | None = None
+
+    def sql(self, first_param: int) -> tuple[str, list[Any]]:
+        """` AND ...` conditions on c (chunks), f (files), r (repositories)."""
+        parts: list[str] = []
+        params: list[Any] = []
+
+        def param(value: Any) -> str:
+            params.append(value)
+            return f"${first_param + len(params) - 1}"
+
+        if self.repository:
+            repo = self.repository.rstrip("/") or "/"
+            if "/" in repo:
+                candidates = list(dict.fromkeys([repo, os.path.realpath(repo)]))
+                parts.append(f"r.path = ANY({param(candidates)}::text[])")
+            else:  # a bare name: the repository directory's name
+                parts.append(f"(r.path = {param(repo)} OR r.path LIKE {param('%/' + repo)})")
+        if self.language:
+            parts.append(f"c.language = {param(self.language.strip().lower())}")
+        if self.path_glob:
+            parts.append(f"f.path ~ {param(glob_to_regex(self.path_glob))}")
+        return "".join(" AND " + p for p in parts), params
+
+
+def candidates_for(limit: int) -> int:
+    """How many hits each list contributes to the fusion."""
+    return min(max(limit * 4, 40), 400)
+
+
+# --- queries --------------------------------------------------------------------------
+
+_SELECT = """
+    SELECT c.id, r.path AS repository, f.path, c.start_line, c.end_line, c.language,
+           c.symbol, c.kind, c.text
+"""
+_FROM = """
+    FROM chunks c
+    JOIN files f ON f.id = c.file_id
+    JOIN repositories r ON r.id = c.repository_id
+"""
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: int
+    score: float
+    row: asyncpg.Record
+
+
+async def vector_hits(
+    conn: db.Conn, vector: Sequence[float], filters: Filters, k: int
+) -> list[Hit]:
+    where, params = filters.sql(3)
+    sql = (
+        _SELECT
+        + ", 1 - (c.embedding <=> $1) AS score"
+        + _FROM
+        + " WHERE c.embedding IS NOT NULL"
+        + where
+        + " ORDER BY c.embedding <=> $1 LIMIT $2"
+    )
+    async with conn.transaction():
+        # More candidates than the default 40 for larger k; with filters, keep scanning
+        # the graph until k rows pass them (pgvector >= 0.8).
+        await conn.execute(
+            f"SET LOCAL hnsw.ef_search = {max(40, min(k, 1000))}; "
+            "SET LOCAL hnsw.iterative_scan = relaxed_order"
+        )
+        rows = await conn.fetch(sql, vector, k, *params)
+    hits = [Hit(r["id"], float(r["score"]), r) for r in rows]
+    hits.sort(key=lambda h: -h.score)  # relaxed_order may be slightly out of order
+    return hits
+
+
+async def lexical_hits(conn: db.Conn, query: str, filters: Filters, k: int) -> list[Hit]:
+    """Every query word first; when that finds fewer than k, any word (ranked by
+    ts_rank_cd: chunks with more of the words, closer together, rank higher)."""
+    hits: list[Hit] = []
+    seen: set[int] = set()
+    where, params = filters.sql(3)
+    sql = (
+        _SELECT
+        + ", ts_rank_cd(c.tsv, q) AS score"
+        + _FROM
+        + ", to_tsquery('simple', $1) q WHERE c.tsv @@ q"
+        + where
+        + " ORDER BY score DESC, c.id LIMIT $2"
+    )
+    for match_all in (True, False):
+        tsquery = tsquery_for(query, match_all=match_all)
+        if tsquery is None:
+            return []
+        rows = await conn.fetch(sql, tsquery, k, *params)
+        for r in rows:
+            if r["id"] not in seen and len(hits) < k:
+                seen.add(r["id"])
+                hits.append(Hit(r["id"], float(r["score"]), r))
+        if len(hits) >= k or tsquery_for(query, match_all=False) == tsquery:
+            break
+    return hits
+
+
+def _result(hit: Hit, score: float, mode: SearchMode) -> SearchResult:
+    r = hit.row
+    return SearchResult(
+        repository=r["repository"],
+        path=r["path"],
+        start_line=r["start_line"],
+        end_line=r["end_line"],
+        language=r["language"],
+        symbol=r["symbol"],
+        kind=r["kind"],
+        snippet=r["text"],
+        score=round(score, 6),
+        mode=mode,
+    )
+
+
+def fuse(vector: list[Hit], lexical: list[Hit], limit: int, mode: SearchMode) -> list[SearchResult]:
+    """The response's results for the lists that ran (`mode` says which)."""
+    if mode == "vector":
+        return [_result(h, h.score, mode) for h in vector[:limit]]
+    if mode == "lexical":
+        return [_result(h, h.score, mode) for h in lexical[:limit]]
+    by_id = {h.id: h for h in lexical} | {h.id: h for h in vector}
+    fused = rrf_fuse([[h.id for h in vector], [h.id for h in lexical]])
+    return [_result(by_id[i], s, mode) for i, s in fused[:limit]]
+
+
+def plan_mode(want: SearchMode | None, has_vector: bool, has_words: bool) -> tuple[bool, bool]:
+    """(run the vector list, run the lexical list) for a request (pure)."""
+    if want == "lexical" or not has_vector:
+        return False, has_words
+    if want == "vector" or not has_words:
+        return True, False
+    return True, True
+
+
+async def run_search(
+    pool: db.Pool,
+    query: str,
+    vector: Sequence[float] | None,
+    filters: Filters,
+    limit: int,
+    *,
+    want: SearchMode | None = None,
+    notice: str | None = None,
+) -> SearchResponse:
+    """Search with the query vector when there is one (None: no embedder answered, and
+    `notice` says why). `want` forces one retrieval (the retrieval benchmark compares
+    them); None picks hybrid when it can."""
+    started = time.perf_counter()
+    limit = max(1, min(limit, MAX_LIMIT))
+    k = candidates_for(limit)
+    has_words = tsquery_for(query, match_all=False) is not None
+    run_vector, run_lexical = plan_mode(want, vector is not None, has_words)
+    vector_list: list[Hit] = []
+    lexical_list: list[Hit] = []
+    async with pool.acquire() as conn:
+        if run_vector and vector is not None:
+            vector_list = await vector_hits(conn, vector, filters, k)
+        if run_lexical:
+            lexical_list = await lexical_hits(conn, query, filters, k)
+
+    mode: SearchMode = (
+        "hybrid" if run_vector and run_lexical else "vector" if run_vector else "lexical"
+    )
+    if mode == "hybrid" and not vector_list and lexical_list:
+        mode = "lexical"
+        notice = notice or "no embeddings stored yet: answered by full-text search only"
+    results = fuse(vector_list, lexical_list, limit, mode)
+    return SearchResponse(
+        query=query,
+        mode=mode,
+        results=tuple(results),
+        notice=notice,
+        elapsed_ms=round((time.perf_counter() - started) * 1000, 2),
+    )
