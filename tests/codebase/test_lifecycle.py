@@ -169,8 +169,18 @@ HELPER = textwrap.dedent(
         await anyio.sleep(60)
         return "done"
 
+    @mcp.custom_route("/health", methods=["GET"])
+    async def health(_):
+        from starlette.responses import JSONResponse
+        return JSONResponse({"status": "ok"})
+
     configure_logging("info", "json")
-    anyio.run(lifecycle.serve_stdio, mcp, Notifier.from_env())
+    if os.environ.get("PORT"):
+        anyio.run(
+            lifecycle.serve_http, mcp, Notifier.from_env(), "127.0.0.1", int(os.environ["PORT"])
+        )
+    else:
+        anyio.run(lifecycle.serve_stdio, mcp, Notifier.from_env())
     print("after serve", file=sys.stderr)
     """
 )
@@ -377,3 +387,46 @@ def test_sd_notify_ready_watchdog_and_stopping(helper_script: Path, tmp_path: Pa
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_http_stop_signal_runs_teardown_and_exits_0(
+    helper_script: Path, tmp_path: Path, signum: signal.Signals
+) -> None:
+    """uvicorn re-raises the signal after its shutdown, which skipped FastMCP's lifespan
+    teardown (PrefectHQ/fastmcp#4927); ours must not."""
+    import httpx
+
+    from tests.support.pg import free_port
+
+    port = free_port()
+    marker = tmp_path / "marker"
+    proc = subprocess.Popen(
+        [sys.executable, str(helper_script)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=_subprocess_env(MARKER=str(marker), PORT=str(port)),
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                resp = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, "the http server exited"
+                assert time.monotonic() < deadline, "the http server did not come up"
+                time.sleep(0.1)
+        assert resp.json() == {"status": "ok"}
+        proc.send_signal(signum)
+        code, took = _wait_exit(proc)
+        assert code == 0
+        assert took < 5.0
+        assert marker.read_text() == "started\nteardown\n"
+        assert proc.stdout is not None
+        assert proc.stdout.read() == b""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
