@@ -29,7 +29,8 @@ class ProbeError(Exception):
 
 
 class _Context:
-    """What json's C scanner reads from a JSONDecoder (the same settings json.loads uses)."""
+    """What json's C scanner reads from a JSONDecoder: json.loads' settings, except that
+    NaN and Infinity (not JSON) are errors."""
 
     strict = True
     object_hook = None
@@ -49,7 +50,7 @@ def loads(text: str) -> object:
     except ImportError:  # pragma: no cover - an interpreter without the C accelerator
         import json
 
-        return json.loads(text)
+        return json.loads(text, parse_constant=_Context.parse_constant)
     text = text.strip()
     try:
         value, end = _json.make_scanner(_Context)(text, 0)  # type: ignore[arg-type]
@@ -58,7 +59,7 @@ def loads(text: str) -> object:
     if end != len(text):
         import json  # the rare error path: json.loads says precisely what is wrong
 
-        return json.loads(text)
+        return json.loads(text, parse_constant=_Context.parse_constant)
     return value
 
 
