@@ -121,6 +121,7 @@ class SkipReason(enum.StrEnum):
 
     IGNORED_BUILTIN = "ignored_builtin"
     GITIGNORED = "gitignored"
+    EXCLUDED = "excluded"
     BINARY = "binary"
     NOT_UTF8 = "not_utf8"
     TOO_LARGE = "too_large"
@@ -291,19 +292,24 @@ def discover_files(
     *,
     max_file_bytes: int | None = DEFAULT_MAX_FILE_BYTES,
     use_gitignore: bool = True,
+    exclude: Iterable[str] = (),
     stats: DiscoveryStats | None = None,
 ) -> Iterator[SourceFile]:
     """Yield the indexable candidate files under ``root`` in a stable (sorted) order.
 
-    Pass a ``DiscoveryStats`` to collect skip reasons. Files still need ``load()`` for the
-    binary/UTF-8 checks and the hash. Unreadable directories are reported and skipped.
+    ``exclude``: extra gitignore-style patterns relative to the root (a caller's setting);
+    they win over everything else. Pass a ``DiscoveryStats`` to collect skip reasons.
+    Files still need ``load()`` for the binary/UTF-8 checks and the hash. Unreadable
+    directories are reported and skipped.
     """
-    walk = _Walk(root, max_file_bytes, use_gitignore, stats or DiscoveryStats())
+    patterns = [p for p in exclude if p.strip()]
+    excluded = pathspec.GitIgnoreSpec.from_lines(patterns) if patterns else None
+    walk = _Walk(root, max_file_bytes, use_gitignore, excluded, stats or DiscoveryStats())
     chain: list[_IgnoreFile] = []
     if use_gitignore:
-        exclude = _load_ignore_file(Path(walk.root, ".git", "info", "exclude"), "")
-        if exclude is not None:
-            chain.append(exclude)
+        info_exclude = _load_ignore_file(Path(walk.root, ".git", "info", "exclude"), "")
+        if info_exclude is not None:
+            chain.append(info_exclude)
     # Depth-first with an explicit stack: (absolute dir, relative dir prefix, ignore chain).
     stack: list[tuple[str, str, list[_IgnoreFile]]] = [(walk.root, "", chain)]
     while stack:
@@ -320,13 +326,22 @@ class _Walk:
         root: str | os.PathLike[str],
         max_file_bytes: int | None,
         use_gitignore: bool,
+        excluded: pathspec.GitIgnoreSpec | None,
         stats: DiscoveryStats,
     ) -> None:
         self.root = os.path.realpath(root)
         self.root_prefix = self.root.rstrip(os.sep) + os.sep
         self.max_file_bytes = max_file_bytes
         self.use_gitignore = use_gitignore
+        self.excluded = excluded
         self.stats = stats
+
+    def _ignored(self, rel: str, is_dir: bool, chain: Sequence[_IgnoreFile]) -> SkipReason | None:
+        if self.excluded is not None and self.excluded.match_file(rel + "/" if is_dir else rel):
+            return SkipReason.EXCLUDED
+        if chain and is_gitignored(rel, is_dir, chain):
+            return SkipReason.GITIGNORED
+        return None
 
     def scan(
         self,
@@ -343,6 +358,10 @@ class _Walk:
         except OSError:
             stats.skip(rel_dir.rstrip("/") or ".", SkipReason.UNREADABLE)
             return
+        if rel_dir and any(e.name == "pyvenv.cfg" for e in entries):
+            # A virtualenv under any name (.venv-foo, env): dependencies, not the project.
+            stats.skip(rel_dir.rstrip("/"), SkipReason.IGNORED_BUILTIN)
+            return
         if self.use_gitignore and any(e.name == ".gitignore" for e in entries):
             local = _load_ignore_file(Path(abs_dir, ".gitignore"), rel_dir)
             if local is not None:
@@ -357,19 +376,20 @@ class _Walk:
                         yield found
                     continue
                 if entry.is_dir(follow_symlinks=False):
-                    if _is_builtin_ignored_dir(name):
-                        stats.skip(rel, SkipReason.IGNORED_BUILTIN)
-                    elif chain and is_gitignored(rel, True, chain):
-                        stats.skip(rel, SkipReason.GITIGNORED)
+                    reason = (
+                        SkipReason.IGNORED_BUILTIN
+                        if _is_builtin_ignored_dir(name)
+                        else self._ignored(rel, True, chain)
+                    )
+                    if reason is not None:
+                        stats.skip(rel, reason)
                     else:
                         subdirs.append((entry.path, rel + "/", chain))
                     continue
                 if not entry.is_file(follow_symlinks=False):
                     stats.skip(rel, SkipReason.NOT_REGULAR)
                     continue
-                reason = builtin_file_skip(name)
-                if reason is None and chain and is_gitignored(rel, False, chain):
-                    reason = SkipReason.GITIGNORED
+                reason = builtin_file_skip(name) or self._ignored(rel, False, chain)
                 if reason is not None:
                     stats.skip(rel, reason)
                     continue
@@ -408,9 +428,7 @@ class _Walk:
         if not stat.S_ISREG(st.st_mode):
             self.stats.skip(rel, SkipReason.NOT_REGULAR)
             return None
-        reason = builtin_file_skip(entry.name)
-        if reason is None and chain and is_gitignored(rel, False, chain):
-            reason = SkipReason.GITIGNORED
+        reason = builtin_file_skip(entry.name) or self._ignored(rel, False, chain)
         if reason is not None:
             self.stats.skip(rel, reason)
             return None
