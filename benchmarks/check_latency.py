@@ -1,0 +1,126 @@
+"""`mcp-supervisor --check` wall time against a bare `python -c pass` (goal: ratio <= 1.5).
+
+Both run from the same venv, interleaved (so that machine noise hits both alike), on a
+fresh heartbeat whose child is alive (the probe's full path: read, parse, /proc). Also
+shown: the same probe without the pip-generated launcher (whose own `import re` is not
+ours), and `python -X importtime` of the probe's path: what it imports beyond a bare
+interpreter, slowest first.
+
+    .venv/bin/python benchmarks/check_latency.py [--runs 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+VENV_BIN = Path(sys.executable).parent
+PYTHON = str(VENV_BIN / "python")
+
+
+def write_heartbeat(path: Path) -> None:
+    data = {
+        "version": 1,
+        "status": "ready",
+        "phase": "running",
+        "status_text": "serving",
+        "supervisor_pid": os.getpid(),
+        "pid_namespace": os.readlink("/proc/self/ns/pid"),
+        "child_pid": os.getpid(),
+        "child_started_at": time.time(),
+        "ready": True,
+        "restarts": 0,
+        "restart_policy": "on-failure",
+        "last_watchdog_ping": time.time(),
+        "watchdog_missed": False,
+        "watchdog_sec": 30.0,
+        "dependencies": {"postgres": "ok", "ollama": "ok"},
+        "interval": 5.0,
+        "max_age": 3600.0,  # stays fresh for the whole run
+        "updated_at": time.time(),
+    }
+    path.write_text(json.dumps(data))
+
+
+def timed(argv: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(
+        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False
+    )
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{argv} exited {proc.returncode}: {proc.stderr.decode()[-500:]}")
+    return elapsed
+
+
+def importtime(argv: list[str], env: dict[str, str]) -> dict[str, int]:
+    """module -> cumulative microseconds, from `python -X importtime`."""
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    out: dict[str, int] = {}
+    for line in proc.stderr.splitlines():
+        if not line.startswith("import time:") or "cumulative" in line:
+            continue
+        parts = line.split("|")
+        if len(parts) != 3:
+            continue
+        _self, cumulative, name = parts
+        try:
+            out[name.strip()] = int(cumulative.strip())
+        except ValueError:
+            continue
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=40, help="runs of each command (>= 30)")
+    args = ap.parse_args()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MCP_SUPERVISOR_")}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+
+    with tempfile.TemporaryDirectory(prefix="check-bench-") as tmp:
+        hb = Path(tmp) / "heartbeat.json"
+        write_heartbeat(hb)
+        probe = ["--check", "--heartbeat-file", str(hb)]
+        no_launcher = "import sys\nfrom mcp_supervisor.cli import main\nsys.exit(main())\n"
+        commands = {
+            "python -c pass": [PYTHON, "-c", "pass"],
+            "mcp-supervisor --check": [str(VENV_BIN / "mcp-supervisor"), *probe],
+            "  (cli.main without pip's launcher)": [PYTHON, "-c", no_launcher, *probe],
+        }
+        for argv in commands.values():  # warm the page cache; the first run is not timed
+            timed(argv, env)
+        times: dict[str, list[float]] = {name: [] for name in commands}
+        for _ in range(max(args.runs, 30)):
+            for name, argv in commands.items():
+                times[name].append(timed(argv, env))
+
+        base = statistics.median(times["python -c pass"])
+        print(f"runs: {max(args.runs, 30)} of each, interleaved; medians")
+        for name, samples in times.items():
+            med = statistics.median(samples)
+            print(f"  {name:40s} {med * 1000:7.2f} ms   ratio {med / base:5.2f}")
+        ratio = statistics.median(times["mcp-supervisor --check"]) / base
+        verdict = "OK" if ratio <= 1.5 else "MISSED"
+        print(f"check/python-pass ratio: {ratio:.2f} (goal <= 1.5): {verdict}")
+
+        bare = importtime([PYTHON, "-X", "importtime", "-c", "pass"], env)
+        path = importtime([PYTHON, "-X", "importtime", "-c", no_launcher, *probe], env)
+        extra = sorted(((us, m) for m, us in path.items() if m not in bare), reverse=True)
+        print("imports on the --check path beyond a bare interpreter (cumulative, -X importtime):")
+        for us, module in extra[:12]:
+            print(f"  {us / 1000:7.2f} ms  {module}")
+        launcher = importtime([PYTHON, "-X", "importtime", "-c", "import re"], env)
+        re_ms = launcher.get("re", 0) / 1000
+        print(f"(pip's console-script launcher itself imports re: {re_ms:.2f} ms)")
+
+
+if __name__ == "__main__":
+    main()
