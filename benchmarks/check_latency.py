@@ -49,6 +49,24 @@ def write_heartbeat(path: Path) -> None:
     path.write_text(json.dumps(data))
 
 
+def compile_probe_path() -> None:
+    """Bytecode for the probe's modules, as an installed wheel (or `compileall` in the
+    image) has it: this dev tree runs with PYTHONDONTWRITEBYTECODE=1, and compiling
+    check.py from source on every run would cost more than the whole probe."""
+    import importlib.util
+    import py_compile
+
+    for name in (
+        "mcp_supervisor",
+        "mcp_supervisor.cli",
+        "mcp_supervisor.check",
+        "mcp_supervisor.health",
+    ):
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.origin:
+            py_compile.compile(spec.origin, doraise=True)
+
+
 def timed(argv: list[str], env: dict[str, str]) -> float:
     start = time.perf_counter()
     proc = subprocess.run(
@@ -85,15 +103,18 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MCP_SUPERVISOR_")}
     env["PYTHONDONTWRITEBYTECODE"] = "1"
 
+    compile_probe_path()
     with tempfile.TemporaryDirectory(prefix="check-bench-") as tmp:
         hb = Path(tmp) / "heartbeat.json"
         write_heartbeat(hb)
         probe = ["--check", "--heartbeat-file", str(hb)]
         no_launcher = "import sys\nfrom mcp_supervisor.cli import main\nsys.exit(main())\n"
+        check_only = "import sys\nfrom mcp_supervisor.check import main\nsys.exit(main())\n"
         commands = {
             "python -c pass": [PYTHON, "-c", "pass"],
             "mcp-supervisor --check": [str(VENV_BIN / "mcp-supervisor"), *probe],
             "  (cli.main without pip's launcher)": [PYTHON, "-c", no_launcher, *probe],
+            "  (check.main alone, no cli, no launcher)": [PYTHON, "-c", check_only, *probe],
         }
         for argv in commands.values():  # warm the page cache; the first run is not timed
             timed(argv, env)
