@@ -79,6 +79,11 @@ def exit_code_for(exc: BaseException) -> int:
     sqlstate = getattr(exc, "sqlstate", None)
     if isinstance(sqlstate, str):
         return exit_code_for_sqlstate(sqlstate)
+    # The engine words connection failures as a plain EngineError raised `from None`:
+    # the original error is still its __context__, and decides the code.
+    origin = exc.__cause__ or exc.__context__
+    if type(exc) is EngineError and origin is not None:
+        return exit_code_for(origin)
     return FAILURE
 
 

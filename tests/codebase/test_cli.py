@@ -41,6 +41,13 @@ def test_exit_codes_for_errors() -> None:
     assert cli.exit_code_for(ConnectionRefusedError()) == cli.UNAVAILABLE
     assert cli.exit_code_for(PathNotAllowedError("/etc", [Path("/work")])) == cli.USAGE
     assert cli.exit_code_for(EngineError("boom")) == cli.FAILURE
+    try:
+        try:
+            raise ConnectionRefusedError(111, "refused")
+        except OSError:
+            raise EngineError("cannot connect to PostgreSQL") from None
+    except EngineError as wrapped:
+        assert cli.exit_code_for(wrapped) == cli.UNAVAILABLE
     assert cli.exit_code_for(RuntimeError("boom")) == cli.FAILURE
     assert cli.exit_code_for(ExceptionGroup("g", [ConfigError("x")])) == cli.CONFIG
     assert cli.exit_code_for_sqlstate("28P01") == cli.CONFIG  # wrong password

@@ -117,8 +117,8 @@ async def test_lists_the_tools_and_the_health_resource(
     client, _, _ = served
     tools = {t.name: t for t in await client.list_tools()}
     assert set(tools) == TOOLS
-    assert {"path", "force", "wait"} <= set(tools["index_repository"].inputSchema["properties"])
-    search_props = tools["search_code"].inputSchema["properties"]
+    assert {"path", "force", "wait"} <= set(tools["index_repository"].input_schema["properties"])
+    search_props = tools["search_code"].input_schema["properties"]
     assert {"query", "repository", "language", "path_glob", "limit"} <= set(search_props)
     resources = [str(r.uri) for r in await client.list_resources()]
     assert "health://status" in resources
