@@ -634,20 +634,36 @@ def _is_trivial(lines: _Lines, seg: _Seg) -> bool:
     return len(text) <= 3 or not any(ch.isalnum() for ch in text)
 
 
-def _hint_rows(node: Node, limit: int = 4000) -> set[int]:
-    """Start rows of the node's named descendants, three levels down: good split points."""
-    rows: set[int] = set()
+def _hint_rows(node: Node, limit: int = 4000) -> list[set[int]]:
+    """Start rows of the node's named descendants, one set per level (three levels):
+    split points, shallower ones better (a statement before an argument)."""
+    levels: list[set[int]] = []
     level = [node]
+    total = 0
     for _ in range(3):
-        following: list[Node] = []
-        for parent in level:
-            for child in parent.named_children:
-                rows.add(child.start_point.row)
-                following.append(child)
-        if len(rows) > limit or not following:
+        following = [child for parent in level for child in parent.named_children]
+        if not following:
+            break
+        rows = {child.start_point.row for child in following}
+        levels.append(rows)
+        total += len(rows)
+        if total > limit:
             break
         level = following
-    return rows
+    return levels
+
+
+def _cut_row(start: int, fit: int, hints: list[set[int]], blank: list[bool]) -> int:
+    """First row of the next piece when rows ``start..fit`` fit: the latest hint row of the
+    shallowest level that has one (a child node's start, a heading), else the latest row
+    after a blank one, else ``fit + 1``; never so early that the piece would be tiny."""
+    floor = start + max(1, (fit - start + 1) // 3)
+    rows = range(fit + 1, floor, -1)
+    for level in hints:
+        cut = next((r for r in rows if r in level), 0)
+        if cut:
+            return cut
+    return next((r for r in rows if blank[r - 1]), fit + 1)
 
 
 class Chunker:
@@ -730,7 +746,7 @@ class Chunker:
             headings = [i for i, line in enumerate(lines.lines) if line.startswith("#")]
         seg = _Seg(0, len(lines.lines) - 1, WINDOW, None, None)
         self._split(
-            seg, lines, language, chunks, max_lines=self.options.window_lines, hints=set(headings)
+            seg, lines, language, chunks, max_lines=self.options.window_lines, hints=[set(headings)]
         )
         if headings:
             titled: list[Chunk] = []
@@ -758,7 +774,7 @@ class Chunker:
         out: list[Chunk],
         *,
         max_lines: int,
-        hints: set[int] | None = None,
+        hints: list[set[int]] | None = None,
     ) -> None:
         """Append ``seg`` as chunks no larger than the limits, cutting at line boundaries
         (a child node's first row or the row after a blank one, as late as possible)."""
@@ -772,7 +788,7 @@ class Chunker:
             )
             return
         if hints is None:
-            hints = _hint_rows(seg.node) if seg.node is not None else set()
+            hints = _hint_rows(seg.node) if seg.node is not None else []
         cum, blank = lines.cum, lines.blank
         while start <= end:
             # last row r such that rows start..r fit both limits
@@ -787,11 +803,7 @@ class Chunker:
                 continue
             cut = fit + 1  # first row of the next piece
             if fit < end:
-                floor = start + max(1, (fit - start + 1) // 3)
-                for row in range(fit + 1, floor, -1):
-                    if row in hints or blank[row - 1]:
-                        cut = row
-                        break
+                cut = _cut_row(start, fit, hints, blank)
             piece_start, piece_end = _trim(lines, start, cut - 1)
             if piece_start <= piece_end:
                 text = lines.text(piece_start, piece_end)
