@@ -414,7 +414,7 @@ class _Walk:
     ) -> SourceFile | None:
         """A symlinked file inside the root, or None (with the reason recorded)."""
         target = os.path.realpath(entry.path)
-        if not target.startswith(self.root_prefix):
+        if target != self.root and not target.startswith(self.root_prefix):
             self.stats.skip(rel, SkipReason.SYMLINK_OUTSIDE_ROOT)
             return None
         try:
