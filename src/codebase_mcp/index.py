@@ -309,7 +309,10 @@ class IndexRun:
                         result = await asyncio.wrap_future(pending.pop(0))
                         if self.job.stop_requested:
                             return
-                        await to_embed_send.send(result)
+                        try:
+                            await to_embed_send.send(result)
+                        except anyio.BrokenResourceError:  # the embed stage stopped first
+                            return
                 finally:
                     for future in pending:  # not started yet: drop; running: ignore
                         future.cancel()
