@@ -25,6 +25,8 @@ import anyio
 import pytest
 
 from codebase_mcp import lifecycle, notify
+from tests.support.fake_ollama import FakeOllama
+from tests.support.pg import PASSWORD, PostgresCluster
 
 # --- pure parts -------------------------------------------------------------------------
 
@@ -430,3 +432,103 @@ def test_http_stop_signal_runs_teardown_and_exits_0(
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+
+
+# --- the real server: a running job is marked interrupted -------------------------------
+
+
+def _migrate(url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config(str(Path(__file__).resolve().parents[2] / "alembic.ini"))
+    cfg.set_main_option("sqlalchemy.url", url)
+    cfg.attributes["configure_logger"] = False
+    command.upgrade(cfg, "head")
+
+
+def _tool_result(wire: Wire, name: str, **arguments: Any) -> dict[str, Any]:
+    rid = wire.request("tools/call", {"name": name, "arguments": arguments})
+    resp = wire.response(rid)
+    assert not resp["result"].get("isError"), resp
+    return dict(resp["result"]["structuredContent"])
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_stop_during_a_job_marks_it_interrupted_and_a_later_index_resumes(
+    pg_cluster: PostgresCluster,
+    pg_url: str,
+    fake_ollama: FakeOllama,
+    tmp_path: Path,
+    signum: signal.Signals,
+) -> None:
+    _migrate(pg_url)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for i in range(40):
+        (repo / f"mod{i}.py").write_text(f"def function_{i}(x):\n    return x * {i}\n")
+    fake_ollama.embed_delay = 0.3  # each embedding batch is slow: the job is mid-way
+    env = _subprocess_env(
+        REGISTRY_DATABASE_URL=pg_url,
+        OLLAMA_BASE_URL=fake_ollama.url,
+        CODEBASE_ROOTS=str(tmp_path),
+        CODEBASE_INDEX_WORKERS="1",
+        CODEBASE_EMBED_BATCH_SIZE="2",
+        CODEBASE_EMBED_CONCURRENCY="1",
+        CODEBASE_FILE_BATCH_SIZE="4",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "codebase_mcp", "serve"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=open(tmp_path / "stderr.log", "wb"),  # noqa: SIM115 - closed with the process
+        env=env,
+        cwd=tmp_path,
+    )
+    try:
+        wire = Wire(proc)
+        wire.initialize()
+        job = _tool_result(wire, "index_repository", path=str(repo))
+        deadline = time.monotonic() + 30
+        while True:
+            status = _tool_result(wire, "get_indexing_status", job_id=job["job_id"])
+            if status["state"] == "running" and status["files_total"] > 0:
+                break
+            assert not status["finished"], status
+            assert time.monotonic() < deadline, status
+            time.sleep(0.05)
+        proc.send_signal(signum)
+        code, took = _wait_exit(proc)
+        assert code == 0
+        assert took < 8.0  # inside the supervisor's grace window
+        wire.drain()
+        assert_only_jsonrpc(wire.lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+    database = pg_url.rsplit("/", 1)[1]
+    row = pg_cluster.psql(
+        f"SELECT state, files_done < files_total FROM jobs WHERE id = '{job['job_id']}'",
+        database,
+    )
+    assert row == "interrupted|t"
+    log = (tmp_path / "stderr.log").read_text()
+    assert "Traceback" not in log
+    assert PASSWORD not in log
+
+    fake_ollama.embed_delay = 0.0
+    done = subprocess.run(
+        [sys.executable, "-m", "codebase_mcp", "index", str(repo), "--no-progress"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"completed: {repo}")
+    indexed = pg_cluster.psql("SELECT count(*) FROM files", database)
+    assert indexed == "40"
