@@ -136,13 +136,21 @@ class HttpEmbedder:
         parts = batches(prefixed, self.batch_size)
         results: list[list[list[float]]] = [[] for _ in parts]
 
-        async def run(i: int, batch: Sequence[str]) -> None:
-            async with self._semaphore:
-                results[i] = await self._embed(batch, self.retries)
+        failures: list[EmbedderError] = []
+
+        async def run(i: int, batch: Sequence[str], scope: anyio.CancelScope) -> None:
+            try:
+                async with self._semaphore:
+                    results[i] = await self._embed(batch, self.retries)
+            except EmbedderError as exc:  # the first failure decides; stop the others
+                failures.append(exc)
+                scope.cancel()
 
         async with anyio.create_task_group() as tg:
             for i, batch in enumerate(parts):
-                tg.start_soon(run, i, batch)
+                tg.start_soon(run, i, batch, tg.cancel_scope)
+        if failures:
+            raise failures[0]
         return [v for part in results for v in part]
 
     async def embed_query(self, text: str) -> list[float]:
