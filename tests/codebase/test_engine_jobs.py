@@ -1,0 +1,171 @@
+"""Index jobs: one per repository, cancel and shutdown at a safe point, interrupted jobs
+resumed, orphaned jobs of a dead process marked interrupted at start."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from pathlib import Path
+
+import anyio
+import asyncpg
+import pytest
+
+from codebase_mcp.engine import Engine, JobInfo, JobState
+from tests.codebase.fixtures_engine import index_and_wait, migrate_async, open_engine, settings_for
+from tests.support.fake_ollama import FakeOllama
+
+pytestmark = pytest.mark.anyio
+
+FILES = 60
+
+
+def write_many(base: Path) -> Path:
+    repo = base / "many"
+    repo.mkdir()
+    for i in range(FILES):
+        (repo / f"mod_{i:03}.py").write_text(
+            f"def function_{i}_alpha(x):\n    return x + {i}\n\n\n"
+            f"def function_{i}_beta(y):\n    return y * {i}\n"
+        )
+    return repo
+
+
+async def wait_for_progress(engine: Engine, job_id: str) -> JobInfo:
+    """Until at least one batch is written (and the job still runs)."""
+    with anyio.fail_after(30):
+        while True:
+            job = await engine.job_status(job_id)
+            assert job.state in (JobState.QUEUED, JobState.RUNNING), job
+            if job.files_done > 0:
+                return job
+            await anyio.sleep(0.02)
+
+
+async def consistency(pg_url: str) -> tuple[int, int, int]:
+    """(files, chunks, files whose chunk rows do not match their chunk_count)."""
+    conn = await asyncpg.connect(pg_url)
+    try:
+        files = await conn.fetchval("SELECT count(*) FROM files")
+        chunks = await conn.fetchval("SELECT count(*) FROM chunks")
+        broken = await conn.fetchval(
+            "SELECT count(*) FROM files f WHERE f.chunk_count <> "
+            "(SELECT count(*) FROM chunks c WHERE c.file_id = f.id)"
+        )
+    finally:
+        await conn.close()
+    return files, chunks, broken
+
+
+async def test_cancel_stops_between_batches_and_a_new_index_finishes_the_rest(
+    pg_url: str, fake_ollama: FakeOllama, tmp_path: Path
+) -> None:
+    await migrate_async(pg_url)
+    repo = write_many(tmp_path)
+    fake_ollama.embed_delay = 0.15
+    settings = settings_for(pg_url, fake_ollama, tmp_path, CODEBASE_FILE_BATCH_SIZE="4")
+    async with open_engine(settings) as engine:
+        job = await engine.start_index(str(repo))
+        again = await engine.start_index(str(repo))
+        assert again.id == job.id  # the running job, not a second one
+
+        await wait_for_progress(engine, job.id)
+        cancelled = await engine.cancel_job(job.id)
+        assert cancelled.state is JobState.CANCELLED
+        assert cancelled.message is not None and "resume" in cancelled.message
+        assert 0 < cancelled.files_done < FILES
+        files, chunks, broken = await consistency(pg_url)
+        assert broken == 0
+        assert files == cancelled.files_done
+        assert (await engine.job_status(job.id)).state is JobState.CANCELLED
+
+        fake_ollama.embed_delay = 0
+        fake_ollama.embedded_texts.clear()
+        rest = await index_and_wait(engine, repo)
+        assert rest.state is JobState.COMPLETED
+        assert rest.files_skipped == files
+        assert len(fake_ollama.embedded_texts) == rest.chunks_done == 2 * FILES - chunks
+        assert (await consistency(pg_url))[:2] == (FILES, 2 * FILES)
+
+
+async def test_shutdown_marks_the_job_interrupted_and_the_next_index_resumes_it(
+    pg_url: str, fake_ollama: FakeOllama, tmp_path: Path
+) -> None:
+    await migrate_async(pg_url)
+    repo = write_many(tmp_path)
+    fake_ollama.embed_delay = 0.15
+    settings = settings_for(pg_url, fake_ollama, tmp_path, CODEBASE_FILE_BATCH_SIZE="4")
+    engine = await Engine.create(settings)
+    job = await engine.start_index(str(repo))
+    await wait_for_progress(engine, job.id)
+    await engine.shutdown(grace=5)
+
+    files, chunks, broken = await consistency(pg_url)
+    assert broken == 0 and 0 < files < FILES
+    fake_ollama.embed_delay = 0
+    fake_ollama.embedded_texts.clear()
+    async with open_engine(settings) as engine:
+        stopped = await engine.job_status(job.id)
+        assert stopped.state is JobState.INTERRUPTED
+        assert stopped.files_done == files
+        resumed = await engine.start_index(str(repo))
+        assert resumed.message == f"resumes interrupted job {job.id}"
+        with anyio.fail_after(60):
+            done = await engine.wait_job(resumed.id)
+        assert done.state is JobState.COMPLETED
+        assert done.files_skipped == files
+        assert len(fake_ollama.embedded_texts) == 2 * FILES - chunks
+    assert (await consistency(pg_url))[:2] == (FILES, 2 * FILES)
+
+
+async def test_shutdown_past_its_grace_rolls_the_open_batch_back(
+    pg_url: str, fake_ollama: FakeOllama, tmp_path: Path
+) -> None:
+    await migrate_async(pg_url)
+    repo = write_many(tmp_path)
+    settings = settings_for(pg_url, fake_ollama, tmp_path, CODEBASE_FILE_BATCH_SIZE="4")
+    async with open_engine(settings) as engine:
+        job = await engine.start_index(str(repo))
+        await wait_for_progress(engine, job.id)
+        fake_ollama.embed_delay = 30  # the next batch hangs in the embedder
+        await anyio.sleep(0.3)
+        await engine.shutdown(grace=0.2)
+        stopped = await engine_status_after_close(pg_url, job.id)
+    assert stopped == "interrupted"
+    files, _, broken = await consistency(pg_url)
+    assert broken == 0 and files < FILES
+
+
+async def engine_status_after_close(pg_url: str, job_id: str) -> str:
+    conn = await asyncpg.connect(pg_url)
+    try:
+        return str(await conn.fetchval("SELECT state FROM jobs WHERE id = $1", uuid.UUID(job_id)))
+    finally:
+        await conn.close()
+
+
+async def test_start_marks_this_hosts_orphaned_jobs_interrupted_but_not_other_replicas(
+    pg_url: str, fake_ollama: FakeOllama, tmp_path: Path
+) -> None:
+    await migrate_async(pg_url)
+    mine, theirs, stale = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.executemany(
+            "INSERT INTO jobs (id, repository_path, state, owner, updated_at) "
+            "VALUES ($1, '/r', 'running', $2, now() - make_interval(secs => $3))",
+            [
+                (mine, f"{socket.gethostname()}:999999", 1.0),
+                (theirs, "another-replica:7", 1.0),
+                (stale, "another-replica:8", 3600.0),
+            ],
+        )
+    finally:
+        await conn.close()
+    async with open_engine(settings_for(pg_url, fake_ollama, tmp_path)) as engine:
+        assert (await engine.job_status(str(mine))).state is JobState.INTERRUPTED
+        assert (await engine.job_status(str(theirs))).state is JobState.RUNNING
+        assert (await engine.job_status(str(stale))).state is JobState.INTERRUPTED
+        health = await engine.health()
+        assert health["jobs"]["running"] == 0
+        assert health["jobs"]["by_state"] == {"interrupted": 2, "running": 1}
