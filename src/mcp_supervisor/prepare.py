@@ -71,6 +71,9 @@ async def _run(spec: RunSpec, mode: Mode) -> int:
 
         async def watch_signals(*, task_status: anyio.abc.TaskStatus[None]) -> None:
             with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
+                # `mcp-supervisor` blocks every signal on entry (so none is lost before the
+                # runner takes over); a stop that arrived since is pending and lands now.
+                signal.pthread_sigmask(signal.SIG_SETMASK, [])
                 task_status.started()
                 async for signum in signals:
                     stopped_by.append(int(signum))
@@ -119,7 +122,7 @@ async def _steps(spec: RunSpec, mode: Mode) -> int:
         if "migrate" in steps:
             await _step("migrate", lambda: _migrate(spec))
     except _Failed as exc:
-        log.error(str(exc), exit_code=exc.code)  # noqa: TRY400 - a message, no traceback
+        log.error(str(exc), exit_code=exc.code)
         return exc.code
     return EX_OK
 
