@@ -1,0 +1,148 @@
+"""The alembic migrations against real PostgreSQL: up, down, N replicas at once, the
+embedding size, and the message for a server without pgvector."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import anyio
+import asyncpg
+import pytest
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+
+from codebase_mcp import db
+from codebase_mcp.config import find_alembic_ini
+from tests.codebase.fixtures_engine import ALEMBIC_INI, downgrade, migrate
+from tests.support.pg import running_cluster, system_bin_dir
+
+TABLES = {"repositories", "files", "chunks", "jobs"}
+
+
+async def schema(url: str) -> dict[str, object]:
+    conn = await asyncpg.connect(url)
+    try:
+        tables = {
+            r["tablename"]
+            for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname='public'")
+        }
+        indexes = {
+            r["indexname"]: r["indexdef"]
+            for r in await conn.fetch("SELECT indexname, indexdef FROM pg_indexes")
+        }
+        versions = (
+            [r[0] for r in await conn.fetch("SELECT version_num FROM alembic_version")]
+            if "alembic_version" in tables
+            else []
+        )
+        extensions = {r[0] for r in await conn.fetch("SELECT extname FROM pg_extension")}
+        dims = (
+            await conn.fetchval(
+                "SELECT atttypmod FROM pg_attribute "
+                "WHERE attrelid = 'chunks'::regclass AND attname = 'embedding'"
+            )
+            if "chunks" in tables
+            else None
+        )
+    finally:
+        await conn.close()
+    return {
+        "tables": tables - {"alembic_version"},
+        "indexes": indexes,
+        "versions": versions,
+        "extensions": extensions,
+        "dims": dims,
+    }
+
+
+def test_head_is_what_the_engine_expects() -> None:
+    script = ScriptDirectory.from_config(Config(str(ALEMBIC_INI)))
+    assert script.get_current_head() == db.SCHEMA_HEAD
+
+
+def test_find_alembic_ini(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)  # not from the working directory: from the checkout
+    assert find_alembic_ini() == ALEMBIC_INI
+    monkeypatch.setenv("CODEBASE_MCP_ALEMBIC_INI", str(tmp_path / "missing.ini"))
+    with pytest.raises(Exception, match="CODEBASE_MCP_ALEMBIC_INI"):
+        find_alembic_ini()
+
+
+@pytest.mark.anyio
+async def test_upgrade_to_head_and_down_to_base(pg_url: str) -> None:
+    await anyio.to_thread.run_sync(migrate, pg_url)
+    state = await schema(pg_url)
+    assert state["tables"] == TABLES
+    assert state["versions"] == [db.SCHEMA_HEAD]
+    assert "vector" in state["extensions"]  # type: ignore[operator]
+    assert state["dims"] == 768
+    indexes = state["indexes"]
+    assert isinstance(indexes, dict)
+    assert "USING hnsw (embedding vector_cosine_ops)" in indexes["chunks_embedding"]
+    assert "USING gin (tsv)" in indexes["chunks_tsv"]
+
+    await anyio.to_thread.run_sync(downgrade, pg_url)
+    state = await schema(pg_url)
+    assert state["tables"] == set()
+    assert state["versions"] == []
+    assert "vector" not in state["extensions"]  # type: ignore[operator]
+
+    await anyio.to_thread.run_sync(migrate, pg_url)
+    assert (await schema(pg_url))["versions"] == [db.SCHEMA_HEAD]
+
+
+@pytest.mark.anyio
+async def test_embedding_size_comes_from_the_environment_at_migration_time(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EMBEDDING_DIMENSIONS", "384")
+    await anyio.to_thread.run_sync(migrate, pg_url)
+    assert (await schema(pg_url))["dims"] == 384
+
+
+def run_alembic(url: str, cwd: Path, *args: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if k != "EMBEDDING_DIMENSIONS"}
+    env["REGISTRY_DATABASE_URL"] = url.replace("postgresql://", "postgresql+asyncpg://")
+    return subprocess.Popen(
+        [sys.executable, "-m", "alembic", "-c", str(ALEMBIC_INI), *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.anyio
+async def test_five_replicas_migrating_at_once_run_it_once(pg_url: str, tmp_path: Path) -> None:
+    procs = [run_alembic(pg_url, tmp_path, "upgrade", "head") for _ in range(5)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    for proc, (out, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err
+        assert out == ""  # stdout is MCP's: alembic logs to stderr
+        assert "s3cret" not in err
+    logs = "".join(err for _, err in outputs)
+    assert logs.count("Running upgrade  -> 0001") == 1, logs
+    assert logs.count("Running upgrade 0001 -> 0002") == 1, logs
+    state = await schema(pg_url)
+    assert state["versions"] == [db.SCHEMA_HEAD]
+    assert state["tables"] == TABLES
+
+
+@pytest.mark.skipif(system_bin_dir() is None, reason="no PostgreSQL without pgvector here")
+def test_a_server_without_pgvector_gets_a_message_that_says_what_to_do() -> None:
+    bin_dir = system_bin_dir()
+    assert bin_dir is not None
+    base = Path(tempfile.mkdtemp(prefix="cbmcp-novec-", dir="/tmp"))
+    with running_cluster(base, bin_dir) as cluster:
+        proc = run_alembic(cluster.url(), base, "upgrade", "head")
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode != 0
+        assert "no pgvector extension" in err
+        assert "pgvector/pgvector" in err
+        assert cluster.password not in err
+        assert cluster.psql("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == "0"
