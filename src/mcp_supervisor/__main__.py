@@ -1,0 +1,7 @@
+"""`python -m mcp_supervisor` is `mcp-supervisor`."""
+
+import sys
+
+from mcp_supervisor.cli import main
+
+sys.exit(main())

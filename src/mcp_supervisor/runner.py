@@ -1,0 +1,373 @@
+"""The lean PID-1 runner (imperative shell): signals, children, the stop sequence.
+
+Entered by re-exec from `cli.main` with the validated spec on an inherited pipe, and with
+every catchable signal still blocked (pending signals survive exec). Imports stay light:
+anyio, structlog and the stdlib; waiting and migrating run in a child process whose memory
+goes away with it. Every decision comes from `policy`; this module only carries it out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import signal
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import anyio
+
+from mcp_supervisor import exitcodes, policy, process, signals
+from mcp_supervisor.log import configure_logging, get_logger
+from mcp_supervisor.spec import RunSpec
+from mcp_supervisor.state import Phase, SupervisorState
+
+# How long an auxiliary service (the embedded PostgreSQL) gets for its own clean stop.
+AUX_STOP_TIMEOUT = 5.0
+
+
+@dataclasses.dataclass
+class _Child:
+    role: str  # "main", "prepare", "postgres", "initdb"
+    pid: int
+    pgid: int
+    done: anyio.Event = dataclasses.field(default_factory=anyio.Event)
+    status: int | None = None
+
+    @property
+    def exit_code(self) -> int:
+        assert self.status is not None
+        return exitcodes.from_wait_status(self.status)
+
+
+class Supervisor:
+    """Owns every child and every wait status of this process."""
+
+    def __init__(self, spec: RunSpec, state: SupervisorState) -> None:
+        self.spec = spec
+        self.state = state
+        self.log = get_logger()
+        self.children: dict[int, _Child] = {}
+        self.current: _Child | None = None  # the child that receives forwarded signals
+        self.aux: list[_Child] = []  # services that outlive the main child (embedded pg)
+        self.stop_signal: int | None = None
+        self.stop_deadline: float | None = None
+        self.stop_requested = anyio.Event()
+        self.env_extra: dict[str, str] = {}
+
+    # -- children -------------------------------------------------------------------
+
+    def _spawn(
+        self,
+        role: str,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        *,
+        run_as: tuple[int, int] | None = None,
+    ) -> _Child:
+        spawned = process.spawn(argv, env, run_as=run_as)
+        child = _Child(role, spawned.pid, spawned.pgid)
+        # Registered before any await: the reaper cannot see the pid before we do.
+        self.children[child.pid] = child
+        return child
+
+    def _reap(self) -> None:
+        for pid, status in process.reap():
+            child = self.children.pop(pid, None)
+            if child is None:
+                self.log.debug("reaped orphan", pid=pid, status=status)
+                continue
+            child.status = status
+            child.done.set()
+
+    async def _wait(self, child: _Child) -> int:
+        await child.done.wait()
+        return child.exit_code
+
+    def child_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"
+        env.update(self.env_extra)
+        return env
+
+    # -- signals --------------------------------------------------------------------
+
+    async def signal_loop(self, receiver: Any) -> None:
+        async for signum in receiver:
+            self.on_signal(int(signum))
+
+    def on_signal(self, signum: int) -> None:
+        action = policy.on_signal(self.state.phase, signum)
+        if action is policy.SignalAction.REAP:
+            self._reap()
+        elif action is policy.SignalAction.FORWARD:
+            self._forward(signum)
+        elif action is policy.SignalAction.STOP:
+            self._begin_stop(signum)
+        elif action is policy.SignalAction.EXIT:
+            self.log.info("stop requested before the child runs", signal=signals.name(signum))
+            self.stop_signal = signum
+            self.stop_requested.set()
+        else:
+            self.log.debug("signal ignored in this phase", signal=signals.name(signum))
+
+    def _forward(self, signum: int) -> None:
+        child = self.current
+        if child is None or child.done.is_set():
+            return
+        target = policy.forward_target(
+            child.pid, signal_group=self.spec.signal_group and child.role == "main"
+        )
+        self.log.debug("forwarding signal", signal=signals.name(signum), target=target)
+        process.signal_pid(target, signum)
+
+    def _begin_stop(self, signum: int) -> None:
+        if self.stop_signal is None:
+            self.stop_signal = signum
+            self.stop_deadline = time.monotonic() + self.spec.grace_period
+            self.state.phase = Phase.STOPPING
+            self.log.info(
+                "stopping", signal=signals.name(signum), grace_period=self.spec.grace_period
+            )
+            self.stop_requested.set()
+        self._forward(signum)
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def run(self) -> int:
+        code = exitcodes.SOFTWARE
+        try:
+            code = await self._lifecycle()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._shutdown_everything()
+        self.state.phase = Phase.EXITED
+        return code
+
+    async def _lifecycle(self) -> int:
+        if self.spec.embedded_postgres or self.spec.wait_for or self.spec.migrate:
+            self.state.phase = Phase.PREPARING
+            code = await self._prepare()
+            if code is not None:
+                return code
+        if self.stop_signal is not None:
+            return exitcodes.for_signal(self.stop_signal)
+        return await self._run_main()
+
+    async def _prepare(self) -> int | None:
+        """Embedded PostgreSQL (when wanted), then the wait/migrate child. None when the
+        main child may start, else the exit code."""
+        spec = self.spec
+        if spec.embedded_postgres:
+            url = await self._start_embedded_postgres()
+            if url is None:
+                return (
+                    exitcodes.for_signal(self.stop_signal)
+                    if self.stop_signal
+                    else exitcodes.UNAVAILABLE
+                )
+            self.env_extra["REGISTRY_DATABASE_URL"] = url
+            spec = dataclasses.replace(spec, database_url=url)
+        if not (spec.wait_for or spec.migrate):
+            return None
+        mode = "migrate" if spec.migrate else "wait"
+        fd = spec.write_to_pipe()
+        argv = [
+            sys.executable,
+            "-m",
+            "mcp_supervisor.prepare",
+            "--spec-fd",
+            str(fd),
+            "--mode",
+            mode,
+        ]
+        started = time.monotonic()
+        try:
+            child = self._spawn("prepare", argv, self.child_env())
+        finally:
+            os.close(fd)
+        self.current = child
+        code = await self._wait(child)
+        self.current = None
+        self.log.info(
+            "preparation finished",
+            mode=mode,
+            exit_code=code,
+            duration_s=round(time.monotonic() - started, 3),
+        )
+        if self.stop_signal is not None:
+            return exitcodes.for_signal(self.stop_signal)
+        return code or None
+
+    async def _start_embedded_postgres(self) -> str | None:
+        from mcp_supervisor import embedded_pg
+
+        started = time.monotonic()
+        plan = embedded_pg.plan(self.spec)
+        plan.prepare_filesystem()
+        if plan.initdb_argv:
+            self.log.info("initialising embedded PostgreSQL", data_dir=str(plan.data_dir))
+            initdb = self._spawn("initdb", plan.initdb_argv, plan.env, run_as=plan.run_as)
+            self.current = initdb
+            code = await self._wait(initdb)
+            self.current = None
+            if code != 0 or self.stop_signal is not None:
+                self.log.error("initdb failed", exit_code=code)
+                return None
+        pg = self._spawn("postgres", plan.postgres_argv, plan.env, run_as=plan.run_as)
+        self.aux.append(pg)
+        self.log.info(
+            "embedded PostgreSQL started",
+            pid=pg.pid,
+            url=plan.url,
+            duration_s=round(time.monotonic() - started, 3),
+        )
+        self._aux_stop_signal = plan.stop_signal
+        return str(plan.url)
+
+    async def _run_main(self) -> int:
+        argv = self.spec.command
+        try:
+            child = self._spawn("main", argv, self.child_env())
+        except OSError as exc:
+            code = exitcodes.from_spawn_error(exc)
+            self.log.error(
+                "cannot start command", command=argv[0], error=exc.strerror, exit_code=code
+            )
+            return code
+        self.current = child
+        self.state.child_spawned(child.pid)
+        self.state.phase = Phase.RUNNING
+        if process.hand_terminal_to(child.pgid):
+            # It may have read the terminal before it was its own: let it go on.
+            process.signal_group(child.pgid, signal.SIGCONT)
+        self.log.info("child started", command=list(argv), pid=child.pid)
+        if self.stop_signal is not None:  # a stop raced the spawn: it still applies
+            self._forward(self.stop_signal)
+        code = await self._wait(child)
+        outcome = policy.outcome_after_child(code, self.stop_signal)
+        self.log.info("child exited", exit_code=code, reason=outcome.reason)
+        self.state.child_gone()
+        return outcome.exit_code
+
+    # -- the end: nothing we started may outlive us ---------------------------------
+
+    def _deadline(self) -> float:
+        if self.stop_deadline is not None:
+            return self.stop_deadline
+        return time.monotonic() + self.spec.grace_period
+
+    def _leftovers(self) -> list[int]:
+        """Everything below us except the auxiliary services' trees."""
+        aux = {c.pid for c in self.aux if not c.done.is_set()}
+        out: list[int] = []
+        for pid in process.children_of(os.getpid()):
+            if pid in aux:
+                continue
+            out.append(pid)
+            out.extend(process.descendants(pid))
+        return out
+
+    async def _shutdown_everything(self) -> None:
+        if self.stop_signal is not None:
+            self.state.phase = Phase.STOPPING
+        main = self.current
+        deadline = self._deadline()
+        if main is not None and not main.done.is_set():
+            # Only when the lifecycle itself failed; the stop path already forwarded.
+            process.signal_pid(main.pid, self.stop_signal or signal.SIGTERM)
+        await self._drain(self._leftovers, deadline, self.stop_signal or signal.SIGTERM)
+        for aux in self.aux:
+            if not aux.done.is_set():
+                self.log.info("stopping embedded PostgreSQL", pid=aux.pid)
+                stop = getattr(self, "_aux_stop_signal", signal.SIGINT)
+                process.signal_pid(aux.pid, stop)
+        aux_deadline = time.monotonic() + AUX_STOP_TIMEOUT
+        await self._drain(self._aux_and_rest, aux_deadline, None)
+
+    def _aux_and_rest(self) -> list[int]:
+        return process.descendants(os.getpid())
+
+    async def _drain(self, alive: Any, deadline: float, term: int | None) -> None:
+        """Ask what is left to stop (term), wait until the deadline, then SIGKILL and reap
+        until nothing is left."""
+        pids = alive()
+        if not pids:
+            return
+        if term is not None:
+            for pid in pids:
+                process.signal_pid(pid, term)
+        while pids and time.monotonic() < deadline:
+            await anyio.sleep(0.02)
+            self._reap()
+            pids = alive()
+        killed = False
+        while pids:
+            if not killed:
+                self.log.warning("grace window over: killing what is left", pids=pids)
+                killed = True
+            for pid in pids:
+                group = os.getpgid(pid) if _exists(pid) else None
+                if group is not None and group != os.getpgrp():
+                    process.signal_group(group, signal.SIGKILL)
+                process.signal_pid(pid, signal.SIGKILL)
+            await anyio.sleep(0.01)
+            self._reap()
+            pids = alive()
+        self._reap()
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.getpgid(pid)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+async def supervise(spec: RunSpec) -> int:
+    state = SupervisorState()
+    configure_logging(spec, state=state)
+    log = get_logger()
+    if os.getpid() != 1 and not process.become_subreaper():
+        log.warning("not PID 1 and PR_SET_CHILD_SUBREAPER refused: orphans will escape")
+    sup = Supervisor(spec, state)
+    with anyio.open_signal_receiver(*signals.catchable()) as receiver:
+        # Handlers are in place: what arrived while we started is delivered now.
+        signals.unblock_all()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sup.signal_loop, receiver)
+            tg.start_soon(_grace_timer, sup)
+            code = await sup.run()
+            tg.cancel_scope.cancel()
+    log.info("exiting", exit_code=code)
+    return code
+
+
+async def _grace_timer(sup: Supervisor) -> None:
+    """At the end of the grace window: SIGKILL the main child's process group."""
+    await sup.stop_requested.wait()
+    if sup.stop_deadline is None:
+        return
+    await anyio.sleep(max(0.0, sup.stop_deadline - time.monotonic()))
+    main = sup.current
+    if main is not None and not main.done.is_set():
+        sup.log.warning("grace window over: killing the child's process group", pgid=main.pgid)
+        process.signal_group(main.pgid, signal.SIGKILL)
+        process.signal_pid(main.pid, signal.SIGKILL)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mcp-supervisor (runner)")
+    parser.add_argument("--spec-fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    spec = RunSpec.read_from_fd(args.spec_fd)
+    # Stray prints in this process must never reach the MCP stream on fd 1.
+    sys.stdout = sys.stderr
+    return anyio.run(supervise, spec)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
