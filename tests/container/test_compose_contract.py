@@ -1,0 +1,222 @@
+"""The compose files' contract: what the container stack needs to start in order, stop
+cleanly and keep the stdio stream intact. Reads the YAML as compose would see it after
+merging YAML anchors (`<<`)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILES = ["docker-compose.yml", "docker-compose.test.yml", "docker-compose.prod.yml"]
+SUPERVISOR_DEFAULT_GRACE = 8.0  # mcp-supervisor's MCP_SUPERVISOR_GRACE_PERIOD default
+HEARTBEAT_MAX_AGE = 15.0  # 3 x the 5 s heartbeat interval
+CHECK = ["CMD", "mcp-supervisor", "--check"]
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(us|ms|h|m|s)")
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def seconds(value: str | int | float) -> float:
+    """A compose duration ("1m30s", "12s", 500ms) in seconds."""
+    if isinstance(value, int | float):
+        return float(value)
+    parts = _DURATION.findall(value)
+    if not parts or "".join(n + u for n, u in parts) != value:
+        raise ValueError(f"not a compose duration: {value!r}")
+    return sum(float(n) * _UNITS[u] for n, u in parts)
+
+
+def load(name: str) -> dict[str, Any]:
+    data = yaml.safe_load((ROOT / name).read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def our_services(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Services that run mcp-supervisor: those built from this repo or from our image."""
+    out = {}
+    for name, svc in doc["services"].items():
+        build = svc.get("build")
+        image = str(svc.get("image", ""))
+        if (build and build.get("target") == "runtime") or "CODEBASE_MCP_IMAGE" in image:
+            out[name] = svc
+    return out
+
+
+def supervisor_grace(svc: dict[str, Any]) -> float:
+    env = svc.get("environment") or {}
+    assert isinstance(env, dict), "use the mapping form of environment"
+    raw = str(env.get("MCP_SUPERVISOR_GRACE_PERIOD", SUPERVISOR_DEFAULT_GRACE))
+    # "${MCP_SUPERVISOR_GRACE_PERIOD:-8}" -> its default
+    match = re.fullmatch(r"\$\{MCP_SUPERVISOR_GRACE_PERIOD:-([0-9.]+)\}", raw)
+    return float(match.group(1) if match else raw)
+
+
+@pytest.mark.parametrize("name", COMPOSE_FILES)
+def test_no_obsolete_version_key(name: str) -> None:
+    assert "version" not in load(name)
+
+
+def test_duration_parser() -> None:
+    assert seconds("12s") == 12
+    assert seconds("1m30s") == 90
+    assert seconds("500ms") == 0.5
+    with pytest.raises(ValueError, match="duration"):
+        seconds("12 seconds")
+
+
+@pytest.mark.parametrize("name", ["docker-compose.yml", "docker-compose.prod.yml"])
+def test_stack_dependencies_are_healthchecked(name: str) -> None:
+    services = load(name)["services"]
+    pg = services["postgres"]
+    assert pg["image"].startswith("pgvector/pgvector:"), "PostgreSQL without pgvector"
+    assert "pg_isready" in " ".join(pg["healthcheck"]["test"])
+    ollama = services["ollama"]
+    assert ollama["image"].startswith("ollama/ollama")
+    test = ollama["healthcheck"]["test"]
+    assert test[0] == "CMD" and test[1] == "ollama", "the ollama image has no curl"
+    assert any(str(v).endswith(":/root/.ollama") for v in ollama["volumes"]), "models volume"
+
+
+@pytest.mark.parametrize("name", ["docker-compose.yml", "docker-compose.prod.yml"])
+def test_server_waits_for_healthy_dependencies(name: str) -> None:
+    services = our_services(load(name))
+    assert services
+    for svc_name, svc in services.items():
+        deps = svc["depends_on"]
+        assert isinstance(deps, dict), f"{svc_name}: long depends_on form with conditions"
+        assert set(deps) == {"postgres", "ollama"}
+        for dep in deps.values():
+            assert dep["condition"] == "service_healthy", svc_name
+
+
+@pytest.mark.parametrize("name", ["docker-compose.yml", "docker-compose.prod.yml"])
+def test_server_healthcheck_stop_and_init(name: str) -> None:
+    for svc_name, svc in our_services(load(name)).items():
+        hc = svc["healthcheck"]
+        assert hc["test"] == CHECK, svc_name
+        # A dead server must fail the check well before Docker gives up on it.
+        assert seconds(hc["interval"]) <= HEARTBEAT_MAX_AGE
+        assert seconds(hc["timeout"]) < seconds(hc["interval"])
+        assert seconds(hc["start_period"]) >= 30
+        grace = seconds(svc["stop_grace_period"])
+        assert grace > supervisor_grace(svc) + 2, f"{svc_name}: Docker would SIGKILL first"
+        assert svc.get("stop_signal", "SIGTERM") == "SIGTERM"
+        assert svc.get("init") is not True, "mcp-supervisor is PID 1, no docker-init"
+
+
+@pytest.mark.parametrize("name", COMPOSE_FILES)
+def test_no_tty_anywhere(name: str) -> None:
+    """A TTY turns \\n into \\r\\n and echoes input: it corrupts the MCP stream."""
+    for svc_name, svc in load(name)["services"].items():
+        assert svc.get("tty") in (None, False), svc_name
+
+
+def test_stdio_service_keeps_stdin_open() -> None:
+    svc = load("docker-compose.yml")["services"]["codebase-mcp"]
+    assert svc["stdin_open"] is True
+    assert svc.get("tty") is False
+    assert "profiles" not in svc
+    assert (svc.get("environment") or {}).get("MCP_TRANSPORT", "stdio") == "stdio"
+
+
+def test_http_service_publishes_a_port() -> None:
+    svc = load("docker-compose.yml")["services"]["codebase-mcp-http"]
+    assert svc["profiles"] == ["http"]
+    assert svc["environment"]["MCP_TRANSPORT"] == "http"
+    assert svc["environment"]["MCP_HOST"] == "0.0.0.0"
+    assert any(str(p).endswith(":8000") for p in svc["ports"])
+    # The shared environment (database URL, Ollama) is merged in, not replaced.
+    assert "REGISTRY_DATABASE_URL" in svc["environment"]
+
+
+@pytest.mark.parametrize("name", ["docker-compose.yml", "docker-compose.prod.yml"])
+def test_workspace_is_mounted_read_only(name: str) -> None:
+    for svc_name, svc in our_services(load(name)).items():
+        mounts = [v for v in svc["volumes"] if isinstance(v, dict)]
+        ws = [m for m in mounts if m["target"] == "/workspace"]
+        assert len(ws) == 1, f"{svc_name}: long-form /workspace bind mount"
+        assert ws[0]["type"] == "bind"
+        assert ws[0]["read_only"] is True
+
+
+@pytest.mark.parametrize("name", COMPOSE_FILES)
+def test_named_volumes_are_declared(name: str) -> None:
+    doc = load(name)
+    declared = set(doc.get("volumes") or {})
+    for svc in doc["services"].values():
+        for vol in svc.get("volumes", []):
+            source = vol.split(":", 1)[0] if isinstance(vol, str) else vol.get("source", "")
+            if isinstance(vol, dict) and vol.get("type") != "volume":
+                continue
+            if source and not source.startswith((".", "/", "$", "~")):
+                assert source in declared, f"undeclared named volume {source}"
+
+
+def test_prod_uses_a_prebuilt_image_and_no_inline_secrets() -> None:
+    doc = load("docker-compose.prod.yml")
+    for svc_name, svc in doc["services"].items():
+        assert "build" not in svc, svc_name
+    server = doc["services"]["codebase-mcp"]
+    assert server["image"].startswith("${CODEBASE_MCP_IMAGE:?")
+    assert server["environment"]["MCP_TRANSPORT"] == "http"
+    assert int(str(server["deploy"]["replicas"]).split(":-")[-1].rstrip("}")) >= 2
+    assert server["deploy"]["resources"]["limits"]["memory"]
+    assert server["read_only"] is True
+    assert "/tmp" in server["tmpfs"]
+    assert "POSTGRES_PASSWORD_FILE" in doc["services"]["postgres"]["environment"]
+    # Passwords only through interpolation (the environment) or secret files, never literal.
+    for svc in doc["services"].values():
+        for key, value in (svc.get("environment") or {}).items():
+            if "PASSWORD" in key and not key.endswith("_FILE"):
+                assert str(value).startswith("${"), key
+    assert "${POSTGRES_PASSWORD:?" in server["environment"]["REGISTRY_DATABASE_URL"]
+    assert doc["secrets"]["postgres_password"] == {"environment": "POSTGRES_PASSWORD"}
+
+
+def test_test_stack_runs_the_suite_in_the_image() -> None:
+    doc = load("docker-compose.test.yml")
+    tests = doc["services"]["tests"]
+    assert tests["build"]["target"] == "test"
+    assert tests["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "pytest" in " ".join(tests["entrypoint"])
+    assert "mcp-supervisor migrate" in " ".join(tests["entrypoint"])
+    assert doc["services"]["postgres"]["image"].startswith("pgvector/pgvector:")
+
+
+def test_env_example_documents_what_compose_interpolates() -> None:
+    documented = set(
+        re.findall(r"^#?([A-Z][A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M)
+    )
+    for name in COMPOSE_FILES:
+        used = set(re.findall(r"\$\{([A-Z][A-Z0-9_]+)", (ROOT / name).read_text()))
+        assert used <= documented, f"{name}: undocumented {sorted(used - documented)}"
+
+
+def _env_names(model: type[Any]) -> dict[str, set[str]]:
+    """Each settings field's upper-case environment variable names."""
+    out = {}
+    for field_name, info in model.model_fields.items():
+        choices = getattr(info.validation_alias, "choices", [info.validation_alias])
+        out[field_name] = {c for c in choices if isinstance(c, str) and c.isupper()}
+    return out
+
+
+@pytest.mark.parametrize(
+    "module", ["mcp_supervisor.config:SupervisorSettings", "codebase_mcp.config:Settings"]
+)
+def test_env_example_documents_every_setting(module: str) -> None:
+    import importlib
+
+    mod_name, cls_name = module.split(":")
+    model = getattr(importlib.import_module(mod_name), cls_name)
+    documented = set(
+        re.findall(r"^#?([A-Z][A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M)
+    )
+    missing = {f: n for f, n in _env_names(model).items() if n and not n & documented}
+    assert not missing, f".env.example lacks {missing}"
