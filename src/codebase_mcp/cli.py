@@ -66,10 +66,17 @@ class UsageError(Exception):
 
 def exit_code_for(exc: BaseException) -> int:
     """The exit code for an error that ended a command."""
+    return _exit_code(exc, set())
+
+
+def _exit_code(exc: BaseException, seen: set[int]) -> int:
     from codebase_mcp.discover import PathNotAllowedError
 
+    if id(exc) in seen:  # exception chains can loop through groups
+        return FAILURE
+    seen.add(id(exc))
     if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        return exit_code_for(exc.exceptions[0])
+        return _exit_code(exc.exceptions[0], seen)
     if isinstance(exc, ConfigError):
         return CONFIG
     if isinstance(exc, UsageError | PathNotAllowedError):
@@ -83,7 +90,7 @@ def exit_code_for(exc: BaseException) -> int:
     # the original error is still its __context__, and decides the code.
     origin = exc.__cause__ or exc.__context__
     if type(exc) is EngineError and origin is not None:
-        return exit_code_for(origin)
+        return _exit_code(origin, seen)
     return FAILURE
 
 
@@ -287,25 +294,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     mcp, state = build_server(settings)
     notifier = Notifier.from_env()
     notifier.status("starting")
+    failure: BaseException | None = None
     try:
         if transport == "stdio":
             anyio.run(lifecycle.serve_stdio, mcp, notifier)
         else:
             anyio.run(lifecycle.serve_http, mcp, notifier, host, port)
-    except (Exception, SystemExit) as exc:
-        # uvicorn exits (SystemExit 3) when the app's lifespan fails: the real cause is
-        # the lifespan's own error, kept by the server state.
-        cause: BaseException = state.startup_error or exc
-        if isinstance(cause, SystemExit) and state.startup_error is None:
-            cause = RuntimeError(f"the http server stopped (exit {cause.code})")
-        notifier.stopping(f"failed: {error_message(cause)}")
-        raise cause from None
-    finally:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # incl. uvicorn's SystemExit, possibly inside a group
+        failure = exc
+    # When the lifespan failed (uvicorn then exits 3), its own error is the real cause.
+    cause = state.startup_error or failure
+    if cause is None:
         notifier.close()
-    if state.startup_error is not None:
-        raise state.startup_error
-    log.info("stopped")
-    return OK
+        log.info("stopped")
+        return OK
+    notifier.stopping(f"failed: {error_message(cause)}")
+    notifier.close()
+    return report_failure("serve", cause)
 
 
 async def _with_stop(work: Callable[[anyio.CancelScope], Any]) -> tuple[Any, bool]:
@@ -446,10 +453,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return INTERRUPTED
     except BaseException as exc:
-        if isinstance(exc, SystemExit) and isinstance(exc.code, int):
-            return exc.code
-        code = exit_code_for(exc)
-        # The user gets one line; the traceback only at debug level, for us.
-        log.debug("command failed", command=args.command, exc_info=exc)
-        print(f"codebase-mcp {args.command}: {error_message(exc)}", file=sys.stderr)
-        return code
+        return report_failure(args.command, exc)
+
+
+def report_failure(command: str, exc: BaseException) -> int:
+    """One line for the user (the traceback only at debug level, for us); the exit code."""
+    if isinstance(exc, SystemExit) and isinstance(exc.code, int):
+        return exc.code
+    log.debug("command failed", command=command, exc_info=exc)
+    print(f"codebase-mcp {command}: {error_message(exc)}", file=sys.stderr)
+    return exit_code_for(exc)

@@ -280,7 +280,10 @@ async def serve_http(
             userver.should_exit = True
 
         stopper.on_stop = ask_uvicorn_to_exit
-        async with anyio.create_task_group() as tg:
+        # The engine starts here, before uvicorn, as FastMCP's run_http_async does (the
+        # app's own lifespan then only counts a reference): a failed start is our error
+        # to report in one line, not an uvicorn traceback and exit 3.
+        async with server._lifespan_manager(), anyio.create_task_group() as tg:
             tg.start_soon(announce_ready)
             await userver.serve()
             tg.cancel_scope.cancel()

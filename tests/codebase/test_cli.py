@@ -174,10 +174,15 @@ def test_bad_config_exits_78_with_one_clear_line(tmp_path: Path) -> None:
     assert "MCP_TRANSPORT" in proc.stderr
 
 
-def test_database_down_exits_69(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "args",
+    [["search", "anything"], ["serve"], ["serve", "--transport", "http", "--port", "0"]],
+)
+def test_database_down_exits_69(tmp_path: Path, args: list[str]) -> None:
     url = f"postgresql://u:hunter2@127.0.0.1:{free_port()}/db"
-    proc = _run(["search", "anything"], _env(REGISTRY_DATABASE_URL=url), tmp_path)
+    proc = _run(args, _env(REGISTRY_DATABASE_URL=url), tmp_path)
     assert proc.returncode == 69, proc.stderr
+    assert "cannot connect to PostgreSQL" in proc.stderr
     assert "hunter2" not in proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stdout == ""

@@ -532,3 +532,60 @@ def test_stop_during_a_job_marks_it_interrupted_and_a_later_index_resumes(
     assert done.stdout.startswith(f"completed: {repo}")
     indexed = pg_cluster.psql("SELECT count(*) FROM files", database)
     assert indexed == "40"
+
+
+def test_real_server_over_http_health_tools_and_stop(
+    pg_url: str, fake_ollama: FakeOllama, tmp_path: Path
+) -> None:
+    import httpx
+    from fastmcp import Client
+
+    from tests.support.pg import free_port
+
+    _migrate(pg_url)
+    port = free_port()
+    env = _subprocess_env(
+        REGISTRY_DATABASE_URL=pg_url,
+        OLLAMA_BASE_URL=fake_ollama.url,
+        CODEBASE_ROOTS=str(tmp_path),
+        MCP_TRANSPORT="http",
+        MCP_PORT=str(port),
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "codebase_mcp", "serve"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=open(tmp_path / "stderr.log", "wb"),  # noqa: SIM115 - closed with the process
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                resp = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, (tmp_path / "stderr.log").read_text()
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert resp.status_code == 200
+        health = resp.json()
+        assert health["status"] == "ok", health
+        assert {"database", "embedder", "jobs"} <= set(health)
+
+        async def list_tools() -> set[str]:
+            async with Client(f"http://127.0.0.1:{port}/mcp") as client:
+                return {t.name for t in await client.list_tools()}
+
+        assert "search_code" in anyio.run(list_tools)
+        proc.send_signal(signal.SIGTERM)
+        code, took = _wait_exit(proc)
+        assert code == 0
+        assert took < 8.0
+        assert proc.stdout is not None
+        assert proc.stdout.read() == b""
+        assert "engine stopped" in (tmp_path / "stderr.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
