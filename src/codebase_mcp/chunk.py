@@ -95,6 +95,9 @@ class _Rules:
     leading: frozenset[str] = frozenset({"comment"})
     # definition types that count only with a body (not prototypes/abstract signatures)
     need_body: frozenset[str] = frozenset()
+    # definition types that count only over several lines (a one-line typedef stays in
+    # its gap rather than make a chunk of its own)
+    multiline: frozenset[str] = frozenset()
     # variable declarations that define a function when their value is one (JS/TS)
     variables: frozenset[str] = frozenset()
 
@@ -136,6 +139,7 @@ _JS_RULES = _Rules(
     },
     leading=frozenset({"comment", "decorator"}),
     need_body=frozenset({"function_declaration", "method_definition"}),
+    multiline=frozenset({"type_alias_declaration"}),
     variables=frozenset(
         {
             "lexical_declaration",
@@ -151,9 +155,11 @@ _C_RULES = _Rules(
         "struct_specifier": "struct",
         "union_specifier": "union",
         "enum_specifier": "enum",
+        "type_definition": "type",
     },
     transparent=_C_LIKE_TRANSPARENT,
     need_body=frozenset({"struct_specifier", "union_specifier", "enum_specifier"}),
+    multiline=frozenset({"type_definition"}),
 )
 _CPP_RULES = _Rules(
     defs={
@@ -164,6 +170,8 @@ _CPP_RULES = _Rules(
         "enum_specifier": "enum",
         "namespace_definition": "namespace",
         "concept_definition": "type",
+        "type_definition": "type",
+        "alias_declaration": "type",
     },
     containers=frozenset({"class_specifier", "struct_specifier", "namespace_definition"}),
     wrappers={"template_declaration": ""},
@@ -171,6 +179,7 @@ _CPP_RULES = _Rules(
     need_body=frozenset(
         {"class_specifier", "struct_specifier", "union_specifier", "enum_specifier"}
     ),
+    multiline=frozenset({"type_definition", "alias_declaration"}),
 )
 
 _RULES: dict[str, _Rules] = {
@@ -178,6 +187,13 @@ _RULES: dict[str, _Rules] = {
         defs={"function_definition": FUNCTION, "class_definition": CLASS},
         containers=frozenset({"class_definition"}),
         wrappers={"decorated_definition": "definition"},
+        # definitions under `if sys.platform ...:` / `try: ... except ImportError:`
+        transparent=frozenset(
+            {
+                *("ERROR", "if_statement", "elif_clause", "else_clause", "block"),
+                *("try_statement", "except_clause", "finally_clause"),
+            }
+        ),
     ),
     "javascript": _JS_RULES,
     "typescript": _JS_RULES,
@@ -188,6 +204,7 @@ _RULES: dict[str, _Rules] = {
             "method_declaration": METHOD,
             "type_declaration": "type",
         },
+        multiline=frozenset({"type_declaration"}),
     ),
     "rust": _Rules(
         defs={
@@ -492,6 +509,8 @@ def _definition(node: Node, rules: _Rules, depth: int = 0) -> tuple[str, Node] |
     if kind is not None:
         if node_type in rules.need_body and _body(node) is None:
             return None
+        if node_type in rules.multiline and node.end_point.row == node.start_point.row:
+            return None
         return _refine_kind(node, kind), node
     if node_type in rules.wrappers and depth < 3:
         field_name = rules.wrappers[node_type]
@@ -626,12 +645,20 @@ def _trim(lines: _Lines, start: int, end: int) -> tuple[int, int]:
     return start, end
 
 
+_FILLER_WORDS = frozenset(
+    {"else", "elif", "try", "finally", "end", "do", "done", "fi", "esac", "then", "begin"}
+)
+
+
 def _is_trivial(lines: _Lines, seg: _Seg) -> bool:
-    """Closing braces, ``end`` and the like: not worth a chunk of their own."""
+    """Closing braces, ``end``, ``else:`` and the like: not worth a chunk of their own."""
     if seg.end - seg.start > 2 or lines.chars(seg.start, seg.end) > 40:
         return False
     text = lines.text(seg.start, seg.end).strip()
-    return len(text) <= 3 or not any(ch.isalnum() for ch in text)
+    if len(text) <= 3 or not any(ch.isalnum() for ch in text):
+        return True
+    words = "".join(ch if ch.isalnum() else " " for ch in text).split()
+    return all(word in _FILLER_WORDS for word in words)
 
 
 def _hint_rows(node: Node, limit: int = 4000) -> list[set[int]]:

@@ -167,6 +167,10 @@ export default class App extends React.Component<Props> {
     ),
     "repo.ts": (
         """type Id = string;
+export type Pair = {
+  left: Id;
+  right: Id;
+};
 export enum Kind { A, B }
 export abstract class Repo<T> {
   private items: T[] = [];
@@ -182,7 +186,7 @@ namespace NS {
 }
 """,
         {
-            "Id": "type",
+            "Pair": "type",
             "Kind": "enum",
             "Repo": "class",
             "Repo.add": "method",
@@ -214,6 +218,12 @@ module.exports = { plain };
 
 struct point { int x; int y; };
 
+typedef int length_t;
+
+typedef struct {
+    int w, h;
+} size_t2;
+
 /* add numbers */
 static int add(int a, int b) {
     return a + b;
@@ -223,7 +233,7 @@ int *ptr_fn(void) { return 0; }
 
 #endif
 """,
-        {"point": "struct", "add": "function", "ptr_fn": "function"},
+        {"point": "struct", "size_t2": "type", "add": "function", "ptr_fn": "function"},
     ),
     "shape.cpp": (
         """#include <string>
@@ -474,6 +484,37 @@ def test_comment_separated_by_blank_line_stays_outside() -> None:
         ("gap", None, 1),
         ("function", "f", 5),
     ]
+
+
+def test_one_line_type_aliases_stay_in_their_gap() -> None:
+    ts = Chunker().chunk(SOURCES["repo.ts"][0], "typescript")
+    assert "Id" not in {c.symbol for c in ts}
+    assert ts[0].kind == "gap" and ts[0].text == "type Id = string;"
+    c = Chunker().chunk(SOURCES["point.c"][0], "c")
+    assert "length_t" not in {c.symbol for c in c}
+
+
+def test_python_definitions_under_if_and_try_get_chunks() -> None:
+    source = """import sys
+
+if sys.platform == "win32":
+    def path_sep():
+        return "\\\\"
+else:
+    def path_sep():
+        return "/"
+
+try:
+    from _speedups import fast
+except ImportError:
+    def fast(x):
+        return x
+"""
+    chunks = Chunker().chunk(source, "python")
+    assert_invariants(source, chunks, ChunkOptions())
+    assert [c.symbol for c in chunks if c.kind == "function"] == ["path_sep", "path_sep", "fast"]
+    # `else:` alone is no chunk: it goes with the chunk before it
+    assert not [c for c in chunks if c.text.strip() == "else:"]
 
 
 def test_one_line_container_stays_whole() -> None:
