@@ -189,12 +189,12 @@ def main(argv: list[str] | None = None) -> int:
         from mcp_supervisor import prepare
         from mcp_supervisor.log import configure_logging
 
-        configure_logging(spec, phase="preparing")
+        configure_logging(spec, phase="preparing", stdlib=True)
         return prepare.run(spec, args.subcommand)
 
     # Re-exec into the lean runner: pydantic and friends do not stay resident in PID 1.
     fd = spec.write_to_pipe()
-    runner = [sys.executable, "-m", "mcp_supervisor.runner", "--spec-fd", str(fd)]
+    runner = [sys.executable, "-m", "mcp_supervisor.pid1", "--spec-fd", str(fd)]
     os.execv(sys.executable, runner)
     return exitcodes.SOFTWARE  # pragma: no cover - execv does not return
 

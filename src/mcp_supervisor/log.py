@@ -3,7 +3,6 @@ terminal, JSON lines otherwise. Every line carries the supervisor's phase and ch
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import MutableMapping
 from typing import Any
@@ -15,12 +14,6 @@ from mcp_supervisor.state import SupervisorState
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 _state: SupervisorState | None = None
 _phase_override: str | None = None
-
-
-def _keep_rich_out() -> None:
-    # structlog imports rich for pretty tracebacks when it is installed (fastmcp brings
-    # it): ~7 MB resident in PID 1 for output our users should never see. Plain it is.
-    sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
 
 
 def _add_context(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -47,11 +40,11 @@ def configure_logging(
     phase: str | None = None,
     log_format: str | None = None,
     log_level: str | None = None,
+    stdlib: bool = False,
 ) -> None:
     """Set up structlog for this process; `state` feeds phase and child_pid into each line
     (the runner), `phase` fixes the phase (helper processes such as the preparation step)."""
     global _state, _phase_override
-    _keep_rich_out()
     import structlog
 
     _state = state
@@ -78,10 +71,14 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
-    # Libraries that use stdlib logging (alembic, asyncpg, httpx) also go to stderr.
-    logging.basicConfig(
-        stream=sys.stderr, level=max(level, logging.WARNING), format="%(name)s: %(message)s"
-    )
+    if stdlib:
+        # Libraries that log through stdlib logging (alembic, asyncpg, httpx) go to stderr
+        # too; not in PID 1, which uses none of them.
+        import logging
+
+        logging.basicConfig(
+            stream=sys.stderr, level=max(level, logging.WARNING), format="%(name)s: %(message)s"
+        )
 
 
 def get_logger(name: str = "mcp-supervisor") -> Any:

@@ -8,24 +8,23 @@ our `waitpid(-1)` (the Python PID-1 trap). Every exit status comes through `reap
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import os
 import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 PR_SET_CHILD_SUBREAPER = 36
 
 
 def become_subreaper() -> bool:
     """Orphans of our tree come to us even when we are not PID 1 (prctl); False if refused."""
+    import ctypes  # only off PID 1; ctypes.util would pull in subprocess and friends
+
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)  # libc is already mapped into us
         return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
-    except OSError:
+    except (OSError, AttributeError):
         return False
 
 
@@ -97,10 +96,10 @@ def _which(cmd: str, env: Mapping[str, str]) -> str:
         return cmd
     denied = False
     for d in env.get("PATH", os.defpath).split(os.pathsep):
-        cand = Path(d or ".") / cmd
-        if cand.is_file():
+        cand = os.path.join(d or ".", cmd)
+        if os.path.isfile(cand):
             if os.access(cand, os.X_OK):
-                return str(cand)
+                return cand
             denied = True
     raise OSError(
         errno.EACCES if denied else errno.ENOENT,
@@ -146,23 +145,27 @@ def children_of(pid: int) -> list[int]:
     """Direct children of pid, from /proc (no psutil in PID 1)."""
     kids: list[int] = []
     try:
-        task = Path(f"/proc/{pid}/task")
-        for t in task.iterdir():
+        for tid in os.listdir(f"/proc/{pid}/task"):
             with contextlib.suppress(OSError):
-                kids.extend(int(c) for c in (t / "children").read_text().split())
+                kids.extend(int(c) for c in _read(f"/proc/{pid}/task/{tid}/children").split())
         return kids
     except OSError:
         pass
     # Kernels without /proc/PID/task/TID/children: scan every process's parent.
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and _ppid(int(entry.name)) == pid:
-            kids.append(int(entry.name))
+    for name in os.listdir("/proc"):
+        if name.isdigit() and _ppid(int(name)) == pid:
+            kids.append(int(name))
     return kids
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
 
 
 def _ppid(pid: int) -> int | None:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = _read(f"/proc/{pid}/stat")
     except OSError:
         return None
     # The comm field may hold spaces and parentheses: split after the last ')'.

@@ -87,7 +87,7 @@ class Supervised:
             if (
                 caught & term
                 and not blocked & term
-                and "mcp_supervisor.runner" in cmdline(self.pid)
+                and "mcp_supervisor.pid1" in cmdline(self.pid)
             ):
                 return
             time.sleep(0.005)
