@@ -518,6 +518,8 @@ def test_stop_during_a_job_marks_it_interrupted_and_a_later_index_resumes(
     assert "Traceback" not in log
     assert PASSWORD not in log
 
+    if signum != signal.SIGTERM:
+        return  # resuming is the same after either signal; one run proves it
     fake_ollama.embed_delay = 0.0
     done = subprocess.run(
         [sys.executable, "-m", "codebase_mcp", "index", str(repo), "--no-progress"],
