@@ -170,12 +170,16 @@ class WireWriter:
 
 
 class Stopper:
-    """Turns the first SIGTERM/SIGINT into a graceful stop; a second one exits at once."""
+    """Turns SIGTERM/SIGINT into one graceful stop.
+
+    Further signals change nothing: Ctrl-C in a terminal reaches both the supervisor (which
+    forwards a stop) and us, and must not cut the teardown short; the supervisor's SIGKILL
+    after its grace period is the hard stop."""
 
     def __init__(self, notifier: Notifier) -> None:
         self.notifier = notifier
         self.scope = anyio.CancelScope()
-        self.signal: int | None = None
+        self.signum: int | None = None
         self.on_stop: Callable[[], None] = self.scope.cancel
 
     def stop(self, reason: str) -> None:
@@ -188,10 +192,10 @@ class Stopper:
     async def watch(self, signals: AsyncIterator[int]) -> None:
         async for signum in signals:
             name = signal.Signals(signum).name
-            if self.signal is not None:
-                log.warning("second signal: exiting without teardown", signal=name)
-                os._exit(1)
-            self.signal = signum
+            if self.signum is not None:
+                log.info("already stopping", signal=name)
+                continue
+            self.signum = signum
             self.stop(name)
 
 
@@ -257,7 +261,23 @@ async def serve_http(
         def capture_signals(self) -> Generator[None, None, None]:
             yield
 
-    app = server.http_app(path=path, transport="http")
+    import fastmcp
+    from fastmcp.server.mixins.transport import _resolve_allowed_hosts_for_run
+
+    # The same Host/Origin protection FastMCP's own run_http_async would set up.
+    protection = fastmcp.settings.http_host_origin_protection
+    allowed_hosts = _resolve_allowed_hosts_for_run(
+        host=host,
+        host_origin_protection=protection,
+        allowed_hosts=None,
+        configured_allowed_hosts=fastmcp.settings.http_allowed_hosts,
+    )
+    app = server.http_app(
+        path=path,
+        transport="http",
+        host_origin_protection=protection,
+        allowed_hosts=allowed_hosts,
+    )
     config = uvicorn.Config(
         app,
         host=host,

@@ -324,6 +324,21 @@ def test_stop_signal_with_stdin_open_exits_0_after_teardown(
     assert_only_jsonrpc(wire.lines)
 
 
+def test_a_second_signal_does_not_cut_the_teardown_short(
+    helper: tuple[subprocess.Popen[bytes], Wire], tmp_path: Path
+) -> None:
+    """Ctrl-C in a terminal reaches the supervisor and the server alike: the forwarded
+    SIGTERM lands while the server already stops on its own SIGINT."""
+    proc, wire = helper
+    wire.initialize()
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    code, _ = _wait_exit(proc)
+    assert code == 0
+    assert (tmp_path / "marker").read_text() == "started\nteardown\n"
+
+
 def test_stdin_closed_exits_0_after_teardown(
     helper: tuple[subprocess.Popen[bytes], Wire], tmp_path: Path
 ) -> None:
