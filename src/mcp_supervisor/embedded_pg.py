@@ -207,6 +207,8 @@ def build_postgres_argv(bin_dir: Path, pgdata: Path, port: int) -> list[str]:
         "-c",
         "log_min_messages=warning",
         "-c",
+        "log_checkpoints=off",
+        "-c",
         "log_destination=stderr",
     ]
 

