@@ -30,8 +30,6 @@ import importlib.util
 import os
 import pwd
 import re
-import secrets
-import shutil
 import signal
 import socket
 import stat
@@ -253,7 +251,7 @@ def plan(
         data_dir=data_dir,
         pgdata=pgdata,
         password_file=password_file,
-        password=password or secrets.token_urlsafe(24),
+        password=password or new_password(),
         port=port,
         run_as=run_as,
         initdb_argv=None
@@ -262,6 +260,11 @@ def plan(
         postgres_argv=quiet(build_postgres_argv(bin_dir, pgdata, port)),
         env=build_env(bin_dir),
     )
+
+
+def new_password() -> str:
+    # os.urandom, not `secrets`: that imports `random` and hashlib (~0.7 MB in PID 1).
+    return os.urandom(24).hex()
 
 
 def _read_password(path: Path) -> str | None:
@@ -283,6 +286,8 @@ def _prepare_filesystem(p: EmbeddedPostgresPlan) -> list[str]:
             if p.pgdata.exists() and any(p.pgdata.iterdir()):
                 # No PG_VERSION: an initdb that was killed half-way. Nothing usable is
                 # in there, and initdb refuses a non-empty directory.
+                import shutil  # rarely needed: not resident in PID 1 for nothing
+
                 shutil.rmtree(p.pgdata)
                 notes.append(f"removed the unfinished cluster in {p.pgdata}")
             p.pgdata.mkdir(mode=0o700, exist_ok=True)
