@@ -14,6 +14,7 @@ Prints, per init:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -44,10 +45,8 @@ UNSHARE = ["unshare", "--pid", "--fork", "--mount-proc"]
 def _children(pid: int) -> list[int]:
     out: list[int] = []
     for t in Path(f"/proc/{pid}/task").iterdir():
-        try:
+        with contextlib.suppress(OSError):
             out.extend(int(c) for c in (t / "children").read_text().split())
-        except OSError:
-            pass
     return out
 
 
@@ -159,9 +158,8 @@ def main() -> None:
 
     med = statistics.median
     tini_stop = med(stop["tini"]) if "tini" in stop else None
-    print(
-        f"rounds={args.rounds}  stdio={args.megabytes} MiB  (medians; every init as PID 1 under unshare)"
-    )
+    print(f"rounds={args.rounds}  stdio={args.megabytes} MiB")
+    print("medians; every init runs as PID 1 under unshare")
     print(f"{'init':<16}{'RSS MiB':>10}{'stop ms':>10}{'vs tini ms':>12}{'MiB/s':>10}{'ratio':>8}")
     alone = med(tput["alone"])
     print(f"{'(child alone)':<16}{'':>10}{'':>10}{'':>12}{alone / 2**20:>10.0f}{1.0:>8.3f}")
@@ -169,9 +167,8 @@ def main() -> None:
         s = med(stop[name]) * 1000
         delta = f"{s - tini_stop * 1000:+.1f}" if tini_stop is not None else "n/a"
         t = med(tput[name])
-        print(
-            f"{name:<16}{med(rss[name]):>10.1f}{s:>10.1f}{delta:>12}{t / 2**20:>10.0f}{t / alone:>8.3f}"
-        )
+        row = f"{name:<16}{med(rss[name]):>10.1f}{s:>10.1f}{delta:>12}"
+        print(f"{row}{t / 2**20:>10.0f}{t / alone:>8.3f}")
     ours_rss, ours_stop, ours_ratio = (
         med(rss["mcp-supervisor"]),
         med(stop["mcp-supervisor"]),
