@@ -203,7 +203,7 @@ def test_load_skips_binary_and_non_utf8_and_hashes_the_bytes(tmp_path: Path) -> 
     data = "s = 'caf\u00e9'\n".encode()
     assert loaded.data == data
     assert loaded.text == "s = 'caf\u00e9'\n"
-    assert loaded.content_hash == hashlib.blake2b(data, digest_size=32).hexdigest()
+    assert loaded.content_hash == hashlib.sha256(data).hexdigest()
     assert loaded.language == "python"
 
     bom = files["bom.py"].load()
