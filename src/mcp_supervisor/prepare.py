@@ -43,6 +43,7 @@ class _Failed(Exception):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
         self.code = code
+        self.where: dict[str, object] = {}  # the failed step and its duration
 
 
 def steps_for(spec: RunSpec, mode: Mode) -> list[str]:
@@ -122,7 +123,7 @@ async def _steps(spec: RunSpec, mode: Mode) -> int:
         if "migrate" in steps:
             await _step("migrate", lambda: _migrate(spec))
     except _Failed as exc:
-        log.error(str(exc), exit_code=exc.code)
+        log.error(str(exc), exit_code=exc.code, **exc.where)
         return exc.code
     return EX_OK
 
@@ -153,14 +154,22 @@ async def _step(name: str, fn: Callable[[], Awaitable[object]]) -> None:
     log.info("step started", step=name)
     started = time.monotonic()
     try:
-        await fn()
-    except InvalidDependencyConfig as exc:
-        raise _Failed(EX_CONFIG, f"invalid configuration: {exc}") from None
-    except DependencyUnavailable as exc:
-        raise _Failed(EX_UNAVAILABLE, str(exc)) from None
-    except MigrationFailed as exc:
-        raise _Failed(EX_SOFTWARE, str(exc)) from None
-    log.info("step finished", step=name, duration_ms=round((time.monotonic() - started) * 1000))
+        try:
+            await fn()
+        except InvalidDependencyConfig as exc:
+            raise _Failed(EX_CONFIG, f"invalid configuration: {exc}") from None
+        except DependencyUnavailable as exc:
+            raise _Failed(EX_UNAVAILABLE, str(exc)) from None
+        except MigrationFailed as exc:
+            raise _Failed(EX_SOFTWARE, str(exc)) from None
+    except _Failed as failed:
+        failed.where = {"step": name, "duration_ms": _ms_since(started)}
+        raise
+    log.info("step finished", step=name, duration_ms=_ms_since(started))
+
+
+def _ms_since(started: float) -> int:
+    return round((time.monotonic() - started) * 1000)
 
 
 async def _migrate(spec: RunSpec) -> None:

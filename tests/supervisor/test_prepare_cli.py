@@ -11,10 +11,13 @@ import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 
+from mcp_supervisor.prepare import Mode, steps_for
+from mcp_supervisor.spec import Dependency, RunSpec
 from tests.support.fake_ollama import FakeOllama
 from tests.support.pg import PASSWORD, PostgresCluster, free_port, running_cluster, system_bin_dir
 
@@ -31,9 +34,29 @@ def pg_base() -> Iterator[Path]:
 
 
 def _final_error(stderr: str) -> str:
+    return str(_final_error_event(stderr)["event"])
+
+
+def _final_error_event(stderr: str) -> dict[str, Any]:
     errors = [e for e in log_lines(stderr) if e.get("level") == "error"]
     assert errors, stderr
-    return str(errors[-1]["event"])
+    return errors[-1]
+
+
+@pytest.mark.parametrize(
+    ("wait_for", "mode", "steps"),
+    [
+        (("postgres", "ollama"), "wait", ["postgres", "ollama"]),
+        (("ollama", "postgres"), "wait", ["postgres", "ollama"]),
+        ((), "wait", []),
+        (("ollama",), "wait", ["ollama"]),
+        # A migration needs PostgreSQL, whatever WAIT_FOR says.
+        ((), "migrate", ["postgres", "migrate"]),
+        (("ollama",), "migrate", ["postgres", "ollama", "migrate"]),
+    ],
+)
+def test_steps_for(wait_for: tuple[Dependency, ...], mode: Mode, steps: list[str]) -> None:
+    assert steps_for(RunSpec(wait_for=wait_for), mode) == steps
 
 
 @pytest.mark.slow
@@ -100,7 +123,9 @@ def test_postgres_that_never_starts_gives_69_at_the_deadline(tmp_path: Path) -> 
     assert code == 69, err
     assert out == ""
     assert seconds >= 2.0
-    message = _final_error(err)
+    final = _final_error_event(err)
+    assert final["step"] == "postgres" and final["duration_ms"] >= 1900
+    message = str(final["event"])
     assert f"127.0.0.1:{port}" in message
     assert "deadline" in message and "refused" in message and "Connect call failed" in message
     assert PASSWORD not in err
