@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from mcp_supervisor.spec import Dependency, RunSpec
 from tests.support.fake_ollama import FakeOllama
 from tests.support.pg import PASSWORD, PostgresCluster, free_port, running_cluster, system_bin_dir
 
-from .fixtures_deps import dep_env, events, log_lines, run_cli, start_cli
+from .fixtures_deps import SUPERVISOR, dep_env, events, log_lines, run_cli, start_cli
 
 
 @pytest.fixture
@@ -257,3 +258,77 @@ def test_stop_signal_during_the_wait_exits_at_once(
             proc.wait()
     assert proc.returncode == code
     assert stopped < 2.0, f"took {stopped:.2f} s to stop"
+
+
+# --- the same steps inside `mcp-supervisor` (run): the child starts only when ready ------
+
+
+def _supervise(env: dict[str, str], cwd: Path, *command: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [SUPERVISOR, "--", *command],
+        env=env,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_supervisor_never_starts_the_child_when_a_dependency_is_missing(tmp_path: Path) -> None:
+    marker = tmp_path / "child-ran"
+    env = dep_env(
+        REGISTRY_DATABASE_URL=f"postgresql://app:{PASSWORD}@127.0.0.1:{free_port()}/app",
+        MCP_SUPERVISOR_WAIT_FOR="postgres",
+        MCP_SUPERVISOR_DEPENDENCY_TIMEOUT="1",
+    )
+    proc = _supervise(env, tmp_path, "touch", str(marker))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 69, err
+    assert not marker.exists()
+    assert out == "" and PASSWORD not in err
+
+
+def test_supervisor_never_starts_the_child_when_the_migration_fails(
+    pg_url: str, tmp_path: Path
+) -> None:
+    asyncio.run(_create_table(pg_url, "chunks"))  # in revision 0002's way
+    marker = tmp_path / "child-ran"
+    env = dep_env(REGISTRY_DATABASE_URL=pg_url, MCP_SUPERVISOR_WAIT_FOR="postgres")
+    proc = _supervise(env, tmp_path, "touch", str(marker))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 70, err
+    assert not marker.exists()
+    assert out == ""
+
+
+async def _create_table(url: str, name: str) -> None:
+    conn = await asyncpg.connect(url)
+    await conn.execute(f"CREATE TABLE {name} (x int)")
+    await conn.close()
+
+
+def test_supervisor_stops_at_once_on_sigterm_while_waiting(tmp_path: Path) -> None:
+    marker = tmp_path / "child-ran"
+    env = dep_env(
+        REGISTRY_DATABASE_URL=f"postgresql://app:pw@127.0.0.1:{free_port()}/app",
+        MCP_SUPERVISOR_WAIT_FOR="postgres",
+        MCP_SUPERVISOR_DEPENDENCY_TIMEOUT="60",
+    )
+    proc = _supervise(env, tmp_path, "touch", str(marker))
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "dependency not ready" in line:
+                break
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=8)
+        stopped = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143
+    assert stopped < 2.0, f"took {stopped:.2f} s to stop"
+    assert not marker.exists()
