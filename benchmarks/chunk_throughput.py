@@ -64,10 +64,27 @@ def discover_load(root: str) -> int:
     return count
 
 
-def timed(fn: Callable[[], int]) -> tuple[float, int]:
-    start = time.perf_counter()
+def timed(fn: Callable[[], int]) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds of this process, result)."""
+    start, cpu = time.perf_counter(), time.process_time()
     result = fn()
-    return time.perf_counter() - start, result
+    return time.perf_counter() - start, time.process_time() - cpu, result
+
+
+def report(title: str, rows: dict[str, list[tuple[float, float, int]]], files: int) -> None:
+    """Medians per row; files/cpu-s is what one core does when the machine is shared."""
+    base = statistics.median(r[0] for r in next(iter(rows.values())))
+    print(
+        f"\n{title:26} {'files':>6} {'median s':>9} {'files/s':>9} {'files/cpu-s':>12} {'ratio':>7}"
+    )
+    for name, runs in rows.items():
+        wall = statistics.median(r[0] for r in runs)
+        cpu = statistics.median(r[1] for r in runs)
+        count = files or runs[0][2]
+        print(
+            f"{name:26} {count:6} {wall:9.3f} {count / wall:9.0f} "
+            f"{count / max(cpu, 1e-9):12.0f} {wall / base:7.2f}"
+        )
 
 
 def main() -> None:
@@ -86,65 +103,53 @@ def main() -> None:
     total_bytes = sum(len(c.data) for c in contents)
     sizes = sorted(len(c.data) for c in contents)
     languages = collections.Counter(c.language for c in contents)
-    print(f"python {sys.version.split()[0]}  root {root}")
+    print(f"python {sys.version.split()[0]}  root {root}  runs {args.runs} (interleaved)")
     print(
         f"corpus: {len(contents)} files, {total_bytes / 1e6:.1f} MB "
         f"(median {sizes[len(sizes) // 2] / 1024:.1f} KiB), "
         f"languages {dict(languages.most_common(6))}"
     )
-    print(f"skipped: {dict(stats.counts)}")
+    print(f"skipped: { {str(k): v for k, v in stats.counts.items()} }")
 
-    # --- walks, interleaved ---
     walks: dict[str, Callable[[str], int]] = {
         "os.walk (names only)": bare_walk,
         "os.walk + lstat": walk_and_stat,
         "discover_files": discover,
         "discover + read + hash": discover_load,
     }
-    times: dict[str, list[float]] = {name: [] for name in walks}
-    counts: dict[str, int] = {}
+    walk_rows: dict[str, list[tuple[float, float, int]]] = {name: [] for name in walks}
     for _ in range(args.runs):
         for name, fn in walks.items():
-            elapsed, counts[name] = timed(lambda fn=fn: fn(root))  # type: ignore[misc]
-            times[name].append(elapsed)
-    base = statistics.median(times["os.walk (names only)"])
-    print("\nwalk                      files    median s    files/s   x os.walk")
-    for name in walks:
-        med = statistics.median(times[name])
-        print(
-            f"{name:24} {counts[name]:7} {med:10.3f} {counts[name] / med:10.0f} {med / base:10.2f}"
-        )
+            walk_rows[name].append(timed(lambda fn=fn: fn(root)))  # type: ignore[misc]
+    report("walk (ratio: x os.walk)", walk_rows, 0)
 
-    # --- chunking ---
     chunker = Chunker(ChunkOptions())
-    chunk_times: list[float] = []
-    n_chunks = 0
-    for _ in range(args.runs):
-        start = time.perf_counter()
-        n_chunks = sum(len(chunker.chunk(c.text, c.language, c.data)) for c in contents)
-        chunk_times.append(time.perf_counter() - start)
-    med = statistics.median(chunk_times)
 
-    e2e_times: list[float] = []
-    for _ in range(args.runs):
-        start = time.perf_counter()
+    def chunk_all() -> int:
+        return sum(len(chunker.chunk(c.text, c.language, c.data)) for c in contents)
+
+    def end_to_end() -> int:
+        n = 0
         for found in discover_files(root, exclude=EXCLUDE):
             loaded = found.load()
             if isinstance(loaded, FileContent):
-                chunker.chunk(loaded.text, loaded.language, loaded.data)
-        e2e_times.append(time.perf_counter() - start)
-    e2e = statistics.median(e2e_times)
+                n += len(chunker.chunk(loaded.text, loaded.language, loaded.data))
+        return n
 
-    print("\nchunking                  files/s    chunks/s      MB/s")
+    chunk_rows: dict[str, list[tuple[float, float, int]]] = {
+        "chunk only": [],
+        "discover+load+chunk": [],
+    }
+    for _ in range(args.runs):
+        chunk_rows["chunk only"].append(timed(chunk_all))
+        chunk_rows["discover+load+chunk"].append(timed(end_to_end))
+    report("chunking (ratio: x chunk)", chunk_rows, len(contents))
+    n_chunks = chunk_rows["chunk only"][0][2]
+    wall = statistics.median(r[0] for r in chunk_rows["chunk only"])
     print(
-        f"{'chunk only':24} {len(contents) / med:8.0f} {n_chunks / med:11.0f} "
-        f"{total_bytes / med / 1e6:9.2f}"
+        f"\nchunk only: {n_chunks} chunks ({n_chunks / len(contents):.1f} per file), "
+        f"{n_chunks / wall:.0f} chunks/s, {total_bytes / wall / 1e6:.2f} MB/s; one process"
     )
-    print(
-        f"{'discover+load+chunk':24} {len(contents) / e2e:8.0f} {n_chunks / e2e:11.0f} "
-        f"{total_bytes / e2e / 1e6:9.2f}"
-    )
-    print(f"\n{n_chunks} chunks, {n_chunks / len(contents):.1f} per file (one process, one core)")
 
 
 if __name__ == "__main__":
