@@ -180,18 +180,23 @@ class SourceFile:
     """A candidate file found by ``discover_files``.
 
     ``rel_path`` is POSIX-style relative to the root (the link's path for a followed
-    symlink); ``abs_path`` is the path to open. ``size`` and ``mtime_ns`` come from the
-    stat done during the walk.
+    symlink); ``abs_path`` is the absolute path to open, a plain string (building a
+    ``Path`` per file was a third of the walk's time; ``path`` gives one). ``size`` and
+    ``mtime_ns`` come from the stat done during the walk.
     """
 
     rel_path: str
-    abs_path: Path
+    abs_path: str
     size: int
     mtime_ns: int
     language: str | None
 
+    @property
+    def path(self) -> Path:
+        return Path(self.abs_path)
+
     def read_bytes(self) -> bytes:
-        return self.abs_path.read_bytes()
+        return Path(self.abs_path).read_bytes()
 
     def load(self, max_file_bytes: int | None = DEFAULT_MAX_FILE_BYTES) -> FileContent | SkipReason:
         """Read, check and hash the file, or say why it is skipped. Never raises OSError.
@@ -408,7 +413,7 @@ class _Walk:
             return None
         self.stats.files += 1
         self.stats.bytes += st.st_size
-        return SourceFile(rel, Path(path), st.st_size, st.st_mtime_ns, detect_language(rel))
+        return SourceFile(rel, path, st.st_size, st.st_mtime_ns, detect_language(rel))
 
     def _symlink(
         self, entry: os.DirEntry[str], rel: str, chain: Sequence[_IgnoreFile]

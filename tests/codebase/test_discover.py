@@ -225,7 +225,7 @@ def test_hash_follows_content_not_mtime(tmp_path: Path) -> None:
     assert isinstance(before, FileContent) and isinstance(after, FileContent)
     assert before.content_hash == after.content_hash
     path.write_text("x = 2\n")
-    changed = SourceFile("a.py", path, 6, 0, "python").load()
+    changed = SourceFile("a.py", str(path), 6, 0, "python").load()
     assert isinstance(changed, FileContent)
     assert changed.content_hash != before.content_hash
     assert content_hash(b"x = 2\n") == changed.content_hash
@@ -245,7 +245,8 @@ def test_metadata_of_a_discovered_file(tmp_path: Path) -> None:
     (found,) = discover_files(tmp_path)
     st = path.stat()
     assert found.rel_path == "pkg/mod.ts"
-    assert found.abs_path == tmp_path.resolve() / "pkg" / "mod.ts"
+    assert found.abs_path == str(tmp_path.resolve() / "pkg" / "mod.ts")
+    assert found.path == tmp_path.resolve() / "pkg" / "mod.ts"
     assert found.size == st.st_size == 20
     assert found.mtime_ns == st.st_mtime_ns
     assert found.language == "typescript"
