@@ -62,15 +62,13 @@ IGNORED_DIR_NAMES: frozenset[str] = frozenset(
         ".terraform",
         ".idea",
         ".vscode",
-        # build output
+        # build output (not "out" or "coverage": too often real package names)
         "dist",
         "build",
         "target",
-        "out",
         ".next",
         ".nuxt",
         ".svelte-kit",
-        "coverage",
         "htmlcov",
     }
 )
@@ -247,8 +245,15 @@ def resolve_under_roots(
     raise PathNotAllowedError(path, resolved_roots)
 
 
-def _is_builtin_ignored_dir(name: str) -> bool:
-    return name in IGNORED_DIR_NAMES or name.endswith(IGNORED_DIR_SUFFIXES)
+# Build-output names that are also plausible Python package names (pypa/build has
+# src/build/): kept when they hold an __init__.py.
+_PACKAGE_NAMES_TOO = frozenset({"build", "dist", "target"})
+
+
+def _is_builtin_ignored_dir(name: str, path: str) -> bool:
+    if name in IGNORED_DIR_NAMES:
+        return name not in _PACKAGE_NAMES_TOO or not Path(path, "__init__.py").is_file()
+    return name.endswith(IGNORED_DIR_SUFFIXES)
 
 
 def builtin_file_skip(name: str) -> SkipReason | None:
@@ -384,7 +389,7 @@ class _Walk:
                 if entry.is_dir(follow_symlinks=False):
                     reason = (
                         SkipReason.IGNORED_BUILTIN
-                        if _is_builtin_ignored_dir(name)
+                        if _is_builtin_ignored_dir(name, entry.path)
                         else self._ignored(rel, True, chain)
                     )
                     if reason is not None:

@@ -79,9 +79,11 @@ def test_builtin_ignores_prune_directories_and_skip_lock_and_minified_files(
     ]:
         write(tmp_path, rel)
 
+    write(tmp_path, "src/build/__init__.py")  # a package named build is source, not output
+
     files, stats = walk(tmp_path)
 
-    assert files == ["README.md", "src/app.py"]
+    assert files == ["README.md", "src/app.py", "src/build/__init__.py"]
     reasons = skipped(stats)
     # an ignored directory is reported once, not once per file inside it
     for rel in [".git", "node_modules", "web/node_modules", "dist", "build", "target"]:
@@ -96,7 +98,7 @@ def test_builtin_ignores_prune_directories_and_skip_lock_and_minified_files(
     assert reasons["web/vendor.min.js"] == SkipReason.IGNORED_BUILTIN
     assert reasons["web/style.min.css"] == SkipReason.IGNORED_BUILTIN
     assert reasons["logo.png"] == SkipReason.BINARY
-    assert stats.files == 2
+    assert stats.files == 3
     assert stats.counts[SkipReason.IGNORED_BUILTIN] == sum(
         1 for r in reasons.values() if r == SkipReason.IGNORED_BUILTIN
     )
