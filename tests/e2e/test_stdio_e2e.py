@@ -5,6 +5,7 @@ server. Nothing but protocol messages may appear on the wire."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import sys
 import time
@@ -28,16 +29,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def migrate(url: str) -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    cfg = Config(str(ROOT / "alembic.ini"))
-    cfg.set_main_option("sqlalchemy.url", url)
-    cfg.attributes["configure_logger"] = False
-    command.upgrade(cfg, "head")
-
-
 def write_repo(root: Path) -> Path:
     repo = root / "workspace" / "shop"
     (repo / "billing").mkdir(parents=True)
@@ -57,7 +48,6 @@ def write_repo(root: Path) -> Path:
 async def test_supervised_server_over_stdio(
     pg_url: str, fake_ollama: FakeOllama, tmp_path: Path
 ) -> None:
-    await anyio.to_thread.run_sync(migrate, pg_url)
     repo = write_repo(tmp_path)
     env = {
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
@@ -67,10 +57,10 @@ async def test_supervised_server_over_stdio(
         "OLLAMA_BASE_URL": fake_ollama.url,
         "CODEBASE_ROOTS": str(tmp_path / "workspace"),
         "CODEBASE_INDEX_WORKERS": "1",
-        # The database is migrated above; the test owns its dependencies.
-        "MCP_SUPERVISOR_WAIT_FOR": "none",
-        "MCP_SUPERVISOR_MIGRATE": "false",
+        # The supervisor waits for PostgreSQL and the Ollama API and migrates, as in the
+        # container; a fast heartbeat shows our sd_notify READY/WATCHDOG in time.
         "MCP_SUPERVISOR_HEARTBEAT_FILE": str(tmp_path / "heartbeat.json"),
+        "MCP_SUPERVISOR_HEARTBEAT_INTERVAL": "0.5",
     }
     stderr_log = tmp_path / "stderr.log"
     transport = StdioTransport(
@@ -106,6 +96,20 @@ async def test_supervised_server_over_stdio(
         top = found["results"][0]
         assert top["path"] == "billing/invoice.py", found
         assert top["symbol"] == "Invoice.total_with_tax", found
+
+        # The server told the supervisor READY=1 and keeps pinging WATCHDOG=1.
+        deadline = time.monotonic() + 20
+        while True:
+            probe = await anyio.run_process(
+                [str(BIN / "mcp-supervisor"), "--check", "--ready"], env=env, check=False
+            )
+            heartbeat = tmp_path / "heartbeat.json"
+            beat = json.loads(heartbeat.read_text()) if heartbeat.exists() else {}
+            if probe.returncode == 0 and beat.get("last_watchdog_ping"):
+                break
+            assert time.monotonic() < deadline, (probe.stdout, probe.stderr, beat)
+            await anyio.sleep(0.25)
+        assert beat["status"] == "ready", beat
 
         refused = await client.call_tool("index_repository", {"path": "/etc"}, raise_on_error=False)
         assert refused.is_error
