@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         from mcp_supervisor.log import configure_logging
 
         configure_logging(spec, phase="preparing", stdlib=True)
-        return prepare.run(spec, args.subcommand)
+        # Skip the interpreter teardown of SQLAlchemy & co. (~1 s): stop promptly.
+        prepare.exit_now(prepare.run(spec, args.subcommand))
 
     # Re-exec into the lean runner: pydantic and friends do not stay resident in PID 1.
     fd = spec.write_to_pipe()
