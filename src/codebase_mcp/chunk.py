@@ -21,6 +21,7 @@ use one ``Chunker`` per thread (``chunk_source`` keeps one per thread for you).
 from __future__ import annotations
 
 import bisect
+import itertools
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -620,14 +621,10 @@ class _Lines:
     __slots__ = ("blank", "cum", "lines")
 
     def __init__(self, text: str) -> None:
-        self.lines = text.split("\n")
-        self.blank = [not line.strip() for line in self.lines]
-        cum = [0]
-        total = 0
-        for line in self.lines:
-            total += len(line) + 1
-            cum.append(total)
-        self.cum = cum  # cum[i]: characters (newline included) before row i
+        self.lines = lines = text.split("\n")
+        self.blank = [not line or line.isspace() for line in lines]
+        # cum[i]: characters (newlines included) before row i
+        self.cum = list(itertools.accumulate([len(line) + 1 for line in lines], initial=0))
 
     def chars(self, start: int, end: int) -> int:
         return self.cum[end + 1] - self.cum[start] - 1
