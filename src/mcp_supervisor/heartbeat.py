@@ -125,7 +125,7 @@ class Heartbeat:
             # A read-only or full disk must not stop the service; the probe will say
             # "no heartbeat" or "stale", which is the truth. Logged once per failure spell.
             if not self._failing:
-                log.error("cannot write the heartbeat", path=self.path, error=str(exc))  # noqa: TRY400
+                log.error("cannot write the heartbeat", path=self.path, error=str(exc))
             self._failing = True
             return
         if self._failing:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import socket
 import sys
 import time
@@ -183,7 +182,7 @@ def _bind(path: str) -> tuple[socket.socket, str]:
                 log.warning("notify socket falls back to the abstract namespace", error=str(exc))
             else:
                 return sock, path
-        name = f"mcp-supervisor/{os.getpid()}/{secrets.token_hex(4)}"
+        name = f"mcp-supervisor/{os.getpid()}/{os.urandom(4).hex()}"  # secrets: heavier import
         sock.bind("\0" + name)
         return sock, "@" + name
     except BaseException:
