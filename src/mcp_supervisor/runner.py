@@ -14,12 +14,12 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
 
-from mcp_supervisor import exitcodes, policy, process, signals
+from mcp_supervisor import exitcodes, heartbeat, notify, policy, process, restart, signals
 from mcp_supervisor.log import configure_logging, get_logger
 from mcp_supervisor.spec import RunSpec
 from mcp_supervisor.state import Phase, SupervisorState
@@ -56,6 +56,8 @@ class Supervisor:
         self.stop_deadline: float | None = None
         self.stop_requested = anyio.Event()
         self.env_extra: dict[str, str] = {}
+        # Health hook: called after every change the heartbeat shows (phase, child).
+        self.on_change: Callable[[], None] = lambda: None
 
     # -- children -------------------------------------------------------------------
 
@@ -89,6 +91,8 @@ class Supervisor:
     def child_env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
+        for key in notify.INHERITED_TO_DROP:
+            env.pop(key, None)
         env.update(self.env_extra)
         return env
 
@@ -128,6 +132,7 @@ class Supervisor:
             self.stop_signal = signum
             self.stop_deadline = time.monotonic() + self.spec.grace_period
             self.state.phase = Phase.STOPPING
+            self.on_change()
             self.log.info(
                 "stopping", signal=signals.name(signum), grace_period=self.spec.grace_period
             )
@@ -228,6 +233,65 @@ class Supervisor:
         return str(plan.url)
 
     async def _run_main(self) -> int:
+        """The main child, restarted as the restart policy says (with backoff), until it
+        ends for good, a stop arrives, or the restart budget is spent (exit 70)."""
+        budget = restart.RestartBudget(self.spec.restart_limit, self.spec.restart_window)
+        while True:
+            code, spawned = await self._run_main_once()
+            if not spawned:
+                return code  # 126/127: retrying will not make the command appear
+            decision = restart.decide(
+                self.spec.restart,
+                code,
+                stopping=self.stop_signal is not None,
+                watchdog_miss=self.state.watchdog_missed,
+                budget=budget,
+                backoff_cap=self.spec.restart_backoff_cap,
+                now=time.monotonic(),
+            )
+            if decision.give_up:
+                self.log.error(
+                    "restart limit reached: giving up",
+                    reason=decision.reason,
+                    last_exit_code=code,
+                    exit_code=restart.GIVE_UP_EXIT_CODE,
+                )
+                return restart.GIVE_UP_EXIT_CODE
+            if not decision.restart:
+                return code
+            self.state.phase = Phase.RESTARTING
+            self.state.restarts += 1
+            self.on_change()
+            self.log.warning(
+                "restarting the child",
+                reason=decision.reason,
+                delay_s=decision.delay,
+                restarts=self.state.restarts,
+            )
+            with anyio.move_on_after(decision.delay):
+                await self.stop_requested.wait()
+            if self.stop_signal is not None:
+                return exitcodes.for_signal(self.stop_signal)
+
+    async def on_watchdog_miss(self, reason: str) -> None:
+        """The child stopped feeding its watchdog: under a restart policy, kill it (a
+        blocked event loop would not act on SIGTERM) and let `_run_main` restart it."""
+        child = self.current
+        if (
+            self.spec.restart == "never"
+            or self.stop_signal is not None
+            or child is None
+            or child.role != "main"
+            or child.done.is_set()
+        ):
+            return
+        self.log.warning("killing the unresponsive child", pid=child.pid, reason=reason)
+        if child.pgid != os.getpgrp():
+            process.signal_group(child.pgid, signal.SIGKILL)
+        process.signal_pid(child.pid, signal.SIGKILL)
+
+    async def _run_main_once(self) -> tuple[int, bool]:
+        """(exit code, whether it was spawned at all)."""
         argv = self.spec.command
         try:
             child = self._spawn("main", argv, self.child_env())
@@ -236,10 +300,11 @@ class Supervisor:
             self.log.error(
                 "cannot start command", command=argv[0], error=exc.strerror, exit_code=code
             )
-            return code
+            return code, False
         self.current = child
         self.state.child_spawned(child.pid)
         self.state.phase = Phase.RUNNING
+        self.on_change()
         if process.hand_terminal_to(child.pgid):
             # It may have read the terminal before it was its own: let it go on.
             process.signal_group(child.pgid, signal.SIGCONT)
@@ -250,7 +315,8 @@ class Supervisor:
         outcome = policy.outcome_after_child(code, self.stop_signal)
         self.log.info("child exited", exit_code=code, reason=outcome.reason)
         self.state.child_gone()
-        return outcome.exit_code
+        self.on_change()
+        return outcome.exit_code, True
 
     # -- the end: nothing we started may outlive us ---------------------------------
 
@@ -334,12 +400,22 @@ async def supervise(spec: RunSpec) -> int:
     if os.getpid() != 1 and not process.become_subreaper():
         log.warning("not PID 1 and PR_SET_CHILD_SUBREAPER refused: orphans will escape")
     sup = Supervisor(spec, state)
+    beat = heartbeat.Heartbeat(spec, state)
+    sup.on_change = beat.poke
+    notifier = notify.NotifyServer(spec, state, on_change=beat.poke, on_miss=sup.on_watchdog_miss)
+    try:
+        sup.env_extra.update(notifier.child_env())
+    except OSError as exc:
+        log.warning("no notify socket: readiness and watchdog are off", error=str(exc))
     with anyio.open_signal_receiver(*signals.catchable()) as receiver:
         # Handlers are in place: what arrived while we started is delivered now.
         signals.unblock_all()
         async with anyio.create_task_group() as tg:
             tg.start_soon(sup.signal_loop, receiver)
             tg.start_soon(_grace_timer, sup)
+            tg.start_soon(beat.run)  # removes the heartbeat when cancelled at the end
+            if notifier.address is not None:
+                tg.start_soon(notifier.serve)
             code = await sup.run()
             tg.cancel_scope.cancel()
     log.info("exiting", exit_code=code)
