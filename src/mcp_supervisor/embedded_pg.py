@@ -338,37 +338,47 @@ def _ensure_reachable(path: Path) -> list[str]:
 
 
 def _clear_stale_pid_file(pgdata: Path) -> list[str]:
-    """A postmaster.pid left by a killed server blocks the next start when its pid now
-    belongs to another process (routine in containers: pids restart from 1)."""
+    """Refuse a data directory PostgreSQL processes still work in; clear a postmaster.pid
+    whose pid now belongs to an unrelated process (routine after a container restart:
+    pids start from 1 again, and PostgreSQL would take that process for its postmaster).
+
+    A lock file whose pid is gone stays: PostgreSQL clears it itself, after checking that
+    no orphaned backend still uses the old shared memory.
+    """
     pid_file = pgdata / "postmaster.pid"
-    try:
-        first = pid_file.read_text().splitlines()[0].strip()
-        pid = int(first)
-    except (OSError, IndexError, ValueError):
-        if pid_file.exists():
-            pid_file.unlink()
-            return [f"removed an unreadable {pid_file}"]
+    if not pid_file.exists():
         return []
-    if _is_postgres_serving(pid, pgdata):
+    users = processes_in(pgdata)
+    if users:
+        pids = " ".join(str(p) for p in users)
         raise EmbeddedPostgresError(
-            f"a PostgreSQL (pid {pid}) is still running on {pgdata}: stop it first "
-            f"(kill -INT {pid}) or set MCP_SUPERVISOR_DATA_DIR to another directory"
+            f"PostgreSQL processes (pid {pids}) still run in {pgdata}: stop them first "
+            f"(kill -INT {users[0]}) or set MCP_SUPERVISOR_DATA_DIR to another directory"
         )
+    try:
+        pid = int(pid_file.read_text().splitlines()[0].strip())
+    except (OSError, IndexError, ValueError):
+        pid_file.unlink()
+        return [f"removed an unreadable {pid_file}"]
+    if pid <= 0 or not Path(f"/proc/{pid}").exists():
+        return []
     pid_file.unlink()
-    return [f"removed the stale {pid_file} (pid {pid} is no PostgreSQL on this directory)"]
+    return [f"removed the stale {pid_file}: pid {pid} is no PostgreSQL of this directory"]
 
 
-def _is_postgres_serving(pid: int, pgdata: Path) -> bool:
-    if pid <= 0 or pid == os.getpid():
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False  # no such process
-    if not cmdline or not Path(os.fsdecode(cmdline[0])).name.startswith("postgres"):
-        return False
-    try:
-        return Path(f"/proc/{pid}/cwd").resolve() == pgdata.resolve()
-    except OSError:
-        # Not ours to inspect (another user's process): assume the worst, refuse to start.
-        return True
+def processes_in(directory: Path) -> list[int]:
+    """Pids of the processes whose working directory is `directory` (PostgreSQL's
+    postmaster and backends chdir into their data directory). Processes we may not
+    inspect are skipped: as another user they could not use our data directory anyway."""
+    target = str(directory.resolve())
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = str((entry / "cwd").readlink())
+        except OSError:
+            continue
+        if cwd == target:
+            found.append(int(entry.name))
+    return sorted(found)

@@ -53,11 +53,7 @@ def make_cluster_files(pgdata: Path, version: str = "18", password: str | None =
 
 def postgres_processes(pgdata: Path) -> list[psutil.Process]:
     """Every process working in `pgdata`: the postmaster and all its backends."""
-    found = []
-    for p in psutil.process_iter(["cwd"]):
-        if p.info.get("cwd") == str(pgdata):
-            found.append(p)
-    return found
+    return [p for p in psutil.process_iter(["cwd"]) if p.info.get("cwd") == str(pgdata)]
 
 
 # --- the plan -----------------------------------------------------------------------------
@@ -169,25 +165,55 @@ def test_prepare_removes_a_half_initialised_cluster(scratch: Path) -> None:
     assert any("unfinished" in n for n in notes)
 
 
-def test_prepare_removes_a_stale_pid_file(scratch: Path) -> None:
+def test_prepare_clears_a_pid_file_whose_pid_was_reused(scratch: Path) -> None:
+    pgdata = scratch / "data" / "postgres"
+    make_cluster_files(pgdata)
+    # Alive, but no PostgreSQL of this directory: after a restart the pid means nothing.
+    (pgdata / "postmaster.pid").write_text(f"{os.getpid()}\n{pgdata}\n")
+    p = plan(spec_for(scratch / "data"), euid=1000, versions=fake_versions(scratch))
+    notes = p.prepare_filesystem()
+    assert not (pgdata / "postmaster.pid").exists()
+    assert any("stale" in n for n in notes)
+
+
+def test_prepare_leaves_a_dead_pid_to_postgres(scratch: Path) -> None:
+    """PostgreSQL clears that one itself, after its own shared-memory check."""
     pgdata = scratch / "data" / "postgres"
     make_cluster_files(pgdata)
     dead = subprocess.Popen(["true"])
     dead.wait()
-    for stale_pid in (dead.pid, os.getpid()):  # gone; alive but no PostgreSQL on this dir
-        (pgdata / "postmaster.pid").write_text(f"{stale_pid}\n{pgdata}\n")
+    (pgdata / "postmaster.pid").write_text(f"{dead.pid}\n{pgdata}\n")
+    p = plan(spec_for(scratch / "data"), euid=1000, versions=fake_versions(scratch))
+    assert p.prepare_filesystem() == []
+    assert (pgdata / "postmaster.pid").exists()
+
+
+def test_prepare_refuses_a_directory_orphaned_processes_still_use(scratch: Path) -> None:
+    pgdata = scratch / "data" / "postgres"
+    make_cluster_files(pgdata)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (pgdata / "postmaster.pid").write_text(f"{dead.pid}\n{pgdata}\n")
+    orphan = subprocess.Popen(["sleep", "30"], cwd=pgdata)  # like a backend left behind
+    try:
         p = plan(spec_for(scratch / "data"), euid=1000, versions=fake_versions(scratch))
-        notes = p.prepare_filesystem()
-        assert not (pgdata / "postmaster.pid").exists()
-        assert any("stale" in n for n in notes)
+        with pytest.raises(EmbeddedPostgresError, match=f"pid {orphan.pid}"):
+            p.prepare_filesystem()
+    finally:
+        orphan.kill()
+        orphan.wait()
+    assert (pgdata / "postmaster.pid").exists()
 
 
 def test_prepare_refuses_a_data_directory_a_live_postgres_serves(
     pg_cluster: PostgresCluster,
 ) -> None:
-    with pytest.raises(EmbeddedPostgresError, match="still running"):
+    with pytest.raises(EmbeddedPostgresError, match="still run"):
         embedded_pg._clear_stale_pid_file(pg_cluster.datadir)
     assert (pg_cluster.datadir / "postmaster.pid").exists()
+    assert pg_cluster.proc is not None and pg_cluster.proc.pid in embedded_pg.processes_in(
+        pg_cluster.datadir
+    )
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="ownership and reachability matter as root")
@@ -230,7 +256,7 @@ def _stop(proc: subprocess.Popen[bytes], p: embedded_pg.EmbeddedPostgresPlan) ->
 
 
 @pytest.mark.slow
-def test_plan_by_hand_initialises_serves_migrates_and_is_reused(scratch: Path) -> None:
+def test_plan_by_hand_initialises_serves_migrates_and_survives_a_crash(scratch: Path) -> None:
     scratch.chmod(0o700)
     spec = spec_for(scratch / "data")
     first = plan(spec)
@@ -245,6 +271,8 @@ def test_plan_by_hand_initialises_serves_migrates_and_is_reused(scratch: Path) -
         p = p or plan(spec)
         if round_ == 1:
             assert p.initdb_argv is None and p.password == first.password
+            # The killed server's postmaster.pid is still there: PostgreSQL clears it.
+            assert (p.pgdata / "postmaster.pid").exists()
             assert p.prepare_filesystem() == []
         server = _run(p.postgres_argv, p)
         try:
@@ -259,8 +287,16 @@ def test_plan_by_hand_initialises_serves_migrates_and_is_reused(scratch: Path) -
             assert events(err, expected), err
             assert p.password not in err
         finally:
-            _stop(server, p)
-        assert server.returncode == 0  # a clean fast shutdown
+            if round_ == 0:
+                server.kill()  # a crash: the next start must cope
+                server.wait()
+            else:
+                _stop(server, p)
+        if round_ == 1:
+            assert server.returncode == 0  # a clean fast shutdown
+        deadline = time.monotonic() + 10
+        while postgres_processes(p.pgdata) and time.monotonic() < deadline:
+            time.sleep(0.05)  # backends notice their postmaster's death
         assert postgres_processes(p.pgdata) == []
 
 
