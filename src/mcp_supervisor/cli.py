@@ -15,7 +15,12 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+
+# `typing` costs more than a bare interpreter start here, and --check is dispatched
+# before anything else is needed: annotations only (postponed by the __future__ import).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _SUBCOMMANDS = ("run", "wait", "migrate")
 
