@@ -64,10 +64,11 @@ class ChunkOptions:
 @dataclass(frozen=True, slots=True)
 class Chunk:
     """A piece of a file. Lines are 1-based and inclusive; ``text`` is those lines joined
-    with ``\\n`` (no trailing newline, ``\\r`` dropped). ``symbol`` is the qualified name of
+    with ``\\n`` (no trailing newline; CRLF read as LF). ``symbol`` is the qualified name of
     the definition (``Foo.bar``) or None for gaps and windows (markdown windows carry the
     heading they fall under). ``kind`` is function, method, class, struct, enum,
-    interface, impl, trait, module, type, gap, window ..."""
+    interface, impl, trait, module, namespace, type, gap, window ... The pieces of a
+    definition split for size all keep its kind and symbol."""
 
     start_line: int
     end_line: int
