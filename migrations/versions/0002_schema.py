@@ -71,17 +71,20 @@ def upgrade() -> None:
         )
         """
     )
-    # search_text, symbol_words, path_words: the chunk text, its symbol and its file path
-    # as lower-case words with identifiers split (parseDate -> parsedate parse date),
-    # filled by the indexer (codebase_mcp.tokens). The tsvector weighs a symbol match
-    # highest (A), then the path (B), then the body (D); the 'simple' config neither stems
-    # nor drops stop words, which suits code.
+    # tsv: the full-text vector of the chunk: its symbol (weight A), its file path (B)
+    # and its text (D) as lower-case words with identifiers split (parseDate ->
+    # parsedate parse date). The indexer builds it (codebase_mcp.tokens) and sends it in
+    # binary: computing it with to_tsvector() in a generated column cost more than all the
+    # rest of indexing, and the 'simple'-style words (no stemming, no stop words) are
+    # what code needs. Queries split identifiers the same way (tokens.tsquery_for).
+    # path and repository_id repeat the file's so search filters stay on this table.
     op.execute(
         f"""
         CREATE TABLE chunks (
             id            bigserial PRIMARY KEY,
             file_id       bigint NOT NULL REFERENCES files(id) ON DELETE CASCADE,
             repository_id bigint NOT NULL REFERENCES repositories(id) ON DELETE CASCADE,
+            path          text NOT NULL,
             ordinal       integer NOT NULL,
             start_line    integer NOT NULL,
             end_line      integer NOT NULL,
@@ -89,14 +92,7 @@ def upgrade() -> None:
             symbol        text,
             language      text,
             text          text NOT NULL,
-            search_text   text NOT NULL,
-            symbol_words  text NOT NULL DEFAULT '',
-            path_words    text NOT NULL DEFAULT '',
-            tsv           tsvector GENERATED ALWAYS AS (
-                setweight(to_tsvector('simple', symbol_words), 'A')
-                || setweight(to_tsvector('simple', path_words), 'B')
-                || setweight(to_tsvector('simple', search_text), 'D')
-            ) STORED,
+            tsv           tsvector NOT NULL,
             embedding     vector({dims})
         )
         """

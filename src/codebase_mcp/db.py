@@ -55,7 +55,19 @@ def decode_vector(data: bytes) -> list[float]:
     return values.tolist()
 
 
+def _passthrough(data: bytes) -> bytes:
+    return data
+
+
 async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    # tsvectors are built by the indexer in PostgreSQL's binary format: send them as is.
+    await conn.set_type_codec(
+        "tsvector",
+        schema="pg_catalog",
+        encoder=_passthrough,
+        decoder=_passthrough,
+        format="binary",
+    )
     schema = await conn.fetchval(
         "SELECT n.nspname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace "
         "WHERE t.typname = 'vector' LIMIT 1"
@@ -231,6 +243,7 @@ class FileRow:
 CHUNK_COLUMNS = (
     "file_id",
     "repository_id",
+    "path",
     "ordinal",
     "start_line",
     "end_line",
@@ -238,26 +251,15 @@ CHUNK_COLUMNS = (
     "symbol",
     "language",
     "text",
-    "search_text",
-    "symbol_words",
-    "path_words",
+    "tsv",
     "embedding",
 )
 
-# (ordinal, start_line, end_line, kind, symbol, language, text, search_text, symbol_words,
-#  path_words, embedding): CHUNK_COLUMNS after file_id and repository_id.
+# (ordinal, start_line, end_line, kind, symbol, language, text, tsv, embedding): the
+# CHUNK_COLUMNS after file_id, repository_id and path. tsv is a binary tsvector
+# (tokens.tsvector_binary).
 ChunkRecord = tuple[
-    int,
-    int,
-    int,
-    str | None,
-    str | None,
-    str | None,
-    str,
-    str,
-    str,
-    str,
-    Sequence[float] | None,
+    int, int, int, str | None, str | None, str | None, str, bytes, Sequence[float] | None
 ]
 
 
@@ -289,7 +291,7 @@ async def replace_files(
     )
     ids = {r["path"]: r["id"] for r in rows}
     records = [
-        (ids[f.path], repository_id, *chunk)
+        (ids[f.path], repository_id, f.path, *chunk)
         for f, file_chunks in zip(files, chunks, strict=True)
         for chunk in file_chunks
     ]

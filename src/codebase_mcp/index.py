@@ -33,7 +33,7 @@ from codebase_mcp.discover import (
 from codebase_mcp.embed import Embedder
 from codebase_mcp.errors import EmbedderError
 from codebase_mcp.models import FileError
-from codebase_mcp.tokens import search_text
+from codebase_mcp.tokens import WEIGHT_A, WEIGHT_B, WEIGHT_D, tsvector_binary
 
 log = structlog.get_logger(__name__)
 
@@ -54,7 +54,7 @@ class PreparedFile:
     content_hash: str
     size: int
     # db.ChunkRecord without the embedding
-    chunks: list[tuple[int, int, int, str, str | None, str | None, str, str, str, str]]
+    chunks: list[tuple[int, int, int, str, str | None, str | None, str, bytes]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +71,6 @@ def prepare_file(source: SourceFile, max_bytes: int) -> PreparedFile | SkippedFi
         if isinstance(loaded, SkipReason):
             return SkippedFile(source.rel_path, loaded.value, loaded == SkipReason.UNREADABLE)
         chunks = chunk_source(loaded.text, loaded.language, ChunkOptions())
-        path_words = search_text(source.rel_path)
         rows = [
             (
                 i,
@@ -81,9 +80,13 @@ def prepare_file(source: SourceFile, max_bytes: int) -> PreparedFile | SkippedFi
                 c.symbol,
                 c.language or loaded.language,
                 c.text.replace("\x00", ""),
-                search_text(c.text),
-                search_text(c.symbol) if c.symbol else "",
-                path_words,
+                tsvector_binary(
+                    (
+                        (c.symbol or "", WEIGHT_A),
+                        (source.rel_path, WEIGHT_B),
+                        (c.text, WEIGHT_D),
+                    )
+                ),
             )
             for i, c in enumerate(chunks)
         ]

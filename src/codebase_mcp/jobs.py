@@ -48,6 +48,13 @@ def final_state(
     return JobState.COMPLETED, outcome.message
 
 
+def first_cause(exc: BaseException) -> BaseException:
+    """The first leaf of (nested) exception groups: what actually went wrong."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
 class RunningJob:
     """A job in this process: its latest info, its stop request and its task."""
 
@@ -133,11 +140,13 @@ class JobManager:
             with job.scope:
                 await job.report(state=JobState.RUNNING, started_at=db.now_utc())
                 outcome = await self.runner(job)
-        except EngineError as exc:
-            error = str(exc)
         except Exception as exc:
-            log.exception("index job failed", job=job.info.id)
-            error = f"{type(exc).__name__}: {exc}"
+            cause = first_cause(exc)
+            if isinstance(cause, EngineError):
+                error = str(cause)
+            else:
+                log.error("index job failed", job=job.info.id, exc_info=cause)
+                error = f"{type(cause).__name__}: {cause}"
         finally:
             state, message = final_state(outcome, job.stop_state, error)
             job.info = replace(job.info, state=state, message=message, finished_at=db.now_utc())

@@ -90,7 +90,8 @@ class Filters:
     path_glob: str | None = None
 
     def sql(self, first_param: int) -> tuple[str, list[Any]]:
-        """` AND ...` conditions on c (chunks), f (files), r (repositories)."""
+        """` AND ...` conditions on chunks c alone (path and repository_id live there
+        too), so each retrieval stays a one-table index scan."""
         parts: list[str] = []
         params: list[Any] = []
 
@@ -102,31 +103,36 @@ class Filters:
             repo = self.repository.rstrip("/") or "/"
             if "/" in repo:
                 candidates = list(dict.fromkeys([repo, os.path.realpath(repo)]))
-                parts.append(f"r.path = ANY({param(candidates)}::text[])")
+                match = f"path = ANY({param(candidates)}::text[])"
             else:  # a bare name: the repository directory's name
-                parts.append(f"(r.path = {param(repo)} OR r.path LIKE {param('%/' + repo)})")
+                match = f"(path = {param(repo)} OR path LIKE {param('%/' + repo)})"
+            # only $n placeholders are interpolated; values travel as parameters
+            in_repo = f"c.repository_id IN (SELECT id FROM repositories WHERE {match})"  # noqa: S608
+            parts.append(in_repo)
         if self.language:
             parts.append(f"c.language = {param(self.language.strip().lower())}")
         if self.path_glob:
-            parts.append(f"f.path ~ {param(glob_to_regex(self.path_glob))}")
+            parts.append(f"c.path ~ {param(glob_to_regex(self.path_glob))}")
         return "".join(" AND " + p for p in parts), params
 
 
 def candidates_for(limit: int) -> int:
     """How many hits each list contributes to the fusion."""
-    return min(max(limit * 4, 40), 400)
+    return min(max(limit * 3, 30), 300)
 
 
 # --- queries --------------------------------------------------------------------------
 
-_SELECT = """
-    SELECT c.id, r.path AS repository, f.path, c.start_line, c.end_line, c.language,
-           c.symbol, c.kind, c.text
-"""
-_FROM = """
-    FROM chunks c
-    JOIN files f ON f.id = c.file_id
-    JOIN repositories r ON r.id = c.repository_id
+# The top k of one retrieval from chunks alone, then the repository's path for those k.
+_TOP = """
+    WITH top AS MATERIALIZED (
+        SELECT c.id, c.repository_id, c.path, c.start_line, c.end_line, c.language,
+               c.symbol, c.kind, c.text, {score} AS score
+        FROM chunks c{extra_from}
+        WHERE {where}
+        ORDER BY {order} LIMIT $2
+    )
+    SELECT top.*, r.path AS repository FROM top JOIN repositories r ON r.id = top.repository_id
 """
 
 
@@ -141,20 +147,19 @@ async def vector_hits(
     conn: db.Conn, vector: Sequence[float], filters: Filters, k: int
 ) -> list[Hit]:
     where, params = filters.sql(3)
-    sql = (
-        _SELECT
-        + ", 1 - (c.embedding <=> $1) AS score"
-        + _FROM
-        + " WHERE c.embedding IS NOT NULL"
-        + where
-        + " ORDER BY c.embedding <=> $1 LIMIT $2"
+    sql = _TOP.format(
+        score="1 - (c.embedding <=> $1)",
+        extra_from="",
+        where="c.embedding IS NOT NULL" + where,
+        order="c.embedding <=> $1",
     )
     async with conn.transaction():
-        # More candidates than the default 40 for larger k; with filters, keep scanning
-        # the graph until k rows pass them (pgvector >= 0.8).
+        # ef_search: enough candidates for k. iterative_scan: with filters, keep walking
+        # the graph until k rows pass them (pgvector >= 0.8). No sequential scan: an exact
+        # distance over every row is what the HNSW index is there to avoid.
         await conn.execute(
             f"SET LOCAL hnsw.ef_search = {max(40, min(k, 1000))}; "
-            "SET LOCAL hnsw.iterative_scan = relaxed_order"
+            "SET LOCAL hnsw.iterative_scan = relaxed_order; SET LOCAL enable_seqscan = off"
         )
         rows = await conn.fetch(sql, vector, k, *params)
     hits = [Hit(r["id"], float(r["score"]), r) for r in rows]
@@ -164,28 +169,26 @@ async def vector_hits(
 
 async def lexical_hits(conn: db.Conn, query: str, filters: Filters, k: int) -> list[Hit]:
     """Every query word first; when that finds fewer than k, any word (ranked by
-    ts_rank_cd: chunks with more of the words, closer together, rank higher)."""
+    ts_rank_cd: chunks with more of the words, closer together, rank higher; a match in
+    the symbol or the path counts more than one in the body)."""
     hits: list[Hit] = []
     seen: set[int] = set()
     where, params = filters.sql(3)
-    sql = (
-        _SELECT
-        + ", ts_rank_cd(c.tsv, q) AS score"
-        + _FROM
-        + ", to_tsquery('simple', $1) q WHERE c.tsv @@ q"
-        + where
-        + " ORDER BY score DESC, c.id LIMIT $2"
+    sql = _TOP.format(
+        score="ts_rank_cd(c.tsv, q)",
+        extra_from=", to_tsquery('simple', $1) q",
+        where="c.tsv @@ q" + where,
+        order="score DESC, c.id",
     )
-    for match_all in (True, False):
-        tsquery = tsquery_for(query, match_all=match_all)
+    any_word = tsquery_for(query, match_all=False)
+    for tsquery in (tsquery_for(query, match_all=True), any_word):
         if tsquery is None:
             return []
-        rows = await conn.fetch(sql, tsquery, k, *params)
-        for r in rows:
+        for r in await conn.fetch(sql, tsquery, k, *params):
             if r["id"] not in seen and len(hits) < k:
                 seen.add(r["id"])
                 hits.append(Hit(r["id"], float(r["score"]), r))
-        if len(hits) >= k or tsquery_for(query, match_all=False) == tsquery:
+        if len(hits) >= k or tsquery == any_word:
             break
     return hits
 
