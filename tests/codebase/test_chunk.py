@@ -5,6 +5,7 @@ covered) on fixtures and on real standard-library files."""
 from __future__ import annotations
 
 import sysconfig
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -654,3 +655,12 @@ def test_invariants_hold_on_real_files(options: ChunkOptions) -> None:
         assert_invariants(text, chunks, options)
         kinds.update(c.kind for c in chunks)
     assert {"function", "class", "method", "gap"} <= kinds
+
+
+def test_chunk_source_is_safe_across_threads() -> None:
+    """Each thread gets its own Chunker (tree-sitter parsers are not thread-safe)."""
+    names = sorted(SOURCES) * 4
+    expected = {name: Chunker().chunk(SOURCES[name][0], detect_language(name)) for name in SOURCES}
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda n: chunk_source(SOURCES[n][0], detect_language(n)), names))
+    assert all(result == expected[name] for name, result in zip(names, results, strict=True))
