@@ -464,12 +464,42 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _exit_now(code: int) -> NoReturn:
     """Leave without the interpreter's finalization. The teardown is done (jobs marked,
     pool closed, logs flushed); unloading fastmcp's module graph takes a second or more on
-    a busy machine, time a stop inside the supervisor's grace window should not spend."""
+    a busy machine, time a stop inside the supervisor's grace window should not spend.
+    Finalization would also have joined the chunking worker processes; they are ended
+    here instead, so that none outlives us as an orphan."""
+    _end_children(timeout=1.0)
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
     os._exit(code)
+
+
+def _end_children(timeout: float) -> None:
+    import psutil
+
+    try:
+        children = [c for c in psutil.Process().children(recursive=True) if not _is_tracker(c)]
+    except psutil.Error:
+        return
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.terminate()
+    _, alive = psutil.wait_procs(children, timeout=timeout)
+    for child in alive:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    if alive:
+        psutil.wait_procs(alive, timeout=1.0)
+
+
+def _is_tracker(process: Any) -> bool:
+    """multiprocessing's resource tracker ignores SIGTERM by design; it exits by itself
+    once we and the workers are gone, cleaning up after them."""
+    try:
+        return any("resource_tracker" in part for part in process.cmdline())
+    except Exception:
+        return False
 
 
 def report_failure(command: str, exc: BaseException) -> int:

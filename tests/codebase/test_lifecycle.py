@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import psutil
 import pytest
 
 from codebase_mcp import lifecycle, notify
@@ -473,7 +474,8 @@ def test_stop_during_a_job_marks_it_interrupted_and_a_later_index_resumes(
         REGISTRY_DATABASE_URL=pg_url,
         OLLAMA_BASE_URL=fake_ollama.url,
         CODEBASE_ROOTS=str(tmp_path),
-        CODEBASE_INDEX_WORKERS="1",
+        # Chunking worker processes for one run: none may outlive the server.
+        CODEBASE_INDEX_WORKERS="2" if signum == signal.SIGTERM else "1",
         CODEBASE_EMBED_BATCH_SIZE="2",
         CODEBASE_EMBED_CONCURRENCY="1",
         CODEBASE_FILE_BATCH_SIZE="4",
@@ -498,10 +500,16 @@ def test_stop_during_a_job_marks_it_interrupted_and_a_later_index_resumes(
             assert not status["finished"], status
             assert time.monotonic() < deadline, status
             time.sleep(0.05)
+        children = psutil.Process(proc.pid).children(recursive=True)
         proc.send_signal(signum)
         code, took = _wait_exit(proc)
         assert code == 0
         assert took < 8.0  # inside the supervisor's grace window
+        _, alive = psutil.wait_procs(children, timeout=5)
+        leftover = [" ".join(c.cmdline()) for c in alive]
+        for child in alive:  # never leak them into the rest of the run
+            child.kill()
+        assert leftover == []
         wire.drain()
         assert_only_jsonrpc(wire.lines)
     finally:
