@@ -220,3 +220,9 @@ def test_env_example_documents_every_setting(module: str) -> None:
     )
     missing = {f: n for f, n in _env_names(model).items() if n and not n & documented}
     assert not missing, f".env.example lacks {missing}"
+
+
+def test_dev_project_name_fixes_the_network_clients_join() -> None:
+    """The README's `docker run --network codebase-mcp_default` relies on it."""
+    assert load("docker-compose.yml")["name"] == "codebase-mcp"
+    assert "--network codebase-mcp_default" in (ROOT / "README.md").read_text()
