@@ -210,8 +210,13 @@ class Supervisor:
         from mcp_supervisor import embedded_pg
 
         started = time.monotonic()
-        plan = embedded_pg.plan(self.spec)
-        plan.prepare_filesystem()
+        try:
+            plan = embedded_pg.plan(self.spec)
+            for note in plan.prepare_filesystem():
+                self.log.info("embedded PostgreSQL data directory", note=note)
+        except embedded_pg.EmbeddedPostgresError as exc:
+            self.log.error(str(exc))  # a broken or busy data directory: say so, exit 69
+            return None
         if plan.initdb_argv:
             self.log.info("initialising embedded PostgreSQL", data_dir=str(plan.data_dir))
             initdb = self._spawn("initdb", plan.initdb_argv, plan.env, run_as=plan.run_as)
@@ -226,7 +231,7 @@ class Supervisor:
         self.log.info(
             "embedded PostgreSQL started",
             pid=pg.pid,
-            url=plan.url,
+            url=plan.safe_url,
             duration_s=round(time.monotonic() - started, 3),
         )
         self._aux_stop_signal = plan.stop_signal

@@ -388,3 +388,23 @@ def test_supervisor_with_no_url_runs_the_embedded_postgres(scratch: Path) -> Non
     while postgres_processes(pgdata) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert postgres_processes(pgdata) == []
+
+
+def test_supervisor_with_a_broken_data_dir_says_why_and_starts_nothing(scratch: Path) -> None:
+    data_dir = scratch / "data"
+    make_cluster_files(data_dir / "postgres", password=None)  # the password file is lost
+    marker = scratch / "child-ran"
+    env = dep_env(MCP_SUPERVISOR_DATA_DIR=str(data_dir), MCP_SUPERVISOR_WAIT_FOR="postgres")
+    proc = subprocess.run(
+        [SUPERVISOR, "--", "touch", str(marker)],
+        env=env,
+        cwd=scratch,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 69, proc.stderr
+    assert "postgres.password is missing" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not marker.exists()
