@@ -45,6 +45,19 @@ def start_cli(subcommand: str, env: dict[str, str], cwd: Path, *args: str) -> su
     )
 
 
+def start_supervisor(env: dict[str, str], cwd: Path, *command: str) -> subprocess.Popen[str]:
+    """`mcp-supervisor -- COMMAND`: the preparing steps, then COMMAND as its child."""
+    return subprocess.Popen(
+        [SUPERVISOR, "--", *command],
+        env=env,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def run_cli(
     subcommand: str, env: dict[str, str], cwd: Path, *args: str, timeout: float = 60
 ) -> tuple[int, str, str, float]:

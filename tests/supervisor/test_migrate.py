@@ -19,7 +19,7 @@ from alembic.script import ScriptDirectory
 from mcp_supervisor.migrate import MIGRATION_LOCK_KEY
 from tests.support.pg import PASSWORD
 
-from .fixtures_deps import REPO, dep_env, events, log_lines, run_cli, start_cli
+from .fixtures_deps import REPO, dep_env, events, log_lines, run_cli, start_cli, start_supervisor
 
 
 def head_revision() -> str:
@@ -157,14 +157,27 @@ async def _backend_gone(watch: asyncpg.Connection, pid: int) -> bool:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(("signum", "expected"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize(
+    ("via", "signum", "expected"),
+    [
+        ("migrate", signal.SIGTERM, 143),
+        ("migrate", signal.SIGINT, 130),
+        # The supervisor forwards the stop to its preparing step; the server never starts.
+        ("supervisor", signal.SIGTERM, 143),
+    ],
+)
 async def test_stop_signal_during_a_blocked_migration_rolls_back(
-    pg_url: str, tmp_path: Path, signum: signal.Signals, expected: int
+    pg_url: str, tmp_path: Path, via: str, signum: signal.Signals, expected: int
 ) -> None:
     database = pg_url.rsplit("/", 1)[1]
     blocker = await _block_revision_0002(pg_url)
     watch = await asyncpg.connect(pg_url)
-    proc: subprocess.Popen[str] = start_cli("migrate", migrate_env(pg_url), tmp_path)
+    marker = tmp_path / "server-started"
+    proc: subprocess.Popen[str]
+    if via == "migrate":
+        proc = start_cli("migrate", migrate_env(pg_url), tmp_path)
+    else:
+        proc = start_supervisor(migrate_env(pg_url), tmp_path, "touch", str(marker))
     try:
         backend = await _wait_for_lock_wait(watch, database)
         sent = time.monotonic()
@@ -185,6 +198,7 @@ async def test_stop_signal_during_a_blocked_migration_rolls_back(
         await watch.close()
     state = await schema_state(pg_url)
     assert state == {"version": None, "vector": 0, "tables": []}
+    assert not marker.exists()
 
 
 @pytest.mark.anyio

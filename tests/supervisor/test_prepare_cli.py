@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from mcp_supervisor.spec import Dependency, RunSpec
 from tests.support.fake_ollama import FakeOllama
 from tests.support.pg import PASSWORD, PostgresCluster, free_port, running_cluster, system_bin_dir
 
-from .fixtures_deps import SUPERVISOR, dep_env, events, log_lines, run_cli, start_cli
+from .fixtures_deps import dep_env, events, log_lines, run_cli, start_cli, start_supervisor
 
 
 @pytest.fixture
@@ -263,18 +262,6 @@ def test_stop_signal_during_the_wait_exits_at_once(
 # --- the same steps inside `mcp-supervisor` (run): the child starts only when ready ------
 
 
-def _supervise(env: dict[str, str], cwd: Path, *command: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [SUPERVISOR, "--", *command],
-        env=env,
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def test_supervisor_never_starts_the_child_when_a_dependency_is_missing(tmp_path: Path) -> None:
     marker = tmp_path / "child-ran"
     env = dep_env(
@@ -282,7 +269,7 @@ def test_supervisor_never_starts_the_child_when_a_dependency_is_missing(tmp_path
         MCP_SUPERVISOR_WAIT_FOR="postgres",
         MCP_SUPERVISOR_DEPENDENCY_TIMEOUT="1",
     )
-    proc = _supervise(env, tmp_path, "touch", str(marker))
+    proc = start_supervisor(env, tmp_path, "touch", str(marker))
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 69, err
     assert not marker.exists()
@@ -295,7 +282,7 @@ def test_supervisor_never_starts_the_child_when_the_migration_fails(
     asyncio.run(_create_table(pg_url, "chunks"))  # in revision 0002's way
     marker = tmp_path / "child-ran"
     env = dep_env(REGISTRY_DATABASE_URL=pg_url, MCP_SUPERVISOR_WAIT_FOR="postgres")
-    proc = _supervise(env, tmp_path, "touch", str(marker))
+    proc = start_supervisor(env, tmp_path, "touch", str(marker))
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 70, err
     assert not marker.exists()
@@ -315,7 +302,7 @@ def test_supervisor_stops_at_once_on_sigterm_while_waiting(tmp_path: Path) -> No
         MCP_SUPERVISOR_WAIT_FOR="postgres",
         MCP_SUPERVISOR_DEPENDENCY_TIMEOUT="60",
     )
-    proc = _supervise(env, tmp_path, "touch", str(marker))
+    proc = start_supervisor(env, tmp_path, "touch", str(marker))
     try:
         assert proc.stderr is not None
         for line in proc.stderr:
