@@ -165,6 +165,16 @@ def _descends_from(pid: int, ancestor: int) -> bool | None:
     return False
 
 
+def _inode(path: str | None) -> tuple[int, int] | None:
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)  # noqa: PTH116
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _bind(path: str) -> tuple[socket.socket, str]:
     """A datagram socket at `path`, or in the abstract namespace when the path cannot be
     used (too long, read-only directory). Returns the socket and its NOTIFY_SOCKET value."""
@@ -215,6 +225,7 @@ class NotifyServer:
         self._wall = wall_clock
         self._sock: socket.socket | None = None
         self._path: str | None = None
+        self._inode: tuple[int, int] | None = None
         self.address: str | None = None
 
     def open(self) -> str:
@@ -222,6 +233,7 @@ class NotifyServer:
         if self._sock is None:
             self._sock, self.address = _bind(socket_path(self.spec))
             self._path = None if self.address.startswith("@") else self.address
+            self._inode = _inode(self._path)
         assert self.address is not None
         return self.address
 
@@ -232,10 +244,12 @@ class NotifyServer:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-        if self._path is not None:
+        # Only our own socket file: another supervisor given the same runtime directory
+        # may have replaced it since.
+        if self._path is not None and _inode(self._path) == self._inode:
             with contextlib.suppress(OSError):
                 os.unlink(self._path)  # noqa: PTH108
-            self._path = None
+        self._path = None
 
     async def serve(self) -> None:
         """Receive and watch until cancelled; the socket is closed on the way out."""

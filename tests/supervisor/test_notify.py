@@ -219,3 +219,15 @@ async def test_trigger_over_the_socket_calls_on_miss(tmp_path: Path) -> None:
             await got.wait()
         assert state.watchdog_missed
         tg.cancel_scope.cancel()
+
+
+def test_close_leaves_a_socket_that_is_not_ours(tmp_path: Path) -> None:
+    spec = RunSpec(heartbeat_file=str(tmp_path / "hb.json"))
+    first = notify.NotifyServer(spec, SupervisorState())
+    second = notify.NotifyServer(spec, SupervisorState())
+    path = first.open()
+    assert second.open() == path  # the second took the path over (a misconfiguration)
+    first.close()
+    assert Path(path).exists()  # the second's socket is left alone
+    second.close()
+    assert not Path(path).exists()
