@@ -353,7 +353,11 @@ async def pull_model(
     timeout = httpx.Timeout(ATTEMPT_TIMEOUT, read=stall_timeout)
     try:
         async with client.stream(
-            "POST", "/api/pull", json={"model": model, "stream": True}, timeout=timeout
+            "POST",
+            "/api/pull",
+            # `name` as well: older Ollama releases read that field instead of `model`.
+            json={"model": model, "name": model, "stream": True},
+            timeout=timeout,
         ) as response:
             if response.status_code >= 400:
                 body = (await response.aread()).decode(errors="replace")[:300]
