@@ -40,10 +40,8 @@ _BIG_ENDIAN = sys.byteorder == "big"
 
 def encode_vector(vector: Sequence[float]) -> bytes:
     """pgvector's binary send format: dims (int16), unused (int16), float4 big-endian."""
-    values = array("f", vector)
-    if not _BIG_ENDIAN:
-        values.byteswap()
-    return _HEADER.pack(len(values), 0) + values.tobytes()
+    n = len(vector)
+    return struct.pack(f">HH{n}f", n, 0, *vector)  # one C call; struct caches the format
 
 
 def decode_vector(data: bytes) -> list[float]:

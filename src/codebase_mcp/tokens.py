@@ -61,22 +61,34 @@ _MAX_POSITIONS_PER_WORD = 256
 _INT32 = struct.Struct(">i")
 
 
+_WORDS_CACHE: dict[str, tuple[str, ...]] = {}
+
+
 def tsvector_positions(sections: Sequence[tuple[str, int]]) -> dict[str, list[int]]:
     """word -> its positions (weight bits included) over the sections, numbered on from
-    one section to the next; at most 256 per word and none past 16383, as in PostgreSQL."""
+    one section to the next; at most 256 per word and none past 16383, as in PostgreSQL.
+    (The hot loop of indexing: kept flat on purpose.)"""
     positions: dict[str, list[int]] = {}
+    get = positions.get
+    cache = _WORDS_CACHE
+    if len(cache) > 500_000:
+        cache.clear()
     pos = 0
     for text, weight in sections:
         bits = weight << 14
-        for word in words(text):
-            pos += 1
-            if pos > _MAX_POSITION:
-                return positions
-            found = positions.get(word)
-            if found is None:
-                positions[word] = [bits | pos]
-            elif len(found) < _MAX_POSITIONS_PER_WORD:
-                found.append(bits | pos)
+        for identifier in _IDENTIFIER.findall(text):
+            found_words = cache.get(identifier)
+            if found_words is None:
+                found_words = cache[identifier] = identifier_words(identifier)
+            for word in found_words:
+                pos += 1
+                if pos > _MAX_POSITION:
+                    return positions
+                found = get(word)
+                if found is None:
+                    positions[word] = [bits | pos]
+                elif len(found) < _MAX_POSITIONS_PER_WORD:
+                    found.append(bits | pos)
     return positions
 
 

@@ -1,0 +1,321 @@
+"""The engine's pure decisions (tokens, globs, fusion, plans, states, settings) and the
+embedding client against the local Ollama-API server."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from codebase_mcp import db
+from codebase_mcp.config import load_settings, mask_url, normalize_database_url
+from codebase_mcp.discover import SourceFile
+from codebase_mcp.embed import backoff_delay, create_embedder, task_prefixes
+from codebase_mcp.errors import (
+    ConfigError,
+    EmbedderError,
+    EmbedderUnavailableError,
+    ModelMissingError,
+)
+from codebase_mcp.index import plan_changes
+from codebase_mcp.jobs import Outcome, final_state
+from codebase_mcp.models import JobState
+from codebase_mcp.search import glob_to_regex, plan_mode, rrf_fuse
+from codebase_mcp.tokens import (
+    WEIGHT_A,
+    WEIGHT_D,
+    identifier_words,
+    query_groups,
+    tsquery_for,
+    tsvector_binary,
+)
+from tests.support.fake_ollama import FakeOllama, hashed_bag_of_words
+
+# --- tokens ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("identifier", "words"),
+    [
+        ("parseDate", ("parsedate", "parse", "date")),
+        ("parse_date", ("parsedate", "parse", "date")),
+        ("ParseDate", ("parsedate", "parse", "date")),
+        ("PARSE_DATE", ("parsedate", "parse", "date")),
+        ("HTTPServer", ("httpserver", "http", "server")),
+        ("utf8_decode", ("utf8decode", "utf", "8", "decode")),
+        ("__init__", ("init",)),
+        ("x", ("x",)),
+        ("a" * 65, ()),  # data, not a name
+    ],
+)
+def test_identifier_words(identifier: str, words: tuple[str, ...]) -> None:
+    assert identifier_words(identifier) == words
+
+
+def test_every_spelling_of_a_name_makes_the_same_query() -> None:
+    spellings = ["parseDate", "parse_date", "ParseDate", "PARSE_DATE"]
+    assert {tsquery_for(s, match_all=True) for s in spellings} == {
+        "('parsedate' | ('parse' & 'date'))"
+    }
+    assert tsquery_for("parse date", match_all=True) == "'parse' & 'date'"
+    assert tsquery_for("parse date", match_all=False) == "'parse' | 'date'"
+
+
+def test_stop_words_are_dropped_unless_nothing_else_is_left() -> None:
+    assert query_groups("where do we parse the date") == [("parse",), ("date",)]
+    assert query_groups("what is this") == [("what",), ("is",), ("this",)]
+    assert tsquery_for("?!", match_all=True) is None
+
+
+@pytest.mark.anyio
+async def test_binary_tsvectors_read_back_as_postgresql_would_write_them(pg_url: str) -> None:
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.set_type_codec(
+            "tsvector",
+            schema="pg_catalog",
+            encoder=lambda b: b,
+            decoder=lambda b: b,
+            format="binary",
+        )
+        data = tsvector_binary([("parse_date", WEIGHT_A), ("x = parse_date(s) or y", WEIGHT_D)])
+        text = await conn.fetchval("SELECT $1::tsvector::text", data)
+        # PostgreSQL's own reading of the words and positions we mean
+        expected = await conn.fetchval(
+            "SELECT $1::text::tsvector::text",
+            "'parsedate':1A,5 'parse':2A,6 'date':3A,7 'x':4 's':8 'or':9 'y':10",
+        )
+        assert text == expected
+        matches = await conn.fetchval(
+            "SELECT $1::tsvector @@ to_tsquery('simple', $2)",
+            data,
+            tsquery_for("parseDate", match_all=True),
+        )
+        assert matches is True
+    finally:
+        await conn.close()
+
+
+# --- search decisions -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("glob", "matches", "misses"),
+    [
+        ("*.py", ["a.py", "pkg/a.py", "pkg/sub/b.py"], ["a.pyc", "a_py", "py"]),
+        ("src/*.py", ["src/a.py"], ["src/sub/a.py", "lib/src/a.py"]),
+        ("src/**/*.py", ["src/a.py", "src/x/y/a.py"], ["lib/a.py"]),
+        ("**/test_*.py", ["test_a.py", "x/test_a.py"], ["x/atest_a.py"]),
+        ("a?c.go", ["abc.go", "d/axc.go"], ["ac.go", "a/c.go"]),
+        ("[ab]*.rs", ["a1.rs", "b.rs"], ["c.rs"]),
+        ("app/%", ["app/%"], ["app/x"]),  # SQL wildcards are literal
+        ("a.b(c)+", ["a.b(c)+"], ["aXb(c)+", "a.bcc"]),
+    ],
+)
+def test_glob_to_regex(glob: str, matches: list[str], misses: list[str]) -> None:
+    # PostgreSQL's ARE and Python's re agree on everything the translation emits.
+    pattern = re.compile(glob_to_regex(glob))
+    for path in matches:
+        assert pattern.match(path), (glob, path)
+    for path in misses:
+        assert not pattern.match(path), (glob, path)
+
+
+def test_reciprocal_rank_fusion() -> None:
+    fused = rrf_fuse([[1, 2, 3], [3, 4, 1]], k=60)
+    assert [i for i, _ in fused] == [1, 3, 2, 4]
+    assert fused[0][1] == pytest.approx(1 / 61 + 1 / 63)
+    assert rrf_fuse([[], []]) == []
+
+
+def test_plan_mode() -> None:
+    assert plan_mode(None, has_vector=True, has_words=True) == (True, True)
+    assert plan_mode(None, has_vector=False, has_words=True) == (False, True)
+    assert plan_mode(None, has_vector=True, has_words=False) == (True, False)
+    assert plan_mode("lexical", has_vector=True, has_words=True) == (False, True)
+    assert plan_mode("vector", has_vector=True, has_words=True) == (True, False)
+    assert plan_mode("vector", has_vector=False, has_words=True) == (False, True)
+
+
+# --- index and job decisions ----------------------------------------------------------
+
+
+def source(path: str) -> SourceFile:
+    return SourceFile(path, Path("/nonexistent") / path, 1, 0, "python")
+
+
+def test_plan_changes_by_content_hash() -> None:
+    stored = {
+        "same.py": db.StoredFile(1, "h-same", embedded=True),
+        "edited.py": db.StoredFile(2, "h-old", embedded=True),
+        "lexical_only.py": db.StoredFile(3, "h-lex", embedded=False),
+        "gone.py": db.StoredFile(4, "h-gone", embedded=True),
+    }
+    found = [source(p) for p in ("same.py", "edited.py", "lexical_only.py", "new.py", "bad.py")]
+    hashes = ["h-same", "h-new", "h-lex", "h-x", None]
+    plan = plan_changes(found, hashes, stored, force=False)
+    assert [s.rel_path for s in plan.changed] == [
+        "edited.py",
+        "lexical_only.py",
+        "new.py",
+        "bad.py",
+    ]
+    assert plan.unchanged == 1
+    assert plan.deleted == ["gone.py"]
+    forced = plan_changes(found, hashes, stored, force=True)
+    assert len(forced.changed) == 5 and forced.unchanged == 0
+
+
+def test_final_state() -> None:
+    assert final_state(Outcome(), None, None) == (JobState.COMPLETED, None)
+    assert final_state(Outcome(message="note"), None, None) == (JobState.COMPLETED, "note")
+    assert final_state(None, None, "boom") == (JobState.FAILED, "boom")
+    state, message = final_state(Outcome(stopped=True), JobState.CANCELLED, None)
+    assert state is JobState.CANCELLED and message is not None and "resume" in message
+    state, _ = final_state(None, JobState.INTERRUPTED, None)  # hard-cancelled
+    assert state is JobState.INTERRUPTED
+    state, _ = final_state(None, None, None)  # cancelled from outside
+    assert state is JobState.INTERRUPTED
+
+
+def test_vectors_round_trip_through_the_binary_codec() -> None:
+    values = [0.5, -1.25, 3.0]
+    assert db.decode_vector(db.encode_vector(values)) == values
+
+
+# --- settings -------------------------------------------------------------------------
+
+
+def test_settings_name_every_bad_value_and_never_the_password() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(
+            env={
+                "REGISTRY_DATABASE_URL": "mysql://u:hunter2@h/db",
+                "EMBEDDING_PROVIDER": "cohere",
+                "EMBEDDING_DIMENSIONS": "9000",
+                "OLLAMA_BASE_URL": "ftp://x",
+                "CODEBASE_EMBED_BATCH_SIZE": "zero",
+            }
+        )
+    message = str(info.value)
+    for name in (
+        "REGISTRY_DATABASE_URL",
+        "EMBEDDING_PROVIDER",
+        "EMBEDDING_DIMENSIONS",
+        "OLLAMA_BASE_URL",
+        "CODEBASE_EMBED_BATCH_SIZE",
+    ):
+        assert name in message
+    assert "hunter2" not in message
+    with pytest.raises(ConfigError, match="REGISTRY_DATABASE_URL: is required"):
+        load_settings(env={})
+
+
+def test_settings_accept_both_url_spellings_and_root_lists(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    s = load_settings(
+        env={
+            "REGISTRY_DATABASE_URL": "postgresql+asyncpg://u:p%40ss@db:5432/x",
+            "CODEBASE_ROOTS": f"{a},{b}",
+        }
+    )
+    assert s.asyncpg_dsn == "postgresql://u:p%40ss@db:5432/x"
+    assert s.sqlalchemy_url == "postgresql+asyncpg://u:p%40ss@db:5432/x"
+    assert s.roots == [a, b]
+    assert "p%40ss" not in repr(s)
+    assert load_settings(
+        env={"REGISTRY_DATABASE_URL": "postgresql://h/x", "CODEBASE_ROOTS": f'["{a}"]'}
+    ).roots == [a]
+    assert normalize_database_url("postgres://h/x", driver=None) == "postgresql://h/x"
+
+
+def test_mask_url() -> None:
+    assert mask_url("postgresql://u:secret@h:5/d") == "postgresql://u:***@h:5/d"
+    assert mask_url("postgresql://h/d") == "postgresql://h/d"
+
+
+# --- embedder -------------------------------------------------------------------------
+
+
+def test_task_prefixes_only_for_nomic() -> None:
+    assert task_prefixes("nomic-embed-text") == ("search_document: ", "search_query: ")
+    assert task_prefixes("nomic-embed-text:v1.5") == ("search_document: ", "search_query: ")
+    assert task_prefixes("all-minilm") == ("", "")
+
+
+def test_backoff_is_bounded_and_grows() -> None:
+    assert all(0 <= backoff_delay(0) <= 0.2 for _ in range(100))
+    assert all(0 <= backoff_delay(10) <= 5.0 for _ in range(100))
+    assert max(backoff_delay(4) for _ in range(200)) > 0.4
+
+
+def embedder_env(fake: FakeOllama, **extra: str) -> dict[str, str]:
+    return {
+        "REGISTRY_DATABASE_URL": "postgresql://h/x",
+        "OLLAMA_BASE_URL": fake.url,
+        **extra,
+    }
+
+
+@pytest.mark.anyio
+async def test_batches_concurrency_and_retries_on_transient_failures(
+    fake_ollama: FakeOllama,
+) -> None:
+    calls = {"n": 0}
+    real = hashed_bag_of_words(768)
+
+    def flaky(texts: Sequence[str]) -> list[list[float]]:
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            raise RuntimeError("dropped connection")  # the server closes without answering
+        return real(texts)
+
+    fake_ollama.embed_fn = flaky
+    settings = load_settings(
+        env=embedder_env(fake_ollama, CODEBASE_EMBED_BATCH_SIZE="3", CODEBASE_EMBED_RETRIES="4")
+    )
+    embedder = create_embedder(settings)
+    try:
+        vectors = await embedder.embed_documents([f"text {i}" for i in range(7)])
+    finally:
+        await embedder.aclose()
+    assert len(vectors) == 7 and all(len(v) == 768 for v in vectors)
+    posts = [body for path, body in fake_ollama.requests if path == "POST /api/embed"]
+    assert sorted(len(b["input"]) for b in posts[-3:]) == [1, 3, 3]  # batches of 3
+    assert len(posts) == 5  # two dropped, then three batches
+    assert all(t.startswith("search_document: ") for b in posts for t in b["input"])
+
+
+@pytest.mark.anyio
+async def test_embedder_errors_say_what_is_wrong(fake_ollama: FakeOllama) -> None:
+    settings = load_settings(env=embedder_env(fake_ollama, OLLAMA_EMBEDDING_MODEL="absent"))
+    embedder = create_embedder(settings)
+    try:
+        with pytest.raises(ModelMissingError, match=r"ollama pull absent"):
+            await embedder.embed_query("q")
+    finally:
+        await embedder.aclose()
+
+    fake_ollama.dims = 384  # the model answers with another size than the schema's 768
+    embedder = create_embedder(load_settings(env=embedder_env(fake_ollama)))
+    try:
+        with pytest.raises(EmbedderError, match="384-dimensional"):
+            await embedder.embed_query("q")
+    finally:
+        await embedder.aclose()
+
+    url = fake_ollama.url
+    fake_ollama.stop()
+    settings = load_settings(
+        env={"REGISTRY_DATABASE_URL": "postgresql://h/x", "OLLAMA_BASE_URL": url}
+    )
+    embedder = create_embedder(settings)
+    try:
+        with pytest.raises(EmbedderUnavailableError, match=r"127\.0\.0\.1:\d+ unavailable"):
+            await embedder.embed_query("q")
+        assert (await embedder.check())["ok"] is False
+    finally:
+        await embedder.aclose()
