@@ -21,6 +21,7 @@ import anyio
 import structlog
 
 from codebase_mcp.errors import ConfigError, EngineError, SchemaError
+from codebase_mcp.lifecycle import ServeError
 from codebase_mcp.logs import LEVELS, configure_logging
 
 if TYPE_CHECKING:
@@ -111,7 +112,7 @@ def error_message(exc: BaseException) -> str:
     if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         return error_message(exc.exceptions[0])
     text = str(exc).strip() or type(exc).__name__
-    if isinstance(exc, EngineError | ValueError):
+    if isinstance(exc, EngineError | ValueError | ServeError):
         return text
     return f"{type(exc).__name__}: {text}"
 

@@ -31,6 +31,12 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class ServeError(Exception):
+    """The server could not serve; the message says why, for the user as it is."""
+
+
 _READ_SIZE = 65536
 
 
@@ -199,15 +205,12 @@ class Stopper:
             self.stop(name)
 
 
-async def _run_with_signals(
-    notifier: Notifier, body: Callable[[Stopper], Any], *, watchdog: bool = True
-) -> None:
+async def _run_with_signals(notifier: Notifier, body: Callable[[Stopper], Any]) -> None:
     stopper = Stopper(notifier)
     async with anyio.create_task_group() as tg:
         with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
             tg.start_soon(stopper.watch, signals)
-            if watchdog:
-                tg.start_soon(notifier.run_watchdog)
+            tg.start_soon(notifier.run_watchdog)
             try:
                 await body(stopper)
             finally:
@@ -305,9 +308,12 @@ async def serve_http(
         # to report in one line, not an uvicorn traceback and exit 3.
         async with server._lifespan_manager(), anyio.create_task_group() as tg:
             tg.start_soon(announce_ready)
-            await userver.serve()
+            with contextlib.suppress(SystemExit):  # uvicorn's answer to an unbindable port
+                await userver.serve()
             tg.cancel_scope.cancel()
         if not userver.started:
-            raise RuntimeError("the http server did not start (see the log above)")
+            raise ServeError(
+                f"cannot serve on http://{host}:{port}{path} (the reason is logged above)"
+            )
 
     await _run_with_signals(notifier, body)

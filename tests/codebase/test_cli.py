@@ -188,6 +188,24 @@ def test_database_down_exits_69(tmp_path: Path, args: list[str]) -> None:
     assert proc.stdout == ""
 
 
+def test_http_port_in_use_exits_1_in_one_line(
+    pg_url: str, fake_ollama: FakeOllama, tmp_path: Path
+) -> None:
+    import socket
+
+    migrate(pg_url)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = _env(REGISTRY_DATABASE_URL=pg_url, OLLAMA_BASE_URL=fake_ollama.url)
+        proc = _run(["serve", "--transport", "http", "--port", str(port)], env, tmp_path)
+    assert proc.returncode == 1
+    assert f"codebase-mcp serve: cannot serve on http://127.0.0.1:{port}/mcp" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+
+
 def _write_repo(root: Path) -> Path:
     repo = root / "repo"
     (repo / "pkg").mkdir(parents=True)
