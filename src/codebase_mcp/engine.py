@@ -74,6 +74,8 @@ log = structlog.get_logger(__name__)
 EMBEDDER_COOLDOWN_S = 5.0
 QUERY_EMBED_TIMEOUT_S = 10.0
 HEALTH_CACHE_S = 5.0
+# Advisory lock class for "a job indexes this repository" (the key is the path's hash).
+REPOSITORY_LOCK = 0x6362
 
 
 class Engine:
@@ -193,6 +195,23 @@ class Engine:
         return self._executor
 
     async def _run_job(self, job: RunningJob) -> Outcome:
+        # Replicas share the database: one indexer per repository at a time, the others
+        # wait here (the lock goes with the connection if this process dies).
+        async with self.pool.acquire() as lock_conn:
+            await lock_conn.execute(
+                "SELECT pg_advisory_lock($1, hashtext($2))", REPOSITORY_LOCK, job.info.repository
+            )
+            try:
+                return await self._index(job)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await lock_conn.execute(
+                        "SELECT pg_advisory_unlock($1, hashtext($2))",
+                        REPOSITORY_LOCK,
+                        job.info.repository,
+                    )
+
+    async def _index(self, job: RunningJob) -> Outcome:
         run = IndexRun(
             pool=self.pool,
             embedder=self._embedder,

@@ -169,3 +169,22 @@ async def test_start_marks_this_hosts_orphaned_jobs_interrupted_but_not_other_re
         health = await engine.health()
         assert health["jobs"]["running"] == 0
         assert health["jobs"]["by_state"] == {"interrupted": 2, "running": 1}
+
+
+async def test_two_replicas_indexing_one_repository_take_turns(
+    pg_url: str, fake_ollama: FakeOllama, tmp_path: Path
+) -> None:
+    await migrate_async(pg_url)
+    repo = write_many(tmp_path)
+    settings = settings_for(pg_url, fake_ollama, tmp_path, CODEBASE_FILE_BATCH_SIZE="8")
+    async with open_engine(settings) as one, open_engine(settings) as two:
+        first = await one.start_index(str(repo))
+        second = await two.start_index(str(repo))
+        assert first.id != second.id
+        with anyio.fail_after(60):
+            done = [await one.wait_job(first.id), await two.wait_job(second.id)]
+    assert [j.state for j in done] == [JobState.COMPLETED, JobState.COMPLETED]
+    # whoever came second found everything indexed: each chunk was embedded once
+    assert len(fake_ollama.embedded_texts) == 2 * FILES
+    assert sorted(j.files_skipped for j in done) == [0, FILES]
+    assert (await consistency(pg_url)) == (FILES, 2 * FILES, 0)
