@@ -17,12 +17,15 @@ import asyncpg
 
 from codebase_mcp import db
 from codebase_mcp.models import SearchMode, SearchResponse, SearchResult
-from codebase_mcp.tokens import tsquery_for
+from codebase_mcp.tokens import lexical_tiers, tsquery_for
 
 RRF_K = 60
 # HNSW candidate list per query: above pgvector's default 40 because the index is built
 # lean (m=8, ef_construction=32); the benchmark prints the recall this gives.
 EF_SEARCH = 100
+# Rows ranked per lexical tier: ranking reads each row's tsvector, so a word found in
+# thousands of chunks would otherwise cost hundreds of milliseconds.
+RANK_CANDIDATES = 1000
 MAX_LIMIT = 100
 
 
@@ -139,6 +142,22 @@ _TOP = """
 """
 
 
+# Lexical top k: the matching rows (at most $3 of them, by the GIN index), ranked.
+_LEXICAL = """
+    WITH q AS (SELECT to_tsquery('simple', $1) AS q),
+    matched AS MATERIALIZED (
+        SELECT c.id FROM chunks c, q WHERE c.tsv @@ q.q{where} LIMIT $3
+    ),
+    top AS MATERIALIZED (
+        SELECT c.id, c.repository_id, c.path, c.start_line, c.end_line, c.language,
+               c.symbol, c.kind, c.text, ts_rank_cd(c.tsv, q.q) AS score
+        FROM matched m JOIN chunks c ON c.id = m.id, q
+        ORDER BY score DESC, c.id LIMIT $2
+    )
+    SELECT top.*, r.path AS repository FROM top JOIN repositories r ON r.id = top.repository_id
+"""
+
+
 @dataclass(frozen=True)
 class Hit:
     id: int
@@ -171,27 +190,20 @@ async def vector_hits(
 
 
 async def lexical_hits(conn: db.Conn, query: str, filters: Filters, k: int) -> list[Hit]:
-    """Every query word first; when that finds fewer than k, any word (ranked by
-    ts_rank_cd: chunks with more of the words, closer together, rank higher; a match in
-    the symbol or the path counts more than one in the body)."""
+    """Tiers from precise to broad (tokens.lexical_tiers) until k hits: a name match in
+    the symbol first, then every word, any two, any one. ts_rank_cd orders each tier
+    (more of the words, closer together, in the symbol or path rather than the body);
+    it reads every matching row, so each tier ranks at most RANK_CANDIDATES of them."""
     hits: list[Hit] = []
     seen: set[int] = set()
-    where, params = filters.sql(3)
-    sql = _TOP.format(
-        score="ts_rank_cd(c.tsv, q)",
-        extra_from=", to_tsquery('simple', $1) q",
-        where="c.tsv @@ q" + where,
-        order="score DESC, c.id",
-    )
-    any_word = tsquery_for(query, match_all=False)
-    for tsquery in (tsquery_for(query, match_all=True), any_word):
-        if tsquery is None:
-            return []
-        for r in await conn.fetch(sql, tsquery, k, *params):
+    where, params = filters.sql(4)
+    sql = _LEXICAL.format(where=where)
+    for tsquery in lexical_tiers(query):
+        for r in await conn.fetch(sql, tsquery, k, RANK_CANDIDATES, *params):
             if r["id"] not in seen and len(hits) < k:
                 seen.add(r["id"])
                 hits.append(Hit(r["id"], float(r["score"]), r))
-        if len(hits) >= k or tsquery == any_word:
+        if len(hits) >= k:
             break
     return hits
 

@@ -116,26 +116,55 @@ def query_groups(query: str) -> list[tuple[str, ...]]:
     return useful or groups
 
 
-def _quote(word: str) -> str:
+def _quote(word: str, weights: str = "") -> str:
     # Words are [a-z0-9]+ by construction; quoting keeps to_tsquery from parsing them.
-    return "'" + word + "'"
+    return "'" + word + "'" + (":" + weights if weights else "")
 
 
-def _group_query(group: tuple[str, ...]) -> str:
+def _group_query(group: tuple[str, ...], weights: str = "") -> str:
     if len(group) == 1:
-        return _quote(group[0])
+        return _quote(group[0], weights)
     compound, *parts = group
-    return "(" + _quote(compound) + " | (" + " & ".join(_quote(p) for p in parts) + "))"
+    return (
+        "("
+        + _quote(compound, weights)
+        + " | ("
+        + " & ".join(_quote(p, weights) for p in parts)
+        + "))"
+    )
 
 
-def tsquery_for(query: str, *, match_all: bool) -> str | None:
+def tsquery_for(query: str, *, match_all: bool, weights: str = "") -> str | None:
     """A to_tsquery('simple', ...) expression for the query, or None when it has no words.
 
     match_all=True needs every word (precise, selective); False needs any (recall for
-    natural-language questions; ts_rank_cd still favours chunks with more of them)."""
+    natural-language questions; ts_rank_cd still favours chunks with more of them).
+    weights ("A": the symbol) restricts where the words may match."""
     groups = query_groups(query)
     if not groups:
         return None
     joiner = " & " if match_all else " | "
-    unique = list(dict.fromkeys(_group_query(g) for g in groups))
+    unique = list(dict.fromkeys(_group_query(g, weights) for g in groups))
     return joiner.join(unique)
+
+
+def tsquery_pairs(query: str) -> str | None:
+    """Any two of the query's words together, for queries of three words or more: the
+    middle ground between every word (often nothing) and any word (often thousands)."""
+    groups = list(dict.fromkeys(_group_query(g) for g in query_groups(query)))
+    if len(groups) < 3:
+        return None
+    pairs = [f"({a} & {b})" for i, a in enumerate(groups) for b in groups[i + 1 :]]
+    return " | ".join(pairs)
+
+
+def lexical_tiers(query: str) -> list[str]:
+    """The tsqueries to try in order, most precise first: every word in the symbol, every
+    word anywhere, any two words, any word. Duplicates and empty tiers dropped."""
+    tiers = [
+        tsquery_for(query, match_all=True, weights="A"),
+        tsquery_for(query, match_all=True),
+        tsquery_pairs(query),
+        tsquery_for(query, match_all=False),
+    ]
+    return list(dict.fromkeys(t for t in tiers if t is not None))

@@ -28,6 +28,7 @@ from codebase_mcp.tokens import (
     WEIGHT_A,
     WEIGHT_D,
     identifier_words,
+    lexical_tiers,
     query_groups,
     tsquery_for,
     tsvector_binary,
@@ -319,3 +320,18 @@ async def test_embedder_errors_say_what_is_wrong(fake_ollama: FakeOllama) -> Non
         assert (await embedder.check())["ok"] is False
     finally:
         await embedder.aclose()
+
+
+def test_lexical_tiers_go_from_precise_to_broad() -> None:
+    assert lexical_tiers("parseDate") == [
+        "('parsedate':A | ('parse':A & 'date':A))",
+        "('parsedate' | ('parse' & 'date'))",
+    ]
+    tiers = lexical_tiers("open tcp socket")
+    assert tiers == [
+        "'open':A & 'tcp':A & 'socket':A",
+        "'open' & 'tcp' & 'socket'",
+        "('open' & 'tcp') | ('open' & 'socket') | ('tcp' & 'socket')",
+        "'open' | 'tcp' | 'socket'",
+    ]
+    assert lexical_tiers("...") == []
