@@ -186,7 +186,8 @@ async def test_stop_signal_during_a_blocked_migration_rolls_back(
         stopped = time.monotonic() - sent
         assert proc.returncode == expected, err
         assert "Traceback" not in err
-        assert stopped < 1.0, f"took {stopped:.2f} s"
+        # ~50 ms when idle; the bound leaves room for a loaded machine, well inside the grace.
+        assert stopped < 2.0, f"took {stopped:.2f} s"
         # Gone at once, while our lock is still held: not left waiting to run DDL later.
         assert await _backend_gone(watch, backend)
     finally:

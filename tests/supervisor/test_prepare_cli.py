@@ -256,7 +256,8 @@ def test_stop_signal_during_the_wait_exits_at_once(
             proc.kill()
             proc.wait()
     assert proc.returncode == code
-    assert stopped < 1.0, f"took {stopped:.2f} s to stop"
+    # ~50 ms when idle; the bound leaves room for a loaded machine, well inside the grace.
+    assert stopped < 2.0, f"took {stopped:.2f} s to stop"
 
 
 # --- the same steps inside `mcp-supervisor` (run): the child starts only when ready ------
@@ -317,5 +318,6 @@ def test_supervisor_stops_at_once_on_sigterm_while_waiting(tmp_path: Path) -> No
             proc.kill()
             proc.wait()
     assert proc.returncode == 143
-    assert stopped < 1.0, f"took {stopped:.2f} s to stop"
+    # ~50 ms when idle; the bound leaves room for a loaded machine, well inside the grace.
+    assert stopped < 2.0, f"took {stopped:.2f} s to stop"
     assert not marker.exists()
