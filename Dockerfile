@@ -33,15 +33,20 @@ RUN --mount=type=secret,id=ca_bundle \
 # ---------------------------------------------------------------------------------------------
 # The test suite in the image's environment (docker-compose.test.yml): everything, dev tools too.
 FROM deps AS test
+# The suite's Debian packages, as scripts/test installs them: unshare (util-linux), procps, and
+# Debian's PostgreSQL without pgvector (for that error path). Test image only; versions follow
+# the base image's Debian release, hence no pin.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends util-linux procps postgresql \
+    && rm -rf /var/lib/apt/lists/*
 RUN --mount=type=secret,id=ca_bundle \
     if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi; \
     python3 /usr/local/lib/cbmcp-build/build_helper.py requirements pyproject.toml \
         --all-extras > /tmp/requirements-test.txt; \
     pip install -r /tmp/requirements-test.txt
-COPY README.md alembic.ini ./
-COPY src ./src
-COPY migrations ./migrations
-COPY tests ./tests
+# Everything the suite reads: sources, tests, benchmarks, Dockerfile, compose files.
+COPY . ./
 RUN --mount=type=secret,id=ca_bundle \
     if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi; \
     pip install --no-deps -e .
