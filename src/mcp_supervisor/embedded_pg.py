@@ -22,11 +22,17 @@ Debian, stable across container re-creation, unlike a user added at run time, so
 persistent volume keeps matching). Its data directory is chowned to it, and the
 directories above it get the search bit for others (o+x, never read) where they lack it,
 e.g. /root in a container, because PostgreSQL must be able to reach its data directory.
+
+Paths are plain strings and os.path on purpose: importing pathlib (with fnmatch,
+urllib.parse, ipaddress) would cost PID 1 about 1 MB of its 25 MB.
 """
 
+# os.path, not pathlib, throughout: see the module docstring.
+# ruff: noqa: PTH100, PTH101, PTH103, PTH108, PTH110, PTH111, PTH112, PTH113, PTH115
+# ruff: noqa: PTH116, PTH118, PTH120, PTH123, PTH208
 from __future__ import annotations
 
-import importlib.util
+import importlib.machinery
 import os
 import pwd
 import re
@@ -34,7 +40,6 @@ import signal
 import socket
 import stat
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from mcp_supervisor.spec import RunSpec
 
@@ -59,10 +64,10 @@ class EmbeddedPostgresError(Exception):
 class EmbeddedPostgresPlan:
     """Everything the runner needs to start, use and stop the embedded PostgreSQL."""
 
-    bin_dir: Path
-    data_dir: Path
-    pgdata: Path
-    password_file: Path
+    bin_dir: str
+    data_dir: str
+    pgdata: str
+    password_file: str
     password: str = field(repr=False)
     port: int
     run_as: tuple[int, int] | None  # (uid, gid) to drop to, None when not root
@@ -85,28 +90,28 @@ class EmbeddedPostgresPlan:
     def prepare_filesystem(self) -> list[str]:
         """Create/own/protect the directories, write the password, clear a stale lock.
 
-        Returns what it did worth logging. Raises EmbeddedPostgresError when a live
-        PostgreSQL already serves this data directory.
+        Returns what it did worth logging. Raises EmbeddedPostgresError when PostgreSQL
+        processes still work in this data directory, or the directory cannot be made.
         """
         return _prepare_filesystem(self)
 
 
-def install_versions() -> dict[int, Path]:
+def install_versions() -> dict[int, str]:
     """Bundled PostgreSQL major version -> bin/ directory, found without importing the
     package (its import is heavy and starts things)."""
-    spec = importlib.util.find_spec(PACKAGE)
+    spec = importlib.machinery.PathFinder.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise EmbeddedPostgresError(
             f"the embedded PostgreSQL needs the {PACKAGE.replace('_', '-')} package, which "
             "is not installed; install it or set REGISTRY_DATABASE_URL"
         )
-    root = Path(next(iter(spec.submodule_search_locations)))
-    found: dict[int, Path] = {}
+    root = next(iter(spec.submodule_search_locations))
+    found: dict[int, str] = {}
     for name in INSTALL_DIRS:
-        bin_dir = root / name / "bin"
-        if not (bin_dir / "postgres").is_file():
+        bin_dir = os.path.join(root, name, "bin")
+        if not os.path.isfile(os.path.join(bin_dir, "postgres")):
             continue
-        major = _major_version(root / name)
+        major = _major_version(os.path.join(root, name))
         if major is not None:
             found.setdefault(major, bin_dir)
     if not found:
@@ -114,16 +119,17 @@ def install_versions() -> dict[int, Path]:
     return found
 
 
-def _major_version(install: Path) -> int | None:
+def _major_version(install: str) -> int | None:
     try:
-        text = (install / "include" / "pg_config.h").read_text(errors="replace")
+        with open(os.path.join(install, "include", "pg_config.h"), errors="replace") as f:
+            text = f.read()
     except OSError:
         return None
     m = _MAJOR.search(text)
     return int(m.group(1)) if m else None
 
 
-def choose_bin_dir(versions: dict[int, Path], cluster_version: int | None, pgdata: Path) -> Path:
+def choose_bin_dir(versions: dict[int, str], cluster_version: int | None, pgdata: str) -> str:
     """The binaries for an existing cluster's version, else the newest for a new one."""
     if cluster_version is None:
         return versions[max(versions)]
@@ -137,10 +143,11 @@ def choose_bin_dir(versions: dict[int, Path], cluster_version: int | None, pgdat
     )
 
 
-def cluster_version(pgdata: Path) -> int | None:
+def cluster_version(pgdata: str) -> int | None:
     """The major version of an initialised cluster (its PG_VERSION file), None if none."""
     try:
-        return int((pgdata / "PG_VERSION").read_text().strip())
+        with open(os.path.join(pgdata, "PG_VERSION")) as f:
+            return int(f.read().strip())
     except (OSError, ValueError):
         return None
 
@@ -172,15 +179,15 @@ def quiet(argv: list[str]) -> list[str]:
     return ["/bin/sh", "-c", 'exec "$@" </dev/null >&2', argv[0], *argv]
 
 
-def build_initdb_argv(bin_dir: Path, pgdata: Path, password_file: Path) -> list[str]:
+def build_initdb_argv(bin_dir: str, pgdata: str, password_file: str) -> list[str]:
     return [
-        str(bin_dir / "initdb"),
+        os.path.join(bin_dir, "initdb"),
         "--pgdata",
-        str(pgdata),
+        pgdata,
         "--username",
         DB_USER,
         "--pwfile",
-        str(password_file),
+        password_file,
         "--auth=scram-sha-256",
         "--encoding=UTF8",
         # The C locale exists everywhere (slim images have no others) and sorts bytewise.
@@ -189,11 +196,11 @@ def build_initdb_argv(bin_dir: Path, pgdata: Path, password_file: Path) -> list[
     ]
 
 
-def build_postgres_argv(bin_dir: Path, pgdata: Path, port: int) -> list[str]:
+def build_postgres_argv(bin_dir: str, pgdata: str, port: int) -> list[str]:
     return [
-        str(bin_dir / "postgres"),
+        os.path.join(bin_dir, "postgres"),
         "-D",
-        str(pgdata),
+        pgdata,
         "-p",
         str(port),
         "-h",
@@ -211,7 +218,7 @@ def build_postgres_argv(bin_dir: Path, pgdata: Path, port: int) -> list[str]:
     ]
 
 
-def build_env(bin_dir: Path) -> dict[str, str]:
+def build_env(bin_dir: str) -> dict[str, str]:
     """A small, explicit environment: nothing of ours (no URL, no password) leaks in."""
     return {
         "PATH": f"{bin_dir}{os.pathsep}{os.defpath}",
@@ -227,14 +234,14 @@ def plan(
     *,
     euid: int | None = None,
     port: int | None = None,
-    versions: dict[int, Path] | None = None,
+    versions: dict[int, str] | None = None,
 ) -> EmbeddedPostgresPlan:
     """Decide how to run the embedded PostgreSQL for `spec` (reads, never writes)."""
     if not spec.data_dir:
         raise EmbeddedPostgresError("MCP_SUPERVISOR_DATA_DIR is empty")
-    data_dir = Path(spec.data_dir).expanduser().absolute()
-    pgdata = data_dir / "postgres"
-    password_file = data_dir / "postgres.password"
+    data_dir = os.path.abspath(os.path.expanduser(spec.data_dir))
+    pgdata = os.path.join(data_dir, "postgres")
+    password_file = os.path.join(data_dir, "postgres.password")
     version = cluster_version(pgdata)
     bin_dir = choose_bin_dir(versions or install_versions(), version, pgdata)
     run_as = run_as_for(os.geteuid() if euid is None else euid)
@@ -267,9 +274,10 @@ def new_password() -> str:
     return os.urandom(24).hex()
 
 
-def _read_password(path: Path) -> str | None:
+def _read_password(path: str) -> str | None:
     try:
-        text = path.read_text().strip()
+        with open(path) as f:
+            text = f.read().strip()
     except OSError:
         return None
     return text or None
@@ -281,16 +289,16 @@ def _read_password(path: Path) -> str | None:
 def _prepare_filesystem(p: EmbeddedPostgresPlan) -> list[str]:
     notes: list[str] = []
     try:
-        p.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.makedirs(p.data_dir, mode=0o700, exist_ok=True)
         if p.initdb_argv is not None:
-            if p.pgdata.exists() and any(p.pgdata.iterdir()):
+            if os.path.isdir(p.pgdata) and os.listdir(p.pgdata):
                 # No PG_VERSION: an initdb that was killed half-way. Nothing usable is
                 # in there, and initdb refuses a non-empty directory.
                 import shutil  # rarely needed: not resident in PID 1 for nothing
 
                 shutil.rmtree(p.pgdata)
                 notes.append(f"removed the unfinished cluster in {p.pgdata}")
-            p.pgdata.mkdir(mode=0o700, exist_ok=True)
+            os.makedirs(p.pgdata, mode=0o700, exist_ok=True)
             _write_private(p.password_file, p.password + "\n")
         else:
             notes.extend(_clear_stale_pid_file(p.pgdata))
@@ -300,8 +308,8 @@ def _prepare_filesystem(p: EmbeddedPostgresPlan) -> list[str]:
             os.chown(p.password_file, uid, gid)
             for path in (p.pgdata, p.bin_dir):
                 notes.extend(_ensure_reachable(path))
-        p.pgdata.chmod(0o700)
-        p.password_file.chmod(0o600)
+        os.chmod(p.pgdata, 0o700)
+        os.chmod(p.password_file, 0o600)
     except OSError as exc:
         raise EmbeddedPostgresError(
             f"cannot prepare the embedded PostgreSQL's data directory {p.data_dir}: {exc}"
@@ -309,35 +317,46 @@ def _prepare_filesystem(p: EmbeddedPostgresPlan) -> list[str]:
     return notes
 
 
-def _write_private(path: Path, text: str) -> None:
+def _write_private(path: str, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(text)
 
 
-def _chown_tree(root: Path, uid: int, gid: int) -> None:
+def _chown_tree(root: str, uid: int, gid: int) -> None:
     """Own the cluster (a reused volume may come from another uid); cheap when it matches."""
-    st = root.stat()
+    st = os.stat(root)
     if (st.st_uid, st.st_gid) == (uid, gid):
         return
     os.chown(root, uid, gid)
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
-            os.chown(Path(dirpath) / name, uid, gid, follow_symlinks=False)
+            os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
 
 
-def _ensure_reachable(path: Path) -> list[str]:
+def _parents(path: str) -> list[str]:
+    out = []
+    current = os.path.dirname(path)
+    while True:
+        out.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            return out
+        current = parent
+
+
+def _ensure_reachable(path: str) -> list[str]:
     """Give others the search bit on every directory above `path` that lacks it."""
     notes = []
-    for parent in path.parents:
-        mode = parent.stat().st_mode
+    for parent in _parents(path):
+        mode = os.stat(parent).st_mode
         if not mode & stat.S_IXOTH:
-            parent.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+            os.chmod(parent, stat.S_IMODE(mode) | stat.S_IXOTH)
             notes.append(f"added o+x (search only) to {parent} so PostgreSQL can reach {path}")
     return notes
 
 
-def _clear_stale_pid_file(pgdata: Path) -> list[str]:
+def _clear_stale_pid_file(pgdata: str) -> list[str]:
     """Refuse a data directory PostgreSQL processes still work in; clear a postmaster.pid
     whose pid now belongs to an unrelated process (routine after a container restart:
     pids start from 1 again, and PostgreSQL would take that process for its postmaster).
@@ -345,8 +364,8 @@ def _clear_stale_pid_file(pgdata: Path) -> list[str]:
     A lock file whose pid is gone stays: PostgreSQL clears it itself, after checking that
     no orphaned backend still uses the old shared memory.
     """
-    pid_file = pgdata / "postmaster.pid"
-    if not pid_file.exists():
+    pid_file = os.path.join(pgdata, "postmaster.pid")
+    if not os.path.exists(pid_file):
         return []
     users = processes_in(pgdata)
     if users:
@@ -356,29 +375,30 @@ def _clear_stale_pid_file(pgdata: Path) -> list[str]:
             f"(kill -INT {users[0]}) or set MCP_SUPERVISOR_DATA_DIR to another directory"
         )
     try:
-        pid = int(pid_file.read_text().splitlines()[0].strip())
-    except (OSError, IndexError, ValueError):
-        pid_file.unlink()
+        with open(pid_file) as f:
+            pid = int(f.readline().strip())
+    except (OSError, ValueError):
+        os.unlink(pid_file)
         return [f"removed an unreadable {pid_file}"]
-    if pid <= 0 or not Path(f"/proc/{pid}").exists():
+    if pid <= 0 or not os.path.exists(f"/proc/{pid}"):
         return []
-    pid_file.unlink()
+    os.unlink(pid_file)
     return [f"removed the stale {pid_file}: pid {pid} is no PostgreSQL of this directory"]
 
 
-def processes_in(directory: Path) -> list[int]:
+def processes_in(directory: str) -> list[int]:
     """Pids of the processes whose working directory is `directory` (PostgreSQL's
     postmaster and backends chdir into their data directory). Processes we may not
     inspect are skipped: as another user they could not use our data directory anyway."""
-    target = str(directory.resolve())
+    target = os.path.realpath(directory)
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
             continue
         try:
-            cwd = str((entry / "cwd").readlink())
+            cwd = os.readlink(f"/proc/{name}/cwd")
         except OSError:
             continue
         if cwd == target:
-            found.append(int(entry.name))
+            found.append(int(name))
     return sorted(found)

@@ -40,8 +40,8 @@ def spec_for(data_dir: Path) -> RunSpec:
     return RunSpec(data_dir=str(data_dir), wait_for=("postgres",))
 
 
-def fake_versions(tmp: Path) -> dict[int, Path]:
-    return {16: tmp / "pg16" / "bin", 18: tmp / "pg18" / "bin"}
+def fake_versions(tmp: Path) -> dict[int, str]:
+    return {16: str(tmp / "pg16" / "bin"), 18: str(tmp / "pg18" / "bin")}
 
 
 def make_cluster_files(pgdata: Path, version: str = "18", password: str | None = "pw") -> None:
@@ -51,7 +51,7 @@ def make_cluster_files(pgdata: Path, version: str = "18", password: str | None =
         (pgdata.parent / "postgres.password").write_text(password + "\n")
 
 
-def postgres_processes(pgdata: Path) -> list[psutil.Process]:
+def postgres_processes(pgdata: str | Path) -> list[psutil.Process]:
     """Every process working in `pgdata`: the postmaster and all its backends."""
     return [p for p in psutil.process_iter(["cwd"]) if p.info.get("cwd") == str(pgdata)]
 
@@ -71,14 +71,14 @@ def test_binaries_are_found_without_importing_the_package() -> None:
     assert versions.startswith("[") and versions != "[]"
     assert heavy == "[]"
     for bin_dir in embedded_pg.install_versions().values():
-        assert (bin_dir / "postgres").is_file() and (bin_dir / "initdb").is_file()
+        assert (Path(bin_dir) / "postgres").is_file() and (Path(bin_dir) / "initdb").is_file()
 
 
 def test_fresh_plan_initialises_with_the_newest_binaries(scratch: Path) -> None:
     versions = fake_versions(scratch)
     p = plan(spec_for(scratch / "data"), euid=1000, port=54321, versions=versions)
-    pgdata = scratch / "data" / "postgres"
-    assert (p.data_dir, p.pgdata) == (scratch / "data", pgdata)
+    pgdata = str(scratch / "data" / "postgres")
+    assert (p.data_dir, p.pgdata) == (str(scratch / "data"), pgdata)
     assert p.bin_dir == versions[18]
     assert p.run_as is None
     assert p.port == 54321
@@ -86,13 +86,13 @@ def test_fresh_plan_initialises_with_the_newest_binaries(scratch: Path) -> None:
     assert p.initdb_argv is not None
     assert p.initdb_argv[:3] == ["/bin/sh", "-c", 'exec "$@" </dev/null >&2']
     initdb = p.initdb_argv[4:]
-    assert initdb[0] == str(versions[18] / "initdb")
-    assert initdb[initdb.index("--pgdata") + 1] == str(pgdata)
-    assert initdb[initdb.index("--pwfile") + 1] == str(p.password_file)
+    assert initdb[0] == f"{versions[18]}/initdb"
+    assert initdb[initdb.index("--pgdata") + 1] == pgdata
+    assert initdb[initdb.index("--pwfile") + 1] == p.password_file
     assert "--auth=scram-sha-256" in initdb
     server = p.postgres_argv[4:]
-    assert server[0] == str(versions[18] / "postgres")
-    assert server[server.index("-D") + 1] == str(pgdata)
+    assert server[0] == f"{versions[18]}/postgres"
+    assert server[server.index("-D") + 1] == pgdata
     assert server[server.index("-p") + 1] == "54321"
     assert server[server.index("-h") + 1] == "127.0.0.1"
     assert p.url == f"postgresql://postgres:{p.password}@127.0.0.1:54321/postgres"
@@ -100,7 +100,7 @@ def test_fresh_plan_initialises_with_the_newest_binaries(scratch: Path) -> None:
     assert p.password not in p.safe_url and p.password not in repr(p)
     assert p.stop_signal == signal.SIGINT
     assert not {k for k in p.env if k.startswith(("REGISTRY", "MCP_", "OLLAMA"))}
-    assert p.env["PATH"].startswith(str(versions[18]))
+    assert p.env["PATH"].startswith(versions[18])
 
 
 def test_each_plan_gets_its_own_password_and_port(scratch: Path) -> None:
@@ -139,7 +139,7 @@ def test_cluster_of_an_unbundled_version_is_an_error(scratch: Path) -> None:
 
 def test_empty_data_dir_setting_is_an_error() -> None:
     with pytest.raises(EmbeddedPostgresError):
-        plan(RunSpec(data_dir=""), euid=1000, versions={18: Path("/x")})
+        plan(RunSpec(data_dir=""), euid=1000, versions={18: "/x"})
 
 
 # --- the filesystem -----------------------------------------------------------------------
@@ -148,9 +148,9 @@ def test_empty_data_dir_setting_is_an_error() -> None:
 def test_prepare_creates_private_directories_and_the_password(scratch: Path) -> None:
     p = plan(spec_for(scratch / "data"), euid=1000, versions=fake_versions(scratch))
     p.prepare_filesystem()
-    assert stat.S_IMODE(p.pgdata.stat().st_mode) == 0o700
-    assert stat.S_IMODE(p.password_file.stat().st_mode) == 0o600
-    assert p.password_file.read_text().strip() == p.password
+    assert stat.S_IMODE(os.stat(p.pgdata).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(p.password_file).st_mode) == 0o600
+    assert Path(p.password_file).read_text().strip() == p.password
     # The next plan sees no cluster yet (no initdb ran) but keeps working.
     assert plan(spec_for(scratch / "data"), euid=1000, versions=fake_versions(scratch))
 
@@ -209,11 +209,10 @@ def test_prepare_refuses_a_data_directory_a_live_postgres_serves(
     pg_cluster: PostgresCluster,
 ) -> None:
     with pytest.raises(EmbeddedPostgresError, match="still run"):
-        embedded_pg._clear_stale_pid_file(pg_cluster.datadir)
+        embedded_pg._clear_stale_pid_file(str(pg_cluster.datadir))
     assert (pg_cluster.datadir / "postmaster.pid").exists()
-    assert pg_cluster.proc is not None and pg_cluster.proc.pid in embedded_pg.processes_in(
-        pg_cluster.datadir
-    )
+    assert pg_cluster.proc is not None
+    assert pg_cluster.proc.pid in embedded_pg.processes_in(str(pg_cluster.datadir))
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="ownership and reachability matter as root")
@@ -223,7 +222,7 @@ def test_prepare_as_root_hands_the_cluster_to_nobody(scratch: Path) -> None:
     p = plan(spec_for(home / "data"), euid=0, versions=embedded_pg.install_versions())
     notes = p.prepare_filesystem()
     nobody = pwd.getpwnam("nobody")
-    assert (p.pgdata.stat().st_uid, p.password_file.stat().st_uid) == (nobody.pw_uid,) * 2
+    assert (os.stat(p.pgdata).st_uid, os.stat(p.password_file).st_uid) == (nobody.pw_uid,) * 2
     # Search only, never read: others may pass through, not list.
     assert stat.S_IMODE(home.stat().st_mode) == 0o701
     assert any(str(home) in n for n in notes)
@@ -272,7 +271,7 @@ def test_plan_by_hand_initialises_serves_migrates_and_survives_a_crash(scratch: 
         if round_ == 1:
             assert p.initdb_argv is None and p.password == first.password
             # The killed server's postmaster.pid is still there: PostgreSQL clears it.
-            assert (p.pgdata / "postmaster.pid").exists()
+            assert (Path(p.pgdata) / "postmaster.pid").exists()
             assert p.prepare_filesystem() == []
         server = _run(p.postgres_argv, p)
         try:
