@@ -154,9 +154,13 @@ class Supervisor:
     async def _lifecycle(self) -> int:
         if self.spec.embedded_postgres or self.spec.wait_for or self.spec.migrate:
             self.state.phase = Phase.PREPARING
+            # For the heartbeat: a failed preparation ends the supervisor (and the file).
+            self.state.dependencies = {dep: "waiting" for dep in self.spec.wait_for}
+            self.on_change()
             code = await self._prepare()
             if code is not None:
                 return code
+            self.state.dependencies = {dep: "ok" for dep in self.spec.wait_for}
         if self.stop_signal is not None:
             return exitcodes.for_signal(self.stop_signal)
         return await self._run_main()
