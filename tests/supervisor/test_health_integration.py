@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support.fake_ollama import FakeOllama
 
 VENV_BIN = Path(sys.executable).parent
 SUPERVISOR = str(VENV_BIN / "mcp-supervisor")
@@ -70,7 +73,9 @@ def env_for(tmp: Path, **settings: str) -> dict[str, str]:
         LOG_FORMAT="json",
         LOG_LEVEL="debug",
     )
-    env.update({f"MCP_SUPERVISOR_{k.upper()}": v for k, v in settings.items()})
+    env.update(
+        {k if k.isupper() else f"MCP_SUPERVISOR_{k.upper()}": v for k, v in settings.items()}
+    )
     return env
 
 
@@ -350,3 +355,29 @@ def test_probe_inside_the_pid_namespace_like_docker_exec(tmp_path: Path) -> None
         if outer.poll() is None:
             outer.kill()
             outer.wait()
+
+
+def test_heartbeat_while_waiting_for_a_dependency(tmp_path: Path, runs: list[Run]) -> None:
+    """Alive but not ready while the supervisor waits; the dependency shows in the file."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = Run(
+        tmp_path,
+        ["sleep", "600"],
+        restart="never",
+        wait_for="ollama",
+        dependency_timeout="60",
+        OLLAMA_BASE_URL=f"http://127.0.0.1:{port}",
+    )
+    runs.append(run)
+    beat = until(lambda: run.heartbeat.exists() and run.beat(), what="a heartbeat")
+    assert (beat["phase"], beat["dependencies"]) == ("preparing", {"ollama": "waiting"})
+    code, line = run.probe()
+    assert code == 0, line
+    assert line.startswith("healthy: starting, phase preparing")
+    assert run.probe("--ready") == (1, "not ready: starting, phase preparing")
+    with FakeOllama().start(port=port):
+        beat = until(lambda: run.beat()["child_pid"] and run.beat(), what="the child")
+        assert beat["dependencies"] == {"ollama": "ok"}
+        run.stop()
