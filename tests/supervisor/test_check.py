@@ -177,11 +177,15 @@ def test_loads_matches_json(text: str) -> None:
     assert check.loads(text) == json.loads(text)
 
 
-def test_probe_process_imports_nothing_heavy_and_prints_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("entry", ["mcp_supervisor.check", "mcp_supervisor.cli"])
+def test_probe_process_imports_nothing_heavy_and_prints_one_line(
+    tmp_path: Path, entry: str
+) -> None:
+    """Through the CLI too: everything it imports before dispatching --check counts."""
     hb = write(tmp_path / "hb.json")
     code = (
         "import sys\n"
-        "from mcp_supervisor.check import main\n"
+        f"from {entry} import main\n"
         "rc = main(sys.argv[1:])\n"
         "heavy = sorted({'json', 're', 'enum', 'typing', 'anyio', 'structlog', 'pydantic',\n"
         "                'psutil', 'pathlib', 'argparse', 'collections'} & set(sys.modules))\n"
