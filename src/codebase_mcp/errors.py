@@ -33,3 +33,10 @@ class ModelMissingError(EmbedderError):
 
 class SchemaError(EngineError):
     """The database schema is missing or not at head (run migrations)."""
+
+
+def first_cause(exc: BaseException) -> BaseException:
+    """The first leaf of (nested) exception groups: what actually went wrong."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc

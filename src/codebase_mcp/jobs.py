@@ -16,7 +16,7 @@ import anyio
 import structlog
 
 from codebase_mcp import db
-from codebase_mcp.errors import EngineError, JobNotFoundError
+from codebase_mcp.errors import EngineError, JobNotFoundError, first_cause
 from codebase_mcp.models import JobInfo, JobState, Progress, ProgressCallback
 
 log = structlog.get_logger(__name__)
@@ -46,13 +46,6 @@ def final_state(
             note += f" ({outcome.message})"
         return state, note
     return JobState.COMPLETED, outcome.message
-
-
-def first_cause(exc: BaseException) -> BaseException:
-    """The first leaf of (nested) exception groups: what actually went wrong."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc
 
 
 class RunningJob:

@@ -13,9 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import asyncpg
 
 from codebase_mcp import db
+from codebase_mcp.errors import first_cause
 from codebase_mcp.models import SearchMode, SearchResponse, SearchResult
 from codebase_mcp.tokens import lexical_tiers, tsquery_for
 
@@ -264,11 +266,26 @@ async def run_search(
     run_vector, run_lexical = plan_mode(want, vector is not None, has_words)
     vector_list: list[Hit] = []
     lexical_list: list[Hit] = []
-    async with pool.acquire() as conn:
+
+    async def run_vector_list() -> None:
+        nonlocal vector_list
         if run_vector and vector is not None:
-            vector_list = await vector_hits(conn, vector, filters, k)
+            async with pool.acquire() as conn:
+                vector_list = await vector_hits(conn, vector, filters, k)
+
+    async def run_lexical_list() -> None:
+        nonlocal lexical_list
         if run_lexical:
-            lexical_list = await lexical_hits(conn, query, filters, k)
+            async with pool.acquire() as conn:
+                lexical_list = await lexical_hits(conn, query, filters, k)
+
+    # Both retrievals at once, on two connections: latency is the slower one, not the sum.
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run_vector_list)
+            tg.start_soon(run_lexical_list)
+    except ExceptionGroup as group:
+        raise first_cause(group) from None
 
     mode: SearchMode = (
         "hybrid" if run_vector and run_lexical else "vector" if run_vector else "lexical"
