@@ -8,7 +8,6 @@ goes away with it. Every decision comes from `policy`; this module only carries 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import signal
@@ -445,10 +444,12 @@ async def _grace_timer(sup: Supervisor) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mcp-supervisor (runner)")
-    parser.add_argument("--spec-fd", type=int, required=True)
-    args = parser.parse_args(argv)
-    spec = RunSpec.read_from_fd(args.spec_fd)
+    """`--spec-fd N`, from `cli.main` only (argparse would cost PID 1 half a megabyte)."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[0] != "--spec-fd" or not args[1].isdigit():
+        print("mcp-supervisor: the runner is started by mcp-supervisor itself", file=sys.stderr)
+        return exitcodes.USAGE
+    spec = RunSpec.read_from_fd(int(args[1]))
     # Stray prints in this process must never reach the MCP stream on fd 1.
     sys.stdout = sys.stderr
     return anyio.run(supervise, spec)
