@@ -80,6 +80,7 @@ async def test_cancel_stops_between_batches_and_a_new_index_finishes_the_rest(
         assert (await engine.job_status(job.id)).state is JobState.CANCELLED
 
         fake_ollama.embed_delay = 0
+        await anyio.sleep(0.5)  # the server finishes requests the cancelled job gave up on
         fake_ollama.embedded_texts.clear()
         rest = await index_and_wait(engine, repo)
         assert rest.state is JobState.COMPLETED
@@ -103,6 +104,7 @@ async def test_shutdown_marks_the_job_interrupted_and_the_next_index_resumes_it(
     files, chunks, broken = await consistency(pg_url)
     assert broken == 0 and 0 < files < FILES
     fake_ollama.embed_delay = 0
+    await anyio.sleep(0.5)  # the server finishes requests the stopped engine gave up on
     fake_ollama.embedded_texts.clear()
     async with open_engine(settings) as engine:
         stopped = await engine.job_status(job.id)
