@@ -98,7 +98,7 @@ class Settings(BaseSettings):
     )
     # Files per database transaction: the unit of atomic progress and of cancellation.
     file_batch_size: int = Field(
-        200, ge=1, validation_alias=AliasChoices("CODEBASE_FILE_BATCH_SIZE", "file_batch_size")
+        32, ge=1, validation_alias=AliasChoices("CODEBASE_FILE_BATCH_SIZE", "file_batch_size")
     )
     # Chunking processes; 0 means one per CPU core.
     index_workers: int = Field(
