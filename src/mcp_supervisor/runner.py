@@ -55,6 +55,7 @@ class Supervisor:
         self.stop_deadline: float | None = None
         self.stop_requested = anyio.Event()
         self.env_extra: dict[str, str] = {}
+        self._aux_stop_signal: int = signal.SIGINT
         # Health hook: called after every change the heartbeat shows (phase, child).
         self.on_change: Callable[[], None] = lambda: None
 
@@ -197,8 +198,10 @@ class Supervisor:
         finally:
             os.close(fd)
         self.current = child
-        code = await self._wait(child)
+        code = await self._wait_unless_aux_dies(child)
         self.current = None
+        if code is None:
+            return exitcodes.UNAVAILABLE
         self.log.info(
             "preparation finished",
             mode=mode,
@@ -208,6 +211,33 @@ class Supervisor:
         if self.stop_signal is not None:
             return exitcodes.for_signal(self.stop_signal)
         return code or None
+
+    async def _wait_unless_aux_dies(self, child: _Child) -> int | None:
+        """The child's exit code, or None when an auxiliary service (the embedded
+        PostgreSQL) died first: waiting for it until the deadline would be pointless."""
+        died: list[_Child] = []
+        async with anyio.create_task_group() as tg:
+
+            async def watch(aux: _Child) -> None:
+                await aux.done.wait()
+                died.append(aux)
+                tg.cancel_scope.cancel()
+
+            for aux in self.aux:
+                tg.start_soon(watch, aux)
+            await child.done.wait()
+            tg.cancel_scope.cancel()
+        if child.done.is_set():
+            return child.exit_code
+        aux = died[0]
+        self.log.error(
+            "embedded PostgreSQL exited while preparing (its own messages are above)",
+            pid=aux.pid,
+            exit_code=aux.exit_code,
+        )
+        process.signal_pid(child.pid, signal.SIGTERM)
+        await self._wait(child)
+        return None
 
     async def _start_embedded_postgres(self) -> str | None:
         from mcp_supervisor import embedded_pg
@@ -356,8 +386,7 @@ class Supervisor:
         for aux in self.aux:
             if not aux.done.is_set():
                 self.log.info("stopping embedded PostgreSQL", pid=aux.pid)
-                stop = getattr(self, "_aux_stop_signal", signal.SIGINT)
-                process.signal_pid(aux.pid, stop)
+                process.signal_pid(aux.pid, self._aux_stop_signal)
         aux_deadline = time.monotonic() + AUX_STOP_TIMEOUT
         await self._drain(self._aux_and_rest, aux_deadline, None)
 
