@@ -2,9 +2,9 @@
 
 Both run from the same venv, interleaved (so that machine noise hits both alike), on a
 fresh heartbeat whose child is alive (the probe's full path: read, parse, /proc). Also
-shown: the same probe without the pip-generated launcher (whose own `import re` is not
-ours), and `python -X importtime` of the probe's path: what it imports beyond a bare
-interpreter, slowest first.
+shown: the probe without its launcher (src/bin/mcp-supervisor, hand-written because the
+one pip generates for an entry point imports `re` first), and `python -X importtime` of
+the probe's path: what it imports beyond a bare interpreter, slowest first.
 
     .venv/bin/python benchmarks/check_latency.py [--runs 40]
 """
@@ -113,7 +113,7 @@ def main() -> None:
         commands = {
             "python -c pass": [PYTHON, "-c", "pass"],
             "mcp-supervisor --check": [str(VENV_BIN / "mcp-supervisor"), *probe],
-            "  (cli.main without pip's launcher)": [PYTHON, "-c", no_launcher, *probe],
+            "  (cli.main without the launcher)": [PYTHON, "-c", no_launcher, *probe],
             "  (check.main alone, no cli, no launcher)": [PYTHON, "-c", check_only, *probe],
         }
         for argv in commands.values():  # warm the page cache; the first run is not timed
@@ -140,7 +140,7 @@ def main() -> None:
             print(f"  {us / 1000:7.2f} ms  {module}")
         launcher = importtime([PYTHON, "-X", "importtime", "-c", "import re"], env)
         re_ms = launcher.get("re", 0) / 1000
-        print(f"(pip's console-script launcher itself imports re: {re_ms:.2f} ms)")
+        print(f"(an entry-point launcher from pip would add `import re`: {re_ms:.2f} ms)")
 
 
 if __name__ == "__main__":
