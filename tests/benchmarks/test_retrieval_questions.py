@@ -131,3 +131,13 @@ def test_question_file_is_valid_json_with_only_known_fields() -> None:
     assert set(data) == {"about", "corpus", "questions"}
     for q in data["questions"]:
         assert set(q) == {"question", "path", "symbol", "names_symbol"}
+
+
+def test_rrf_weights_ranks_and_keeps_first_seen_order_on_ties() -> None:
+    from benchmarks.retrieval.fusion import rrf
+
+    # b is in both lists: it wins; a and c tie at rank 1 of one list each: first seen first.
+    assert rrf([["a", "b"], ["c", "b"]], [1.0, 1.0]) == ["b", "a", "c"]
+    # Down-weighting the second list lets the first list's order through.
+    assert rrf([["a", "b"], ["b", "c"]], [1.0, 0.0]) == ["a", "b", "c"]
+    assert rrf([["x"], ["y"]], [1.0, 2.0], k=0) == ["y", "x"]

@@ -1,0 +1,133 @@
+"""Study of the hybrid fusion, offline, on the lists a benchmark run dumped (run.py --dump).
+
+The engine fuses its top-40 vector and top-40 lexical chunks by reciprocal rank fusion
+(RRF, k=60, equal weights). This replays that fusion and variants of it on the same lists
+and scores each, so a change to the fusion can be judged without re-indexing:
+
+    python -m benchmarks.retrieval.fusion /tmp/retrieval.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from benchmarks.retrieval.questions import Hit, Question, Scores, first_hit_rank, score
+
+K = TypeVar("K", bound=Hashable)
+
+
+def rrf(lists: Sequence[Sequence[K]], weights: Sequence[float], k: float = 60) -> list[K]:
+    """Weighted reciprocal rank fusion: sum of weight / (k + rank) over the lists an item
+    is in (rank 1-based); best first, ties in first-seen order (as the engine breaks them)."""
+    scores: dict[K, float] = {}
+    for items, weight in zip(lists, weights, strict=True):
+        for rank, item in enumerate(items, start=1):
+            scores[item] = scores.get(item, 0.0) + weight / (k + rank)
+    return sorted(scores, key=lambda item: -scores[item])
+
+
+@dataclass(frozen=True)
+class Case:
+    question: Question
+    line: int
+    vector: list[Hit]
+    lexical: list[Hit]
+    hybrid: list[Hit]  # what the engine answered
+
+
+Fuser = Callable[[list[Hit], list[Hit]], list[Hit]]
+
+
+def _key(h: Hit) -> tuple[str, int]:
+    return (h.path, h.start_line)
+
+
+def fuse_with(weights: tuple[float, float], k: float = 60, lexical_depth: int = 40) -> Fuser:
+    def fuse(vector: list[Hit], lexical: list[Hit]) -> list[Hit]:
+        by_key = {_key(h): h for h in [*lexical, *vector]}
+        order = rrf(
+            [[_key(h) for h in vector], [_key(h) for h in lexical[:lexical_depth]]], weights, k
+        )
+        return [by_key[key] for key in order]
+
+    return fuse
+
+
+VARIANTS: dict[str, Fuser] = {
+    "rrf k=60 1:1 (the engine's)": fuse_with((1.0, 1.0)),
+    "rrf k=60 1:0.5": fuse_with((1.0, 0.5)),
+    "rrf k=60 1:0.3": fuse_with((1.0, 0.3)),
+    "rrf k=10 1:0.5": fuse_with((1.0, 0.5), k=10),
+    "rrf k=60 1:1, lexical top 10": fuse_with((1.0, 1.0), lexical_depth=10),
+    "rrf k=60 1:1, lexical top 3": fuse_with((1.0, 1.0), lexical_depth=3),
+    "vector alone": lambda v, lx: v,
+    "lexical alone": lambda v, lx: lx,
+}
+
+
+def evaluate(cases: Sequence[Case], fuser: Fuser) -> Scores:
+    ranks = [first_hit_rank(fuser(c.vector, c.lexical)[:10], c.question, c.line) for c in cases]
+    return score(ranks, [])
+
+
+def agreement(cases: Sequence[Case]) -> float:
+    """Share of questions where replaying the engine's fusion gives the engine's top 10:
+    the check that the replay models the engine at all."""
+    same = sum(
+        1
+        for c in cases
+        if [_key(h) for h in fuse_with((1.0, 1.0))(c.vector, c.lexical)[:10]]
+        == [_key(h) for h in c.hybrid[:10]]
+    )
+    return same / len(cases)
+
+
+def load_cases(path: Path) -> list[Case]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+
+    def hits(rows: list[list[Any]]) -> list[Hit]:
+        return [Hit(p, int(s), int(e), sym) for p, s, e, sym in rows]
+
+    cases = []
+    for i, q in enumerate(data["questions"]):
+        question = Question(q["question"], q["path"], q["symbol"], names_symbol=False)
+        cases.append(
+            Case(
+                question,
+                int(q["line"]),
+                hits(data["candidates"]["vector"][i]),
+                hits(data["candidates"]["lexical"][i]),
+                hits(data["results"]["hybrid"][i]),
+            )
+        )
+    return cases
+
+
+def render(cases: Sequence[Case]) -> str:
+    lines = [
+        f"fusion study on {len(cases)} questions (replay matches the engine's hybrid top 10 "
+        f"for {agreement(cases):.0%} of them)",
+        f"{'variant':<32} {'hit@1':>6} {'hit@3':>6} {'hit@10':>6} {'MRR':>6}",
+    ]
+    for name, fuser in VARIANTS.items():
+        s = evaluate(cases, fuser)
+        lines.append(
+            f"{name:<32} {s.hit_at_1:>6.2f} {s.hit_at_3:>6.2f} {s.hit_at_10:>6.2f} {s.mrr:>6.3f}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Replay the hybrid fusion on dumped lists.")
+    parser.add_argument("dump", type=Path, help="a file written by run.py --dump")
+    args = parser.parse_args(argv)
+    print(render(load_cases(args.dump)))
+
+
+if __name__ == "__main__":
+    main()
