@@ -15,6 +15,7 @@ warm-bytecode VENV
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import importlib
 import importlib.util
@@ -89,9 +90,33 @@ RUNTIME_MODULES = (
 )
 
 
+def _runs_on_import(name: str) -> bool:
+    """A script-like module (`__main__`, or one that calls something at top level, e.g.
+    `os._exit(main())`): importing it would run the program, so only compile it."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return False
+    if name.rsplit(".", 1)[-1] == "__main__":
+        return True
+    tree = ast.parse(Path(spec.origin).read_text(), spec.origin)
+    for node in tree.body:
+        value = node.value if isinstance(node, ast.Expr | ast.Assign) else None
+        if isinstance(value, ast.Call) and not _declares_only(value):
+            return True
+    return False
+
+
+def _declares_only(call: ast.Call) -> bool:
+    # Top-level calls that only declare things: TypeVar("T"), logging.getLogger(__name__), ...
+    func = call.func
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+    return name not in {"main", "exit", "_exit", "run"}
+
+
 def _import_quietly(name: str) -> None:
     with contextlib.suppress(Exception, SystemExit):
-        importlib.import_module(name)
+        if not _runs_on_import(name):
+            importlib.import_module(name)
 
 
 def slim(venv: Path) -> int:
@@ -116,10 +141,15 @@ def warm_bytecode(venv: Path, packages: list[str]) -> int:
         for name in RUNTIME_MODULES:
             _import_quietly(name)
     prefix = str(venv.resolve()) + "/"
+    sources = {getattr(m, "__file__", None) or "" for m in list(sys.modules.values())}
+    # All of the packages' own files, imported or not (script-like ones run as `-m` entries).
+    for package in packages:
+        spec = importlib.util.find_spec(package)
+        for location in (spec.submodule_search_locations or []) if spec else []:
+            sources.update(str(p) for p in Path(location).rglob("*.py"))
     count = 0
-    for module in list(sys.modules.values()):
-        source = getattr(module, "__file__", None)
-        if not source or not source.endswith(".py") or not source.startswith(prefix):
+    for source in sorted(sources):
+        if not source.endswith(".py") or not source.startswith(prefix):
             continue
         py_compile.compile(
             source,

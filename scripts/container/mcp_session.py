@@ -2,6 +2,9 @@
 client: list the tools, index a repository mounted read-only under /workspace, search it.
 
   python scripts/container/mcp_session.py IMAGE PG_URL OLLAMA_URL PASSWORD
+  python scripts/container/mcp_session.py --http BASE_URL
+      the http transport of a running container (after the stdio session indexed the
+      repository into the same database): GET /health, tools, the repository, a search.
 
 Prints one PASS/FAIL line per check; exits non-zero when any fails.
 """
@@ -123,7 +126,32 @@ async def session(image: str, pg_url: str, ollama_url: str, password: str, work:
     return checks.failed
 
 
+async def http_session(base_url: str) -> int:
+    import httpx
+
+    checks = Checks()
+    async with httpx.AsyncClient(timeout=10) as http:
+        health = await http.get(base_url + "/health")
+    checks.check(health.status_code == 200, "http: GET /health", health.status_code)
+    async with Client(base_url + "/mcp", mode="legacy", timeout=60) as client:
+        names = {t.name for t in await client.list_tools()}
+        checks.check("search_code" in names, "http: tools listed over streamable HTTP")
+        repos = (await client.call_tool("list_repositories", {})).data
+        paths = [r["path"] for r in (repos["repositories"] if isinstance(repos, dict) else repos)]
+        checks.check("/workspace/shop" in paths, "http: shares the database", paths)
+        found = (await client.call_tool("search_code", {"query": "total with tax"})).data
+        top = found["results"][0] if found["results"] else {}
+        checks.check(top.get("path") == "billing/invoice.py", "http: search", top.get("path"))
+    return checks.failed
+
+
 def main(argv: list[str]) -> int:
+    if len(argv) == 2 and argv[0] == "--http":
+        try:
+            return 1 if anyio.run(http_session, argv[1]) else 0
+        except Exception as exc:
+            print(f"FAIL: MCP over http ({type(exc).__name__}: {exc})")
+            return 1
     if len(argv) != 4:
         print(__doc__, file=sys.stderr)
         return 2
