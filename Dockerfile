@@ -87,10 +87,14 @@ RUN --mount=type=secret,id=ca_bundle \
 # ---------------------------------------------------------------------------------------------
 FROM ${BASE_IMAGE} AS runtime
 SHELL ["/bin/sh", "-eu", "-c"]
-RUN groupadd --gid 1000 app \
-    && useradd --uid 1000 --gid 1000 --create-home --home-dir /home/app --shell /usr/sbin/nologin app \
+# uid/gid 1000 "app", unless the base image already has them (then that user it is).
+RUN if ! getent group 1000 >/dev/null; then groupadd --gid 1000 app; fi \
+    && if ! getent passwd 1000 >/dev/null; then \
+        useradd --uid 1000 --gid 1000 --create-home --home-dir /home/app \
+            --shell /usr/sbin/nologin app; \
+    fi \
     && mkdir -p /workspace \
-    && chown app:app /workspace
+    && chown 1000:1000 /workspace
 
 COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
