@@ -11,6 +11,7 @@ Prints one PASS/FAIL line per check; exits non-zero when any fails.
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -62,7 +63,7 @@ async def session(image: str, pg_url: str, ollama_url: str, password: str, work:
     repo = write_repo(work / "repo")
     args = [
         "--runtime", "runc", "run", "-i", "--rm", "--network", "host",
-        "--name", f"cbmcp-ct-session-{int(time.time())}",
+        "--name", os.environ.get("CBMCP_CT_NAME", f"cbmcp-ct-session-{os.getpid()}"),
         "-e", f"REGISTRY_DATABASE_URL={pg_url}",
         "-e", f"OLLAMA_BASE_URL={ollama_url}",
         "-e", "CODEBASE_INDEX_WORKERS=1",
