@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import anyio
 import structlog
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from codebase_mcp import db
 from codebase_mcp.chunk import ChunkOptions, chunk_source
@@ -40,6 +41,8 @@ log = structlog.get_logger(__name__)
 # Files per executor task and per database transaction: large enough to amortise the
 # round trips, small enough that a stop request is honoured quickly.
 FILE_BATCH = 32
+# Concurrent batch writers (database connections) per job.
+WRITERS = 2
 # Cap on collected per-file errors kept in a job record.
 MAX_ERRORS = 200
 
@@ -294,7 +297,6 @@ class IndexRun:
             list[PreparedFile | SkippedFile]
         ](1)
         to_write_send, to_write_recv = anyio.create_memory_object_stream[_Embedded](1)
-        stopped = False
 
         async def chunk_stage() -> None:
             async with to_embed_send:
@@ -329,20 +331,31 @@ class IndexRun:
                     vectors = await self._embed(files)
                     if self.job.stop_requested:
                         return
-                    await to_write_send.send(_Embedded(files, skipped, vectors))
+                    try:
+                        await to_write_send.send(_Embedded(files, skipped, vectors))
+                    except anyio.BrokenResourceError:  # the writers stopped first
+                        return
+
+        async def write_stage(receive: MemoryObjectReceiveStream[_Embedded]) -> None:
+            async with receive:
+                async for batch in receive:
+                    await self._write(repository_id, batch, stored)
+                    await self.job.report(**self.counters.snapshot())
+                    if self.job.stop_requested:
+                        return  # a safe point: this batch is committed, the next not begun
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(chunk_stage)
             tg.start_soon(embed_stage)
-            async with to_write_recv:
-                async for batch in to_write_recv:
-                    await self._write(repository_id, batch, stored)
-                    await self.job.report(**self.counters.snapshot())
-                    if self.job.stop_requested:
-                        stopped = True
-                        tg.cancel_scope.cancel()
-                        break
-        return stopped or self.job.stop_requested
+            # Writers on separate connections: the database's share of the work (COPY,
+            # index upkeep) then uses more than one core. Batches hold distinct files.
+            async with to_write_recv, anyio.create_task_group() as writers:
+                for _ in range(WRITERS):
+                    writers.start_soon(write_stage, to_write_recv.clone())
+            # Normally the other stages are done by now; after a stop they may wait on a
+            # full buffer, and hold no database work.
+            tg.cancel_scope.cancel()
+        return self.job.stop_requested
 
     async def _embed(self, files: list[PreparedFile]) -> list[list[float]] | None:
         texts = [embedding_text(f.path, ch[4], ch[6]) for f in files for ch in f.chunks]
