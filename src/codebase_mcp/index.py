@@ -142,14 +142,22 @@ def plan_changes(
     stored: dict[str, db.StoredFile],
     *,
     force: bool,
+    embedding: bool = True,
 ) -> Plan:
     """Which files to (re)index: new, changed by content hash, stored without embeddings
-    (the embedder was down), or all with `force`; which stored files are gone."""
+    (the embedder was down; only when there is an embedder now), or all with `force`;
+    which stored files are gone."""
     changed: list[SourceFile] = []
     unchanged = 0
     for source, digest in zip(discovered, hashes, strict=True):
         old = stored.get(source.rel_path)
-        if force or old is None or digest is None or old.content_hash != digest or not old.embedded:
+        if (
+            force
+            or old is None
+            or digest is None
+            or old.content_hash != digest
+            or (embedding and not old.embedded)
+        ):
             changed.append(source)
         else:
             unchanged += 1
@@ -262,7 +270,9 @@ class IndexRun:
         hashes: list[str | None] = []
         for i in range(0, len(discovered), 512):
             hashes += await anyio.to_thread.run_sync(hash_batch, discovered[i : i + 512])
-        plan = plan_changes(discovered, hashes, stored, force=force)
+        plan = plan_changes(
+            discovered, hashes, stored, force=force, embedding=self.embedder is not None
+        )
 
         if plan.deleted:
             async with self.pool.acquire() as conn:

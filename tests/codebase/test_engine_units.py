@@ -166,6 +166,8 @@ def test_plan_changes_by_content_hash() -> None:
     ]
     assert plan.unchanged == 1
     assert plan.deleted == ["gone.py"]
+    lexical = plan_changes(found, hashes, stored, force=False, embedding=False)
+    assert [s.rel_path for s in lexical.changed] == ["edited.py", "new.py", "bad.py"]
     forced = plan_changes(found, hashes, stored, force=True)
     assert len(forced.changed) == 5 and forced.unchanged == 0
 
