@@ -1,8 +1,9 @@
 """Study of the hybrid fusion, offline, on the lists a benchmark run dumped (run.py --dump).
 
-The engine fuses its top-40 vector and top-40 lexical chunks by reciprocal rank fusion
-(RRF, k=60, equal weights). This replays that fusion and variants of it on the same lists
-and scores each, so a change to the fusion can be judged without re-indexing:
+The engine fuses its top vector and top lexical chunks (30 of each for 10 results) by
+reciprocal rank fusion (RRF, k=60, equal weights). This replays that fusion and variants
+of it on the same lists and scores each, so a change to the fusion can be judged without
+re-indexing:
 
     python -m benchmarks.retrieval.fusion /tmp/retrieval.json
 """
@@ -47,7 +48,9 @@ def _key(h: Hit) -> tuple[str, int]:
     return (h.path, h.start_line)
 
 
-def fuse_with(weights: tuple[float, float], k: float = 60, lexical_depth: int = 40) -> Fuser:
+def fuse_with(
+    weights: tuple[float, float], k: float = 60, lexical_depth: int | None = None
+) -> Fuser:
     def fuse(vector: list[Hit], lexical: list[Hit]) -> list[Hit]:
         by_key = {_key(h): h for h in [*lexical, *vector]}
         order = rrf(

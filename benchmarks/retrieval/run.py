@@ -57,7 +57,6 @@ from tests.support.pg import running_cluster  # noqa: E402
 MODEL = "all-minilm"
 DIMS = 384
 MODES = ("lexical", "vector", "hybrid")
-FUSION_DEPTH = 40
 
 
 def log(msg: str) -> None:
@@ -219,6 +218,13 @@ def mode_searcher(engine: Any) -> SearchFn:
     return search
 
 
+def fusion_depth(limit: int) -> int:
+    """How many hits of each list the engine fuses for `limit` results."""
+    from codebase_mcp.search import candidates_for
+
+    return candidates_for(limit)
+
+
 @dataclass
 class ModeRun:
     mode: str
@@ -255,32 +261,37 @@ async def ask_all(
             run.embed_ms.append((model.seconds - embed_before) * 1000)
             run.ranks.append(first_hit_rank(hits, question, line))
             run.top.append(hits)
-        # Untimed: the two lists the engine's hybrid fuses (it takes 40 of each for a limit
-        # of 10), for studying the fusion offline (--dump, fusion.py).
+        # Untimed: the two lists the engine's hybrid fuses, as deep as it takes them, for
+        # studying the fusion offline (--dump, fusion.py).
         for mode in ("vector", "lexical"):
-            runs[mode].candidates.append(await search(question.question, mode, FUSION_DEPTH))
+            runs[mode].candidates.append(await search(question.question, mode, fusion_depth(limit)))
     return runs
 
 
 class ProgressLog:
-    """Index progress on stderr, about every 10 % of the chunks."""
+    """Index progress on stderr, about every 10 % of the files."""
 
     def __init__(self) -> None:
         self.next_share = 0.1
 
     async def __call__(self, p: Any) -> None:
-        if p.chunks_total and p.chunks_done / p.chunks_total >= self.next_share:
-            log(f"  {p.files_done}/{p.files_total} files, {p.chunks_done}/{p.chunks_total} chunks")
-            self.next_share = p.chunks_done / p.chunks_total + 0.1
+        if p.files_total and p.files_done / p.files_total >= self.next_share:
+            log(f"  {p.files_done}/{p.files_total} files, {p.chunks_done} chunks")
+            self.next_share = p.files_done / p.files_total + 0.1
 
 
 def dump(
-    path: Path, questions: Sequence[Question], def_lines: Sequence[int], runs: dict[str, ModeRun]
+    path: Path,
+    questions: Sequence[Question],
+    def_lines: Sequence[int],
+    runs: dict[str, ModeRun],
+    limit: int,
 ) -> None:
     def hits(items: Sequence[Hit]) -> list[list[Any]]:
         return [[h.path, h.start_line, h.end_line, h.symbol] for h in items]
 
     data = {
+        "depth": fusion_depth(limit),
         "questions": [
             {"question": q.question, "path": q.path, "symbol": q.symbol, "line": line}
             for q, line in zip(questions, def_lines, strict=True)
@@ -411,7 +422,7 @@ async def benchmark(args: argparse.Namespace) -> str:
             f"({DIMS} d), limit {args.limit}"
         )
         if args.dump:
-            dump(args.dump, qset.questions, lines_by_q, runs)
+            dump(args.dump, qset.questions, lines_by_q, runs, args.limit)
             log(f"wrote {args.dump}")
         return header + "\n\n" + render(runs, qset.questions)
     finally:
