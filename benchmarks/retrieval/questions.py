@@ -110,6 +110,19 @@ def is_hit(hit: Hit, question: Question, definition_line: int) -> bool:
     return hit.start_line <= definition_line <= hit.end_line
 
 
+def is_member_hit(hit: Hit, question: Question) -> bool:
+    """A chunk inside the expected definition (a method of the expected class): not the
+    defining chunk, so no hit, but reported apart, as it points the user to the answer."""
+    return (
+        hit.path == question.path
+        and hit.symbol is not None
+        and (
+            hit.symbol.startswith(question.symbol + ".")
+            or ("." + question.symbol + ".") in hit.symbol
+        )
+    )
+
+
 def first_hit_rank(hits: Sequence[Hit], question: Question, definition_line: int) -> int | None:
     """1-based rank of the first correct result, None if none of them is."""
     for rank, hit in enumerate(hits, start=1):

@@ -47,6 +47,7 @@ from benchmarks.retrieval.questions import (  # noqa: E402
     corpus_files,
     definition_lines,
     first_hit_rank,
+    is_member_hit,
     load_question_set,
     score,
     stdlib_root,
@@ -334,6 +335,16 @@ def render(runs: dict[str, ModeRun], questions: Sequence[Question]) -> str:
             return sum(1 for i in idx if (r := ranks[i]) is not None and r <= 3) / len(idx)
 
         lines.append(f"  {mode:<8} names {at3(named):.2f}   describes {at3(described):.2f}")
+    lines.append("")
+    lines.append("missed at 3, but a chunk inside the expected class was in the top 3:")
+    for mode in MODES:
+        run = runs[mode]
+        inside = [
+            questions[i].symbol
+            for i, r in enumerate(run.ranks)
+            if (r is None or r > 3) and any(is_member_hit(h, questions[i]) for h in run.top[i][:3])
+        ]
+        lines.append(f"  {mode:<8} {len(inside)}: {', '.join(inside) or '-'}")
     for mode in MODES:
         run = runs[mode]
         missed = [i for i, r in enumerate(run.ranks) if r is None or r > 3]

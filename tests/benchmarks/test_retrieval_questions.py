@@ -18,6 +18,7 @@ from benchmarks.retrieval.questions import (
     definition_lines,
     first_hit_rank,
     is_hit,
+    is_member_hit,
     load_question_set,
     score,
     stdlib_root,
@@ -141,3 +142,13 @@ def test_rrf_weights_ranks_and_keeps_first_seen_order_on_ties() -> None:
     # Down-weighting the second list lets the first list's order through.
     assert rrf([["a", "b"], ["b", "c"]], [1.0, 0.0]) == ["a", "b", "c"]
     assert rrf([["x"], ["y"]], [1.0, 2.0], k=0) == ["y", "x"]
+
+
+def test_member_hit_is_a_chunk_inside_the_expected_class() -> None:
+    cls = Question("q", "m.py", "Handler", names_symbol=False)
+    assert is_member_hit(Hit("m.py", 5, 9, "Handler.emit"), cls)
+    assert is_member_hit(Hit("m.py", 5, 9, "mod.Handler.emit"), cls)
+    assert not is_member_hit(Hit("m.py", 5, 9, "Handler"), cls)  # that one is a real hit
+    assert not is_member_hit(Hit("m.py", 5, 9, "FileHandler.emit"), cls)
+    assert not is_member_hit(Hit("other.py", 5, 9, "Handler.emit"), cls)
+    assert not is_member_hit(Hit("m.py", 5, 9, None), cls)
