@@ -101,7 +101,8 @@ WORKDIR /app
 COPY alembic.ini ./
 COPY migrations ./migrations
 
-# PYTHONDONTWRITEBYTECODE: the venv is compiled at build time and read-only for uid 1000.
+# PYTHONDONTWRITEBYTECODE: the venv is read-only for uid 1000; what the build did not compile
+# is compiled in memory.
 # FASTMCP_CHECK_FOR_UPDATES: a container must not call out at start.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
