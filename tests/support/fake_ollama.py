@@ -103,6 +103,9 @@ class FakeOllama:
 def _handler_for(state: FakeOllama) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # TCP_NODELAY, as Ollama's Go server has: headers and body go out in two writes, and
+        # Nagle plus the client's delayed ACK stalled a quick follow-up request by 40 ms.
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: Any) -> None:  # quiet
             pass
