@@ -33,9 +33,6 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# torch's OpenMP workers otherwise spin for a while after each encode, on the cores the
-# engine and PostgreSQL need next: that made the search after an embedding ~40 ms slower.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import anyio
 
