@@ -39,9 +39,10 @@ class Case:
     vector: list[Hit]
     lexical: list[Hit]
     hybrid: list[Hit]  # what the engine answered
+    tiers: list[str | None] | None = None  # the lexical tier each lexical hit matched
 
 
-Fuser = Callable[[list[Hit], list[Hit]], list[Hit]]
+Fuser = Callable[[Case], list[Hit]]
 
 
 def _key(h: Hit) -> tuple[str, int]:
@@ -51,12 +52,32 @@ def _key(h: Hit) -> tuple[str, int]:
 def fuse_with(
     weights: tuple[float, float], k: float = 60, lexical_depth: int | None = None
 ) -> Fuser:
-    def fuse(vector: list[Hit], lexical: list[Hit]) -> list[Hit]:
+    def fuse(case: Case) -> list[Hit]:
+        vector, lexical = case.vector, case.lexical
         by_key = {_key(h): h for h in [*lexical, *vector]}
         order = rrf(
             [[_key(h) for h in vector], [_key(h) for h in lexical[:lexical_depth]]], weights, k
         )
         return [by_key[key] for key in order]
+
+    return fuse
+
+
+def by_tier(weights: dict[str, float], k: float = 60) -> Fuser:
+    """Each lexical hit weighs by the tier it matched (name in the symbol, every word,
+    any two words, any word): a hit on two words of a long question is weak evidence."""
+
+    def fuse(case: Case) -> list[Hit]:
+        if case.tiers is None:
+            return fuse_with((1.0, 1.0), k)(case)
+        scores: dict[tuple[str, int], float] = {}
+        for rank, h in enumerate(case.vector, start=1):
+            scores[_key(h)] = scores.get(_key(h), 0.0) + 1.0 / (k + rank)
+        for rank, (h, tier) in enumerate(zip(case.lexical, case.tiers, strict=True), start=1):
+            weight = weights.get(tier, 0.0) if tier else 0.0
+            scores[_key(h)] = scores.get(_key(h), 0.0) + weight / (k + rank)
+        by_key = {_key(h): h for h in [*case.lexical, *case.vector]}
+        return [by_key[key] for key in sorted(scores, key=lambda key: -scores[key])]
 
     return fuse
 
@@ -68,13 +89,14 @@ VARIANTS: dict[str, Fuser] = {
     "rrf k=10 1:0.5": fuse_with((1.0, 0.5), k=10),
     "rrf k=60 1:1, lexical top 10": fuse_with((1.0, 1.0), lexical_depth=10),
     "rrf k=60 1:1, lexical top 3": fuse_with((1.0, 1.0), lexical_depth=3),
-    "vector alone": lambda v, lx: v,
-    "lexical alone": lambda v, lx: lx,
+    "by tier 1/1/0.5/0.25": by_tier({"symbol": 1.0, "all": 1.0, "pairs": 0.5, "any": 0.25}),
+    "vector alone": lambda case: case.vector,
+    "lexical alone": lambda case: case.lexical,
 }
 
 
 def evaluate(cases: Sequence[Case], fuser: Fuser) -> Scores:
-    ranks = [first_hit_rank(fuser(c.vector, c.lexical)[:10], c.question, c.line) for c in cases]
+    ranks = [first_hit_rank(fuser(c)[:10], c.question, c.line) for c in cases]
     return score(ranks, [])
 
 
@@ -84,8 +106,7 @@ def agreement(cases: Sequence[Case]) -> float:
     same = sum(
         1
         for c in cases
-        if [_key(h) for h in fuse_with((1.0, 1.0))(c.vector, c.lexical)[:10]]
-        == [_key(h) for h in c.hybrid[:10]]
+        if [_key(h) for h in fuse_with((1.0, 1.0))(c)[:10]] == [_key(h) for h in c.hybrid[:10]]
     )
     return same / len(cases)
 
@@ -96,6 +117,7 @@ def load_cases(path: Path) -> list[Case]:
     def hits(rows: list[list[Any]]) -> list[Hit]:
         return [Hit(p, int(s), int(e), sym) for p, s, e, sym in rows]
 
+    tiers = data.get("lexical_tiers")
     cases = []
     for i, q in enumerate(data["questions"]):
         question = Question(q["question"], q["path"], q["symbol"], names_symbol=False)
@@ -106,17 +128,26 @@ def load_cases(path: Path) -> list[Case]:
                 hits(data["candidates"]["vector"][i]),
                 hits(data["candidates"]["lexical"][i]),
                 hits(data["results"]["hybrid"][i]),
+                tiers[i] if tiers else None,
             )
         )
     return cases
 
 
 def render(cases: Sequence[Case]) -> str:
+    counts: dict[str, int] = {}
+    for c in cases:
+        for tier in c.tiers or ():
+            counts[str(tier)] = counts.get(str(tier), 0) + 1
     lines = [
         f"fusion study on {len(cases)} questions (replay matches the engine's hybrid top 10 "
         f"for {agreement(cases):.0%} of them)",
         f"{'variant':<32} {'hit@1':>6} {'hit@3':>6} {'hit@10':>6} {'MRR':>6}",
     ]
+    if counts:
+        lines.insert(
+            1, "lexical candidates by tier: " + ", ".join(f"{t} {n}" for t, n in counts.items())
+        )
     for name, fuser in VARIANTS.items():
         s = evaluate(cases, fuser)
         lines.append(

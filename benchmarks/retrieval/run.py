@@ -286,12 +286,52 @@ class ProgressLog:
             self.next_share = p.files_done / p.files_total + 0.1
 
 
+async def lexical_tiers_of(engine: Any, questions: Sequence[Question], run: ModeRun) -> Any:
+    """For each lexical candidate, the first of the engine's lexical tiers (name in the
+    symbol, every word, any two, any one: `tokens.lexical_tiers`) that matches it, so the
+    fusion study can weigh a hit by how much of the question it matched. None when the
+    engine has no tiers."""
+    try:
+        from codebase_mcp.tokens import lexical_tiers, tsquery_for, tsquery_pairs
+    except ImportError:
+        return None
+    out = []
+    async with engine.pool.acquire() as conn:
+        for question, hits in zip(questions, run.candidates, strict=True):
+            q = question.question
+            named = [
+                ("symbol", tsquery_for(q, match_all=True, weights="A")),
+                ("all", tsquery_for(q, match_all=True)),
+                ("pairs", tsquery_pairs(q)),
+                ("any", tsquery_for(q, match_all=False)),
+            ]
+            tiers = [(name, tsq) for name, tsq in named if tsq in lexical_tiers(q)]
+            row = []
+            for h in hits:
+                matched = [
+                    name
+                    for name, tsq in tiers
+                    if await conn.fetchval(
+                        "SELECT EXISTS (SELECT 1 FROM chunks c JOIN files f ON f.id = c.file_id"
+                        " WHERE f.path = $1 AND c.start_line = $2"
+                        " AND c.tsv @@ to_tsquery('simple', $3))",
+                        h.path,
+                        h.start_line,
+                        tsq,
+                    )
+                ]
+                row.append(matched[0] if matched else None)
+            out.append(row)
+    return out
+
+
 def dump(
     path: Path,
     questions: Sequence[Question],
     def_lines: Sequence[int],
     runs: dict[str, ModeRun],
     limit: int,
+    tiers: Any,
 ) -> None:
     def hits(items: Sequence[Hit]) -> list[list[Any]]:
         return [[h.path, h.start_line, h.end_line, h.symbol] for h in items]
@@ -303,6 +343,7 @@ def dump(
             for q, line in zip(questions, def_lines, strict=True)
         ],
         "results": {mode: [hits(t) for t in run.top] for mode, run in runs.items()},
+        "lexical_tiers": tiers,
         "candidates": {
             mode: [hits(c) for c in runs[mode].candidates] for mode in ("vector", "lexical")
         },
@@ -431,6 +472,9 @@ async def benchmark(args: argparse.Namespace) -> str:
                 runs = await ask_all(
                     mode_searcher(engine), model, qset.questions, lines_by_q, args.limit
                 )
+                tiers = None
+                if args.dump:
+                    tiers = await lexical_tiers_of(engine, qset.questions, runs["lexical"])
             finally:
                 await engine.close()
         header = (
@@ -439,7 +483,7 @@ async def benchmark(args: argparse.Namespace) -> str:
             f"({DIMS} d), limit {args.limit}"
         )
         if args.dump:
-            dump(args.dump, qset.questions, lines_by_q, runs, args.limit)
+            dump(args.dump, qset.questions, lines_by_q, runs, args.limit, tiers)
             log(f"wrote {args.dump}")
         return header + "\n\n" + render(runs, qset.questions)
     finally:
