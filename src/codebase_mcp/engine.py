@@ -10,6 +10,7 @@ import os
 import socket
 import time
 from concurrent.futures import Executor
+from concurrent.futures.process import BrokenProcessPool
 from types import TracebackType
 from typing import Any
 
@@ -29,6 +30,7 @@ from codebase_mcp.errors import (
     ModelMissingError,
     RepositoryNotFoundError,
     SchemaError,
+    first_cause,
 )
 from codebase_mcp.index import IndexRun, make_executor
 from codebase_mcp.jobs import JobManager, Outcome, RunningJob
@@ -223,7 +225,16 @@ class Engine:
             file_batch=self.settings.file_batch_size,
             read_ahead=2 * self.settings.workers,
         )
-        result = await run.run()
+        try:
+            result = await run.run()
+        except Exception as exc:
+            if isinstance(first_cause(exc), BrokenProcessPool):
+                # A chunking process died (OOM killer, a crash in a grammar): the pool is
+                # unusable, the next job gets a fresh one.
+                broken, self._executor = self._executor, None
+                if broken is not None:
+                    broken.shutdown(wait=False, cancel_futures=True)
+            raise
         message = None
         if result.embedder_error:
             message = (

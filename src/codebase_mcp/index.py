@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import signal
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -123,7 +124,20 @@ def make_executor(workers: int) -> Executor:
     if workers <= 1:
         return ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk")
     # spawn: forking a process that runs an event loop and HTTP threads is unsafe.
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_worker_init,
+    )
+
+
+def _worker_init() -> None:
+    """Chunking processes leave stopping to the engine: a SIGTERM or Ctrl-C sent to the
+    whole process group must not kill them mid-job (the job would fail instead of being
+    interrupted at a safe point). They exit when the engine shuts the pool down, or when
+    their parent dies (their task pipe closes)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 # --- decisions (pure) -----------------------------------------------------------------

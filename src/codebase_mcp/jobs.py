@@ -35,15 +35,18 @@ def final_state(
 ) -> tuple[JobState, str | None]:
     """The state a job ends in and its message (pure).
 
-    outcome None means the run did not return (an exception or a hard cancel)."""
-    if error is not None:
+    outcome None means the run did not return (an exception or a hard cancel). An error
+    while a stop was requested is part of stopping (e.g. worker processes that got the
+    same SIGTERM): the job is resumable, not failed."""
+    if error is not None and stop_state is None:
         return JobState.FAILED, error
     if outcome is None or outcome.stopped:
         state = stop_state or JobState.INTERRUPTED
         why = "cancelled by request" if state is JobState.CANCELLED else "stopped by shutdown"
         note = f"{why}; index the repository again to resume"
-        if outcome is not None and outcome.message:
-            note += f" ({outcome.message})"
+        detail = error or (outcome.message if outcome is not None else None)
+        if detail:
+            note += f" ({detail})"
         return state, note
     return JobState.COMPLETED, outcome.message
 

@@ -190,3 +190,59 @@ async def test_two_replicas_indexing_one_repository_take_turns(
     assert len(fake_ollama.embedded_texts) == 2 * FILES
     assert sorted(j.files_skipped for j in done) == [0, FILES]
     assert (await consistency(pg_url)) == (FILES, 2 * FILES, 0)
+
+
+async def test_chunking_processes_ignore_a_group_sigterm(
+    pg_url: str, fake_ollama: FakeOllama, tmp_path: Path
+) -> None:
+    """A supervisor may signal the whole process group: stopping is the engine's call."""
+    import os
+    import signal
+
+    import psutil
+
+    await migrate_async(pg_url)
+    repo = write_many(tmp_path)
+    fake_ollama.embed_delay = 0.1
+    settings = settings_for(
+        pg_url, fake_ollama, tmp_path, CODEBASE_FILE_BATCH_SIZE="4", CODEBASE_INDEX_WORKERS="2"
+    )
+    async with open_engine(settings) as engine:
+        job = await engine.start_index(str(repo))
+        await wait_for_progress(engine, job.id)
+        workers = [p for p in psutil.Process().children() if "spawn_main" in " ".join(p.cmdline())]
+        assert len(workers) == 2
+        for worker in workers:
+            os.kill(worker.pid, signal.SIGTERM)
+        fake_ollama.embed_delay = 0
+        with anyio.fail_after(60):
+            done = await engine.wait_job(job.id)
+        assert done.state is JobState.COMPLETED, done
+        assert all(w.is_running() for w in workers)
+
+
+async def test_a_dead_chunking_process_fails_the_job_and_the_next_one_gets_a_new_pool(
+    pg_url: str, fake_ollama: FakeOllama, tmp_path: Path
+) -> None:
+    import psutil
+
+    await migrate_async(pg_url)
+    repo = write_many(tmp_path)
+    fake_ollama.embed_delay = 0.1
+    settings = settings_for(
+        pg_url, fake_ollama, tmp_path, CODEBASE_FILE_BATCH_SIZE="4", CODEBASE_INDEX_WORKERS="2"
+    )
+    async with open_engine(settings) as engine:
+        job = await engine.start_index(str(repo))
+        await wait_for_progress(engine, job.id)
+        for p in psutil.Process().children():
+            if "spawn_main" in " ".join(p.cmdline()):
+                p.kill()
+        with anyio.fail_after(60):
+            failed = await engine.wait_job(job.id)
+        assert failed.state is JobState.FAILED
+        assert failed.message is not None and "BrokenProcessPool" in failed.message
+        fake_ollama.embed_delay = 0
+        again = await index_and_wait(engine, repo)
+        assert again.state is JobState.COMPLETED
+        assert (await consistency(pg_url)) == (FILES, 2 * FILES, 0)

@@ -182,6 +182,9 @@ def test_final_state() -> None:
     assert state is JobState.INTERRUPTED
     state, _ = final_state(None, None, None)  # cancelled from outside
     assert state is JobState.INTERRUPTED
+    # an error while stopping is part of the stop
+    state, message = final_state(None, JobState.INTERRUPTED, "BrokenProcessPool: gone")
+    assert state is JobState.INTERRUPTED and message is not None and "BrokenProcessPool" in message
 
 
 def test_vectors_round_trip_through_the_binary_codec() -> None:
