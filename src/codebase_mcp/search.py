@@ -18,6 +18,7 @@ import asyncpg
 
 from codebase_mcp import db
 from codebase_mcp.errors import first_cause
+from codebase_mcp.languages import detect_language
 from codebase_mcp.models import SearchMode, SearchResponse, SearchResult
 from codebase_mcp.tokens import lexical_tiers, tsquery_for
 
@@ -81,6 +82,18 @@ def glob_to_regex(glob: str) -> str:
     return "^" + prefix + "".join(out) + "$"
 
 
+_LANGUAGE_ALIASES = {"c#": "csharp", "cs": "csharp", "golang": "go", "shell": "bash", "sh": "bash"}
+
+
+def normalize_language(name: str) -> str:
+    """The stored language name for what a user typed: `Python`, `py`, `ts`, `c#`."""
+    lowered = name.strip().lower()
+    if lowered in _LANGUAGE_ALIASES:
+        return _LANGUAGE_ALIASES[lowered]
+    # An extension names its language (py, ts, rs); a full name is not an extension.
+    return detect_language(f"file.{lowered}") or lowered
+
+
 def rrf_fuse(ranked: Sequence[Sequence[int]], k: int = RRF_K) -> list[tuple[int, float]]:
     """Reciprocal rank fusion: each id scores sum(1 / (k + rank)) over the lists it is in
     (rank 1-based); best first, ties broken by the first list's order."""
@@ -118,7 +131,7 @@ class Filters:
             in_repo = f"c.repository_id IN (SELECT id FROM repositories WHERE {match})"  # noqa: S608
             parts.append(in_repo)
         if self.language:
-            parts.append(f"c.language = {param(self.language.strip().lower())}")
+            parts.append(f"c.language = {param(normalize_language(self.language))}")
         if self.path_glob:
             parts.append(f"c.path ~ {param(glob_to_regex(self.path_glob))}")
         return "".join(" AND " + p for p in parts), params

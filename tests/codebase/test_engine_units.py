@@ -23,7 +23,7 @@ from codebase_mcp.errors import (
 from codebase_mcp.index import plan_changes
 from codebase_mcp.jobs import Outcome, final_state
 from codebase_mcp.models import JobState
-from codebase_mcp.search import glob_to_regex, plan_mode, rrf_fuse
+from codebase_mcp.search import glob_to_regex, normalize_language, plan_mode, rrf_fuse
 from codebase_mcp.tokens import (
     WEIGHT_A,
     WEIGHT_D,
@@ -340,3 +340,20 @@ def test_lexical_tiers_go_from_precise_to_broad() -> None:
         "'open' | 'tcp' | 'socket'",
     ]
     assert lexical_tiers("...") == []
+
+
+@pytest.mark.parametrize(
+    ("typed", "stored"),
+    [
+        ("Python", "python"),
+        ("py", "python"),
+        ("ts", "typescript"),
+        ("rs", "rust"),
+        ("C#", "csharp"),
+        ("golang", "go"),
+        ("markdown", "markdown"),
+        ("cpp", "cpp"),
+    ],
+)
+def test_language_filter_names(typed: str, stored: str) -> None:
+    assert normalize_language(typed) == stored
