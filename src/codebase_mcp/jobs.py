@@ -21,6 +21,9 @@ from codebase_mcp.models import JobInfo, JobState, Progress, ProgressCallback
 
 log = structlog.get_logger(__name__)
 
+# Finished jobs kept in memory for status calls; older ones come from the database.
+MAX_REMEMBERED = 256
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -155,6 +158,7 @@ class JobManager:
                 await job._notify(state.value)
             self._active.pop(job.info.repository, None)
             job.done.set()
+            self._forget_finished()
             log.info(
                 "index job finished",
                 job=job.info.id,
@@ -163,6 +167,16 @@ class JobManager:
                 files=job.info.files_done,
                 chunks=job.info.chunks_done,
             )
+
+    def _forget_finished(self, keep: int = MAX_REMEMBERED) -> None:
+        """A long-lived server runs many jobs: finished ones beyond `keep` are answered
+        from the jobs table instead of memory."""
+        if len(self._by_id) <= keep:
+            return
+        for job_id in [i for i, j in self._by_id.items() if j.done.is_set()]:
+            if len(self._by_id) <= keep:
+                break
+            del self._by_id[job_id]
 
     async def status(self, job_id: str) -> JobInfo:
         job = self._by_id.get(job_id)
