@@ -1,7 +1,6 @@
 """Entry of the lean PID-1 process: `cli.main` re-executes itself into
 `python -m mcp_supervisor.pid1 --spec-fd N` once the settings are valid."""
 
-import os
 import sys
 
 # structlog imports rich (pretty tracebacks) and greenlet (context locals) whenever they
@@ -12,8 +11,5 @@ for _name in ("rich", "greenlet"):
 
 from mcp_supervisor.runner import main  # noqa: E402
 
-_code = main()
-# Everything we started is gone and every file is written: skip the interpreter's
-# teardown (~100+ ms of module and GC finalisation) so `docker stop` ends as fast as tini.
-sys.stderr.flush()
-os._exit(_code)
+# The runner ends the process itself once everything is down (no interpreter teardown).
+sys.exit(main(hard_exit=True))
