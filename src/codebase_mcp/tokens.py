@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
 
 _IDENTIFIER = re.compile(r"[A-Za-z0-9_]+")
@@ -59,6 +59,7 @@ WEIGHT_A, WEIGHT_B, WEIGHT_C, WEIGHT_D = 3, 2, 1, 0
 _MAX_POSITION = 16383
 _MAX_POSITIONS_PER_WORD = 256
 _INT32 = struct.Struct(">i")
+_NUL = b"\0"
 
 
 _WORDS_CACHE: dict[str, tuple[str, ...]] = {}
@@ -66,8 +67,8 @@ _WORDS_CACHE: dict[str, tuple[str, ...]] = {}
 
 def tsvector_positions(sections: Sequence[tuple[str, int]]) -> dict[str, list[int]]:
     """word -> its positions (weight bits included) over the sections, numbered on from
-    one section to the next; at most 256 per word and none past 16383, as in PostgreSQL.
-    (The hot loop of indexing: kept flat on purpose.)"""
+    one section to the next; none past 16383, as in PostgreSQL (tsvector_binary keeps the
+    first 256 of each word). The hot loop of indexing: kept flat on purpose."""
     positions: dict[str, list[int]] = {}
     get = positions.get
     cache = _WORDS_CACHE
@@ -76,20 +77,34 @@ def tsvector_positions(sections: Sequence[tuple[str, int]]) -> dict[str, list[in
     pos = 0
     for text, weight in sections:
         bits = weight << 14
+        section: list[str] = []
+        extend = section.extend
         for identifier in _IDENTIFIER.findall(text):
             found_words = cache.get(identifier)
             if found_words is None:
                 found_words = cache[identifier] = identifier_words(identifier)
-            for word in found_words:
-                pos += 1
-                if pos > _MAX_POSITION:
-                    return positions
-                found = get(word)
-                if found is None:
-                    positions[word] = [bits | pos]
-                elif len(found) < _MAX_POSITIONS_PER_WORD:
-                    found.append(bits | pos)
+            extend(found_words)
+        budget = _MAX_POSITION - pos
+        if len(section) > budget:
+            section = section[:budget]
+        for word in section:
+            pos += 1
+            found = get(word)
+            if found is None:
+                positions[word] = [bits | pos]
+            else:
+                found.append(bits | pos)
     return positions
+
+
+_PACKERS: dict[int, Callable[..., bytes]] = {}
+
+
+def _packer(n: int) -> Callable[..., bytes]:
+    pack = _PACKERS.get(n)
+    if pack is None:
+        pack = _PACKERS[n] = struct.Struct(f">H{n}H").pack
+    return pack
 
 
 def tsvector_binary(sections: Sequence[tuple[str, int]]) -> bytes:
@@ -98,9 +113,16 @@ def tsvector_binary(sections: Sequence[tuple[str, int]]) -> bytes:
     was the largest single cost of indexing. Sections are (text, weight)."""
     positions = tsvector_positions(sections)
     out = [_INT32.pack(len(positions))]
+    append = out.append
     for word in sorted(positions):  # ASCII words: str order is PostgreSQL's byte order
         pos = positions[word]
-        out.append(word.encode() + b"\0" + struct.pack(f">H{len(pos)}H", len(pos), *pos))
+        n = len(pos)
+        if n > _MAX_POSITIONS_PER_WORD:
+            pos = pos[:_MAX_POSITIONS_PER_WORD]
+            n = _MAX_POSITIONS_PER_WORD
+        append(word.encode())
+        append(_NUL)
+        append(_packer(n)(n, *pos))
     return b"".join(out)
 
 

@@ -90,6 +90,25 @@ async def test_binary_tsvectors_read_back_as_postgresql_would_write_them(pg_url:
             "'parsedate':1A,5 'parse':2A,6 'date':3A,7 'x':4 's':8 'or':9 'y':10",
         )
         assert text == expected
+        # PostgreSQL's limits: 256 positions per word, none past 16383
+        huge = " ".join(["foo"] * 300 + [f"w{i}x" for i in range(20_000)] + ["late"])
+        data_huge = tsvector_binary([(huge, WEIGHT_D)])
+        assert (
+            await conn.fetchval(
+                "SELECT array_length(positions, 1) FROM unnest($1::tsvector) WHERE lexeme = 'foo'",
+                data_huge,
+            )
+            == 256
+        )
+        assert (
+            await conn.fetchval(
+                "SELECT max(p) FROM unnest($1::tsvector), unnest(positions) p", data_huge
+            )
+            <= 16383
+        )
+        assert not await conn.fetchval(
+            "SELECT $1::tsvector @@ to_tsquery('simple', 'late')", data_huge
+        )
         matches = await conn.fetchval(
             "SELECT $1::tsvector @@ to_tsquery('simple', $2)",
             data,
