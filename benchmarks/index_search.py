@@ -236,7 +236,9 @@ async def open_bench_engine(
             **({"CODEBASE_INDEX_WORKERS": str(args.workers)} if args.workers else {}),
         }
     )
-    return await Engine.create(settings, embedder=embedder)
+    engine = await Engine.create(settings, embedder=embedder)
+    await engine.warm_up()  # a running server: its chunking processes are up
+    return engine
 
 
 async def main_async(args: argparse.Namespace) -> None:

@@ -131,6 +131,13 @@ def make_executor(workers: int) -> Executor:
     )
 
 
+def warm_worker() -> int:
+    """Runs once in each chunking process at engine start: imports and parser set-up
+    happen before the first job instead of inside it."""
+    chunk_source("def warm(up):\n    return up\n", "python", ChunkOptions())
+    return os.getpid()
+
+
 def _worker_init() -> None:
     """Chunking processes leave stopping to the engine: a SIGTERM or Ctrl-C sent to the
     whole process group must not kill them mid-job (the job would fail instead of being
