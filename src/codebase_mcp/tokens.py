@@ -180,13 +180,30 @@ def tsquery_pairs(query: str) -> str | None:
     return " | ".join(pairs)
 
 
-def lexical_tiers(query: str) -> list[str]:
-    """The tsqueries to try in order, most precise first: every word in the symbol, every
-    word anywhere, any two words, any word. Duplicates and empty tiers dropped."""
+# How much a hit of each tier counts when lexical results are fused with vector ones: a
+# chunk holding every word of the question is strong evidence; one holding any two or any
+# one word of a long question is weak, and at full weight it outvotes the vector list's
+# best answer (benchmarks/retrieval: hybrid fell below vector alone).
+TIER_WEIGHTS = (1.0, 1.0, 0.25, 0.1)
+
+
+def lexical_tiers_weighted(query: str) -> list[tuple[str, float]]:
+    """The tsqueries to try in order, most precise first, with their fusion weight: every
+    word in the symbol, every word anywhere, any two words, any word. Empty tiers are
+    dropped; a tier equal to an earlier one keeps the earlier (higher) weight."""
     tiers = [
         tsquery_for(query, match_all=True, weights="A"),
         tsquery_for(query, match_all=True),
         tsquery_pairs(query),
         tsquery_for(query, match_all=False),
     ]
-    return list(dict.fromkeys(t for t in tiers if t is not None))
+    weighted: dict[str, float] = {}
+    for tsquery, weight in zip(tiers, TIER_WEIGHTS, strict=True):
+        if tsquery is not None and tsquery not in weighted:
+            weighted[tsquery] = weight
+    return list(weighted.items())
+
+
+def lexical_tiers(query: str) -> list[str]:
+    """The tsqueries of lexical_tiers_weighted, without their weights."""
+    return [tsquery for tsquery, _ in lexical_tiers_weighted(query)]

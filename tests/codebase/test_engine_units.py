@@ -376,3 +376,27 @@ def test_lexical_tiers_go_from_precise_to_broad() -> None:
 )
 def test_language_filter_names(typed: str, stored: str) -> None:
     assert normalize_language(typed) == stored
+
+
+def test_weighted_fusion_lets_a_strong_vector_answer_beat_weak_word_matches() -> None:
+    # Vector's #1 (id 1) against a chunk far down the vector list (#30) that is the first
+    # lexical hit: at equal weights the latter wins; when its lexical match is weak (it
+    # shares one word with a long question: weight 0.25) the vector's best answer stays.
+    vector = [1, *range(100, 128), 2]
+    lexical = [2, 11, 12]
+    assert len(vector) == 30
+    equal = rrf_fuse([vector, lexical], k=60)
+    assert equal[0][0] == 2
+    weighted = rrf_fuse([vector, lexical], k=60, weights=[[1.0] * 30, [0.25, 1.0, 1.0]])
+    assert weighted[0][0] == 1
+    assert dict(weighted)[2] == pytest.approx(1 / 90 + 0.25 / 61)
+
+
+def test_lexical_tier_weights_fall_with_the_evidence() -> None:
+    from codebase_mcp.tokens import lexical_tiers_weighted
+
+    assert [w for _, w in lexical_tiers_weighted("open tcp socket")] == [1.0, 1.0, 0.25, 0.1]
+    # One word: the all-words and any-word tiers are one query; it keeps the higher weight.
+    single = lexical_tiers_weighted("socket")
+    assert [w for _, w in single] == [1.0, 1.0]
+    assert [t for t, _ in single] == lexical_tiers("socket")
