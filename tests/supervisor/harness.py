@@ -84,11 +84,7 @@ class Supervised:
             caught = int(st.get("SigCgt", "0"), 16)
             blocked = int(st.get("SigBlk", "0"), 16)
             term = 1 << (signal.SIGTERM - 1)
-            if (
-                caught & term
-                and not blocked & term
-                and "mcp_supervisor.pid1" in cmdline(self.pid)
-            ):
+            if caught & term and not blocked & term and "mcp_supervisor.pid1" in cmdline(self.pid):
                 return
             time.sleep(0.005)
         raise TimeoutError("supervisor never installed its handlers")
