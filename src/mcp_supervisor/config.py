@@ -7,6 +7,7 @@ message and the CLI exits 78 (EX_CONFIG). The result is a plain `RunSpec`.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -32,6 +33,14 @@ class ConfigError(Exception):
 def _env(name: str, *plain: str) -> AliasChoices:
     """Accept the prefixed variable, the field name (CLI overrides) and plain aliases."""
     return AliasChoices(name, PREFIX + name.upper(), *plain)
+
+
+def default_command() -> tuple[str, ...]:
+    """`codebase-mcp serve` from this supervisor's own installation when it is there (a
+    virtualenv need not be on PATH: `scripts/run` does not activate it), else from PATH."""
+    program, *args = DEFAULT_COMMAND
+    sibling = Path(sys.executable).parent / program
+    return (str(sibling) if os.access(sibling, os.X_OK) else program, *args)
 
 
 def default_data_dir() -> str:
@@ -147,7 +156,7 @@ class SupervisorSettings(BaseSettings):
     def to_spec(self, command: tuple[str, ...] | None) -> RunSpec:
         restart = self.restart or ("never" if self.transport == "stdio" else "on-failure")
         return RunSpec(
-            command=command or DEFAULT_COMMAND,
+            command=command or default_command(),
             grace_period=self.grace_period,
             signal_group=self.signal_group,
             log_format=self.log_format,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -122,7 +124,8 @@ def test_spec_round_trips_through_a_pipe() -> None:
 class TestSettings:
     def test_defaults(self) -> None:
         spec = load_settings().to_spec(None)
-        assert spec.command == ("codebase-mcp", "serve")
+        # The server from this very installation, even when its bin/ is not on PATH.
+        assert spec.command == (str(Path(sys.executable).parent / "codebase-mcp"), "serve")
         assert spec.grace_period == 8.0
         assert spec.wait_for == ("postgres", "ollama")
         assert spec.heartbeat_max_age == 3 * spec.heartbeat_interval
