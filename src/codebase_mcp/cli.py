@@ -385,9 +385,8 @@ async def _run_index(settings: Settings, path: str, force: bool, show: bool) -> 
         if interrupted:
             with anyio.CancelScope(shield=True), anyio.move_on_after(10):
                 await engine.cancel_job(job.id)
-            print(
-                "interrupted: the job stops at a safe point; run again to resume", file=sys.stderr
-            )
+            note = "interrupted: the job stops at a safe point; run again to resume"
+            print(note, file=sys.stderr)
             return INTERRUPTED
     elapsed = time.monotonic() - started
     print(format_summary(final, elapsed))  # stdout-ok: the human CLI's result
