@@ -182,22 +182,16 @@ class SupervisorSettings(BaseSettings):
         )
 
 
-# Where a user sets each field, for error messages.
-_PLAIN_ALIASES = {
-    "log_format": "LOG_FORMAT",
-    "log_level": "LOG_LEVEL",
-    "database_url": "REGISTRY_DATABASE_URL",
-    "ollama_base_url": "OLLAMA_BASE_URL",
-    "ollama_embedding_model": "OLLAMA_EMBEDDING_MODEL",
-    "transport": "MCP_TRANSPORT",
-}
-
-
 def setting_names(field: str) -> str:
-    """'MCP_SUPERVISOR_GRACE_PERIOD (--grace-period)' for a field name."""
+    """'MCP_SUPERVISOR_GRACE_PERIOD (--grace-period)' for a field name; a plain variable
+    such as LOG_LEVEL comes first where the field has one (from its aliases)."""
     env = PREFIX + field.upper()
-    if field in _PLAIN_ALIASES:
-        env = f"{_PLAIN_ALIASES[field]} or {env}"
+    info = SupervisorSettings.model_fields.get(field)
+    alias = info.validation_alias if info is not None else None
+    # _env() orders the choices: field name, prefixed variable, plain variables.
+    plain = [str(c) for c in alias.choices[2:]] if isinstance(alias, AliasChoices) else []
+    if plain:
+        env = f"{' or '.join(plain)} or {env}"
     return f"{env} (--{field.replace('_', '-')})"
 
 

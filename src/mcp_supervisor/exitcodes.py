@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
 OK = 0
@@ -26,8 +27,6 @@ def from_wait_status(status: int) -> int:
 
 def from_spawn_error(err: OSError) -> int:
     """127 when the command does not exist, 126 when it exists but cannot run."""
-    import errno
-
     if err.errno in (errno.ENOENT, errno.ENOTDIR):
         return NOT_FOUND
     return NOT_EXECUTABLE

@@ -186,6 +186,14 @@ def descendants(pid: int) -> list[int]:
     return seen
 
 
+def group_of(pid: int) -> int | None:
+    """pid's process group, or None when it is gone."""
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
 def signal_pid(pid: int, signum: int) -> bool:
     """kill(2) that tolerates a process that is already gone. False when it was gone."""
     try:

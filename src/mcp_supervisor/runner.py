@@ -378,11 +378,8 @@ class Supervisor:
     async def _shutdown_everything(self) -> None:
         if self.stop_signal is not None:
             self.state.phase = Phase.STOPPING
-        main = self.current
+        # A main child still running (the lifecycle itself failed) is among the leftovers.
         deadline = self._deadline()
-        if main is not None and not main.done.is_set():
-            # Only when the lifecycle itself failed; the stop path already forwarded.
-            process.signal_pid(main.pid, self.stop_signal or signal.SIGTERM)
         await self._drain(self._leftovers, deadline, self.stop_signal or signal.SIGTERM)
         for aux in self.aux:
             if not aux.done.is_set():
@@ -394,7 +391,9 @@ class Supervisor:
     def _aux_and_rest(self) -> list[int]:
         return process.descendants(os.getpid())
 
-    async def _drain(self, alive: Any, deadline: float, term: int | None) -> None:
+    async def _drain(
+        self, alive: Callable[[], list[int]], deadline: float, term: int | None
+    ) -> None:
         """Ask what is left to stop (term), wait until the deadline, then SIGKILL and reap
         until nothing is left."""
         pids = alive()
@@ -413,7 +412,7 @@ class Supervisor:
                 self.log.warning("grace window over: killing what is left", pids=pids)
                 killed = True
             for pid in pids:
-                group = os.getpgid(pid) if _exists(pid) else None
+                group = process.group_of(pid)
                 if group is not None and group != os.getpgrp():
                     process.signal_group(group, signal.SIGKILL)
                 process.signal_pid(pid, signal.SIGKILL)
@@ -421,14 +420,6 @@ class Supervisor:
             self._reap()
             pids = alive()
         self._reap()
-
-
-def _exists(pid: int) -> bool:
-    try:
-        os.getpgid(pid)
-        return True
-    except ProcessLookupError:
-        return False
 
 
 async def supervise(spec: RunSpec, *, hard_exit: bool = False) -> int:

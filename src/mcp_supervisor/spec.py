@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 LogFormat = Literal["auto", "console", "json"]
@@ -50,7 +50,6 @@ class RunSpec:
     restart_limit: int = 5
     restart_window: float = 60.0
     restart_backoff_cap: float = 30.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def embedded_postgres(self) -> bool:
