@@ -46,3 +46,12 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith(("MCP_SUPERVISOR_", "REGISTRY_DATABASE_URL", "OLLAMA_", "CODEBASE_")):
             monkeypatch.delenv(key, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def shipped_logging() -> None:
+    """In-process code logs as it does when shipped (stderr, redacted, no locals in
+    tracebacks), not through structlog's defaults, which print to stdout."""
+    from codebase_mcp.logs import configure_logging
+
+    configure_logging("info", "console")

@@ -11,7 +11,7 @@ run leaves only whole files behind and the next run picks up where it stopped.
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
+import multiprocessing.context
 import os
 import signal
 from collections.abc import Sequence
@@ -125,10 +125,28 @@ def make_executor(workers: int) -> Executor:
         return ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk")
     # spawn: forking a process that runs an event loop and HTTP threads is unsafe.
     return ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_worker_init,
+        max_workers=workers, mp_context=_QuietSpawnContext(), initializer=_worker_init
     )
+
+
+_STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+
+
+class _QuietSpawnProcess(multiprocessing.context.SpawnProcess):
+    """Starts with SIGINT and SIGTERM blocked: a process takes about a second to import
+    before `_worker_init` runs, and a group signal in that second would kill it. Blocked,
+    the signal stays pending until `_worker_init` ignores it, which discards it."""
+
+    def start(self) -> None:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            super().start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class _QuietSpawnContext(multiprocessing.context.SpawnContext):
+    Process = _QuietSpawnProcess
 
 
 def warm_worker() -> int:
@@ -143,8 +161,9 @@ def _worker_init() -> None:
     whole process group must not kill them mid-job (the job would fail instead of being
     interrupted at a safe point). They exit when the engine shuts the pool down, or when
     their parent dies (their task pipe closes)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
 
 
 # --- decisions (pure) -----------------------------------------------------------------

@@ -207,10 +207,15 @@ async def test_chunking_processes_ignore_a_group_sigterm(
     settings = settings_for(
         pg_url, fake_ollama, tmp_path, CODEBASE_FILE_BATCH_SIZE="4", CODEBASE_INDEX_WORKERS="2"
     )
+    earlier = {p.pid for p in psutil.Process().children()}
     async with open_engine(settings) as engine:
         job = await engine.start_index(str(repo))
         await wait_for_progress(engine, job.id)
-        workers = [p for p in psutil.Process().children() if "spawn_main" in " ".join(p.cmdline())]
+        workers = [
+            p
+            for p in psutil.Process().children()
+            if p.pid not in earlier and "spawn_main" in " ".join(p.cmdline())
+        ]
         assert len(workers) == 2
         for worker in workers:
             os.kill(worker.pid, signal.SIGTERM)
