@@ -104,6 +104,14 @@ class Settings(BaseSettings):
     index_workers: int = Field(
         0, ge=0, le=256, validation_alias=AliasChoices("CODEBASE_INDEX_WORKERS", "index_workers")
     )
+    # A job that brings at least this many files to embed, and at least half as many as
+    # the database holds embedded, loads without the HNSW index and builds it once at the
+    # end (codebase_mcp/vector_index.py); 0: never.
+    bulk_index_min_files: int = Field(
+        500,
+        ge=0,
+        validation_alias=AliasChoices("CODEBASE_BULK_INDEX_MIN_FILES", "bulk_index_min_files"),
+    )
     db_pool_size: int = Field(
         8, ge=2, le=200, validation_alias=AliasChoices("CODEBASE_DB_POOL_SIZE", "db_pool_size")
     )

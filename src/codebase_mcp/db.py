@@ -32,7 +32,7 @@ else:  # asyncpg's classes are generic only in the stubs
     Pool = asyncpg.Pool
 
 # The alembic head this code expects (a test checks it against migrations/).
-SCHEMA_HEAD = "0002"
+SCHEMA_HEAD = "0003"
 
 _HEADER = struct.Struct(">HH")
 _BIG_ENDIAN = sys.byteorder == "big"
@@ -215,6 +215,11 @@ async def stored_files(conn: Conn, repository_id: int) -> dict[str, StoredFile]:
         repository_id,
     )
     return {r["path"]: StoredFile(r["id"], r["content_hash"], r["embedded"]) for r in rows}
+
+
+async def count_embedded_files(conn: Conn) -> int:
+    """Files with vectors in the HNSW index, over every repository."""
+    return int(await conn.fetchval("SELECT count(*) FROM files WHERE embedded"))
 
 
 async def delete_files(conn: Conn, repository_id: int, paths: Sequence[str]) -> int:

@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 import structlog
 
-from codebase_mcp import db
+from codebase_mcp import db, vector_index
 from codebase_mcp.config import Settings
 from codebase_mcp.discover import resolve_under_roots
 from codebase_mcp.embed import Embedder, create_embedder
@@ -106,6 +106,7 @@ class Engine:
         self._embedder_error: str | None = None
         self._health_cache: tuple[float, dict[str, Any]] | None = None
         self._warming: list[Future[int]] = []
+        self._maintenance: asyncio.Task[None] | None = None
         self._closed = False
 
     @classmethod
@@ -137,6 +138,8 @@ class Engine:
             self._embedder = create_embedder(self.settings)
         self._jobs = JobManager(pool, self._owner, self._run_job)
         self._warming = self._start_workers()
+        # A bulk load cut short (a stop, a crash) left the vector index set aside.
+        self._maintenance = asyncio.get_running_loop().create_task(self._build_deferred())
         log.info(
             "engine ready",
             database=self.settings.database_url_masked,
@@ -157,6 +160,9 @@ class Engine:
         with anyio.CancelScope(shield=True):
             if self._jobs is not None:
                 await self._jobs.stop_all(grace)
+            if self._maintenance is not None:
+                self._maintenance.cancel()  # a build rolls back and is taken up next start
+                await asyncio.gather(self._maintenance, return_exceptions=True)
             if self._executor is not None:
                 self._executor.shutdown(wait=False, cancel_futures=True)
                 self._executor = None
@@ -210,6 +216,12 @@ class Engine:
             self._executor = make_executor(self.settings.workers)
         return self._executor
 
+    async def _build_deferred(self) -> None:
+        try:
+            await vector_index.build_deferred(self.pool)
+        except Exception as exc:  # searches still answer; the next job tries again
+            log.warning("could not build the vector index", error=str(exc))
+
     async def _run_job(self, job: RunningJob) -> Outcome:
         # Replicas share the database: one indexer per repository at a time, the others
         # wait here (the lock goes with the connection if this process dies).
@@ -238,6 +250,7 @@ class Engine:
             max_file_bytes=self.settings.max_file_size,
             file_batch=self.settings.file_batch_size,
             read_ahead=2 * self.settings.workers,
+            bulk_min_files=self.settings.bulk_index_min_files,
         )
         try:
             result = await run.run()

@@ -23,7 +23,7 @@ import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from codebase_mcp import db
+from codebase_mcp import db, vector_index
 from codebase_mcp.chunk import ChunkOptions, chunk_source
 from codebase_mcp.discover import (
     DiscoveryStats,
@@ -279,6 +279,7 @@ class IndexRun:
         max_file_bytes: int = 1_000_000,
         file_batch: int = FILE_BATCH,
         read_ahead: int = 4,
+        bulk_min_files: int = 0,
     ) -> None:
         self.pool = pool
         self.embedder = embedder
@@ -289,6 +290,7 @@ class IndexRun:
         self.max_file_bytes = max_file_bytes
         self.file_batch = file_batch
         self.read_ahead = max(2, read_ahead)
+        self.bulk_min_files = bulk_min_files
         self.counters = Counters()
         self.embedder_error: str | None = None if embedder is not None else "no embedder"
 
@@ -321,7 +323,24 @@ class IndexRun:
         c.files_done = c.files_skipped = plan.unchanged
         await self.job.report(**c.snapshot())
 
-        stopped = await self._process(repo.id, plan.changed, stored)
+        bulk = False
+        if self.embedder is not None and self.bulk_min_files:
+            async with self.pool.acquire() as conn:
+                embedded = await db.count_embedded_files(conn)
+            bulk = vector_index.bulk_load_worthwhile(
+                len(plan.changed), embedded, self.bulk_min_files
+            )
+
+        async def announce(vectors: int) -> None:
+            await self.job.report(message=f"building the vector index ({vectors:,} vectors)")
+
+        async with vector_index.bulk_load(
+            self.pool,
+            enabled=bulk,
+            build_after=lambda: not self.job.stop_requested,
+            announce=announce,
+        ):
+            stopped = await self._process(repo.id, plan.changed, stored)
         if not stopped:
             async with self.pool.acquire() as conn:
                 await db.mark_repository_indexed(

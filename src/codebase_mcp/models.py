@@ -42,7 +42,7 @@ class JobInfo:
     files_skipped: int = 0  # unchanged since the last index: no parsing, no embedding
     files_deleted: int = 0
     errors: tuple[FileError, ...] = ()
-    message: str | None = None  # why a job failed or was interrupted
+    message: str | None = None  # why a job failed or was interrupted; what it does now
     force: bool = False
     created_at: datetime | None = None
     started_at: datetime | None = None

@@ -20,7 +20,7 @@ from codebase_mcp.config import find_alembic_ini
 from tests.codebase.fixtures_engine import ALEMBIC_INI, downgrade, migrate
 from tests.support.pg import running_cluster, system_bin_dir
 
-TABLES = {"repositories", "files", "chunks", "jobs"}
+TABLES = {"repositories", "files", "chunks", "jobs", "deferred_indexes"}
 
 
 async def schema(url: str) -> dict[str, object]:
@@ -128,6 +128,7 @@ async def test_five_replicas_migrating_at_once_run_it_once(pg_url: str, tmp_path
     logs = "".join(err for _, err in outputs)
     assert logs.count("Running upgrade  -> 0001") == 1, logs
     assert logs.count("Running upgrade 0001 -> 0002") == 1, logs
+    assert logs.count("Running upgrade 0002 -> 0003") == 1, logs
     state = await schema(pg_url)
     assert state["versions"] == [db.SCHEMA_HEAD]
     assert state["tables"] == TABLES

@@ -18,6 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from codebase_mcp.db import SCHEMA_HEAD
 from mcp_supervisor import embedded_pg
 from mcp_supervisor.embedded_pg import EmbeddedPostgresError, plan
 from mcp_supervisor.spec import RunSpec
@@ -344,7 +345,7 @@ def test_supervisor_with_no_url_runs_the_embedded_postgres(scratch: Path) -> Non
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == ""  # initdb and PostgreSQL never write on MCP's stdout
-    assert "CHILD-CONNECTED visits=1 head=0002" in proc.stderr
+    assert f"CHILD-CONNECTED visits=1 head={SCHEMA_HEAD}" in proc.stderr
     assert events(proc.stderr, "initialising embedded PostgreSQL")
     assert events(proc.stderr, "migrated")
     password = (data_dir / "postgres.password").read_text().strip()
@@ -377,7 +378,7 @@ def test_supervisor_with_no_url_runs_the_embedded_postgres(scratch: Path) -> Non
             sup.kill()
             sup.wait()
     err = "".join(lines) + rest
-    assert "CHILD-CONNECTED visits=2 head=0002" in err
+    assert f"CHILD-CONNECTED visits=2 head={SCHEMA_HEAD}" in err
     assert not events(err, "initialising embedded PostgreSQL")
     assert events(err, "schema already at head")
     assert sup.returncode == 143, err

@@ -1,0 +1,249 @@
+"""Bulk loading: a large index job sets the HNSW index aside and builds it once at the end;
+nothing is lost to a stop, a crash or a downgrade."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import asyncpg
+import pytest
+
+from codebase_mcp import vector_index
+from codebase_mcp.db import create_pool
+from codebase_mcp.engine import JobState
+from tests.codebase.fixtures_engine import (
+    downgrade,
+    index_and_wait,
+    migrate,
+    migrate_async,
+    open_engine,
+    settings_for,
+)
+from tests.support.fake_ollama import FakeOllama
+
+pytestmark = pytest.mark.anyio
+
+# --- decisions -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("new", "stored", "min_files", "expected"),
+    [
+        (500, 0, 500, True),  # a first index of a large repository
+        (499, 0, 500, False),  # too small to be worth a build
+        (1000, 2000, 500, True),  # a second repository as large as the first
+        (1000, 2001, 500, False),  # the build would redo more than twice the job's share
+        (10_000, 0, 0, False),  # 0: never
+    ],
+)
+def test_bulk_load_worthwhile(new: int, stored: int, min_files: int, expected: bool) -> None:
+    assert vector_index.bulk_load_worthwhile(new, stored, min_files) is expected
+
+
+def test_build_memory_fits_the_graph_within_bounds() -> None:
+    mib = 1 << 20
+    assert vector_index.build_memory(0, 768) == 64 * mib
+    assert 300 * mib < vector_index.build_memory(75_000, 768) < 400 * mib
+    assert vector_index.build_memory(10_000_000, 768) == 1024 * mib
+
+
+def test_idempotent_definitions() -> None:
+    assert vector_index.idempotent("CREATE INDEX e ON public.chunks USING hnsw (x)") == (
+        "CREATE INDEX IF NOT EXISTS e ON public.chunks USING hnsw (x)"
+    )
+    assert vector_index.idempotent("CREATE UNIQUE INDEX u ON t (x)") == (
+        "CREATE UNIQUE INDEX IF NOT EXISTS u ON t (x)"
+    )
+
+
+# --- against PostgreSQL --------------------------------------------------------------
+
+
+def write_files(base: Path, name: str, count: int) -> Path:
+    repo = base / name
+    repo.mkdir()
+    for i in range(count):
+        (repo / f"{name}_{i:03}.py").write_text(
+            f"def {name}_lookup_{i}(key):\n    return key * {i}\n\n\n"
+            f"def {name}_store_{i}(key, value):\n    return (key, value, {i})\n"
+        )
+    return repo
+
+
+async def index_state(url: str) -> tuple[str | None, list[str]]:
+    """(the vector index's definition or None, the names set aside)."""
+    conn = await asyncpg.connect(url)
+    try:
+        definition = await conn.fetchval(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = $1", vector_index.VECTOR_INDEX
+        )
+        aside = [r[0] for r in await conn.fetch("SELECT name FROM deferred_indexes")]
+    finally:
+        await conn.close()
+    return definition, aside
+
+
+async def until_set_aside(url: str) -> None:
+    with anyio.fail_after(30):
+        while True:
+            if (await index_state(url))[0] is None:
+                return
+            await anyio.sleep(0.02)
+
+
+async def test_a_large_first_index_loads_without_the_vector_index_and_builds_it_once(
+    pg_url: str, fake_ollama: FakeOllama, tmp_path: Path
+) -> None:
+    await migrate_async(pg_url)
+    original, _ = await index_state(pg_url)
+    assert original is not None
+    repo = write_files(tmp_path, "big", 40)
+    fake_ollama.embed_delay = 0.05
+    settings = settings_for(
+        pg_url,
+        fake_ollama,
+        tmp_path,
+        CODEBASE_BULK_INDEX_MIN_FILES="20",
+        CODEBASE_FILE_BATCH_SIZE="4",
+    )
+    async with open_engine(settings) as engine:
+        job = await engine.start_index(str(repo))
+        await until_set_aside(pg_url)
+        assert (await index_state(pg_url))[1] == [vector_index.VECTOR_INDEX]
+        # Meanwhile searches still answer by vector (exactly, without the index).
+        response = await engine.search("big_lookup_3", mode="vector")
+        assert response.results
+        fake_ollama.embed_delay = 0
+        with anyio.fail_after(60):
+            done = await engine.wait_job(job.id)
+        assert done.state is JobState.COMPLETED, done
+        # The job ends when the index is back, as it was.
+        assert await index_state(pg_url) == (original, [])
+        response = await engine.search("store a value under big_store_7", mode="vector")
+        assert any(r.path == "big_007.py" for r in response.results)
+
+        # A small job afterwards inserts into the graph as it goes.
+        small = write_files(tmp_path, "small", 5)
+        fake_ollama.embed_delay = 0.05
+        job = await engine.start_index(str(small))
+        while (current := await engine.job_status(job.id)).state in (
+            JobState.QUEUED,
+            JobState.RUNNING,
+        ):
+            assert (await index_state(pg_url))[0] == original
+            await anyio.sleep(0.02)
+        assert current.state is JobState.COMPLETED
+
+
+async def test_a_stopped_bulk_load_leaves_the_build_to_the_next_start(
+    pg_url: str, fake_ollama: FakeOllama, tmp_path: Path
+) -> None:
+    await migrate_async(pg_url)
+    original, _ = await index_state(pg_url)
+    repo = write_files(tmp_path, "big", 40)
+    fake_ollama.embed_delay = 0.1
+    settings = settings_for(
+        pg_url,
+        fake_ollama,
+        tmp_path,
+        CODEBASE_BULK_INDEX_MIN_FILES="20",
+        CODEBASE_FILE_BATCH_SIZE="4",
+    )
+    async with open_engine(settings) as engine:
+        job = await engine.start_index(str(repo))
+        await until_set_aside(pg_url)
+    # The shutdown stopped the job at a safe point and did not start a build.
+    assert await index_state(pg_url) == (None, [vector_index.VECTOR_INDEX])
+    fake_ollama.embed_delay = 0
+    async with open_engine(settings) as engine:
+        assert (await engine.job_status(job.id)).state is JobState.INTERRUPTED
+        with anyio.fail_after(60):  # built in the background at start
+            while True:
+                if await index_state(pg_url) == (original, []):
+                    break
+                await anyio.sleep(0.05)
+        done = await index_and_wait(engine, repo)  # resumes the rest
+        assert done.state is JobState.COMPLETED, done
+    assert await index_state(pg_url) == (original, [])
+
+
+async def test_two_loaders_leave_the_build_to_the_last_one(
+    pg_url: str, fake_ollama: FakeOllama, tmp_path: Path
+) -> None:
+    """Two servers sharing the database load two repositories at once."""
+    await migrate_async(pg_url)
+    original, _ = await index_state(pg_url)
+    first, second = write_files(tmp_path, "one", 30), write_files(tmp_path, "two", 30)
+    fake_ollama.embed_delay = 0.02
+    settings = settings_for(
+        pg_url,
+        fake_ollama,
+        tmp_path,
+        CODEBASE_BULK_INDEX_MIN_FILES="20",
+        CODEBASE_FILE_BATCH_SIZE="4",
+    )
+    async with open_engine(settings) as one, open_engine(settings) as two:
+        jobs = [await one.start_index(str(first)), await two.start_index(str(second))]
+        with anyio.fail_after(60):
+            done = [await one.wait_job(jobs[0].id), await two.wait_job(jobs[1].id)]
+        assert [j.state for j in done] == [JobState.COMPLETED, JobState.COMPLETED]
+    assert await index_state(pg_url) == (original, [])
+    conn = await asyncpg.connect(pg_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM chunks WHERE embedding IS NOT NULL") == 120
+    finally:
+        await conn.close()
+
+
+async def test_a_downgrade_builds_what_is_set_aside(pg_url: str) -> None:
+    await anyio.to_thread.run_sync(migrate, pg_url)
+    original, _ = await index_state(pg_url)
+    pool = await create_pool(settings_for(pg_url, "http://127.0.0.1:9", "/tmp"))
+    try:
+        async with vector_index.bulk_load(pool, enabled=True, build_after=lambda: False):
+            pass
+    finally:
+        await pool.close()
+    assert await index_state(pg_url) == (None, [vector_index.VECTOR_INDEX])
+    await anyio.to_thread.run_sync(downgrade, pg_url, "0002")
+    conn = await asyncpg.connect(pg_url)
+    try:
+        definition = await conn.fetchval(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = $1", vector_index.VECTOR_INDEX
+        )
+    finally:
+        await conn.close()
+    assert definition == original
+
+
+async def test_a_build_is_announced_with_its_size_and_skipped_while_a_job_loads(
+    pg_url: str,
+) -> None:
+    await anyio.to_thread.run_sync(migrate, pg_url)
+    original, _ = await index_state(pg_url)
+    pool = await create_pool(settings_for(pg_url, "http://127.0.0.1:9", "/tmp"))
+    heard: list[int] = []
+
+    async def announce(vectors: int) -> None:
+        heard.append(vectors)
+
+    try:
+        async with (
+            vector_index.bulk_load(pool, enabled=True, build_after=lambda: True) as first,
+            vector_index.bulk_load(
+                pool, enabled=True, build_after=lambda: True, announce=announce
+            ) as second,
+        ):
+            assert (first, second) == (True, True)  # the second joins the first's load
+        # The inner one ended while the outer still loaded: it left the build alone; the
+        # outer one built, unannounced.
+        assert heard == []
+        assert await index_state(pg_url) == (original, [])
+        async with vector_index.bulk_load(
+            pool, enabled=True, build_after=lambda: True, announce=announce
+        ):
+            pass
+        assert heard == [0]
+    finally:
+        await pool.close()
