@@ -57,25 +57,6 @@ def outcome_after_child(child_code: int, stop_signal: int | None) -> Outcome:
     return Outcome(child_code, f"stopped by {signal.Signals(stop_signal).name}")
 
 
-class StopStep(StrEnum):
-    FORWARD = "forward"  # the stop signal to the child (or its group)
-    WAIT_GRACE = "wait-grace"  # until the child exits or the grace window ends
-    KILL_GROUP = "kill-group"  # SIGKILL the child's process group
-    KILL_DESCENDANTS = "kill-descendants"  # SIGKILL whatever else is left (setsid escapees)
-    REAP_ALL = "reap-all"  # until nothing we started is running
-
-
-def stop_sequence() -> tuple[StopStep, ...]:
-    """tini's and dumb-init's order, plus the sweep neither does: nothing may outlive us."""
-    return (
-        StopStep.FORWARD,
-        StopStep.WAIT_GRACE,
-        StopStep.KILL_GROUP,
-        StopStep.KILL_DESCENDANTS,
-        StopStep.REAP_ALL,
-    )
-
-
 def forward_target(child_pid: int, *, signal_group: bool) -> int:
     """The pid for os.kill: the child, or (negative) its whole process group."""
     return -child_pid if signal_group else child_pid

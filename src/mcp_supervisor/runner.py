@@ -376,6 +376,9 @@ class Supervisor:
         return out
 
     async def _shutdown_everything(self) -> None:
+        """tini's and dumb-init's stop order (forward, grace window, SIGKILL the group),
+        plus the sweep neither does: every descendant left, setsid escapees included, is
+        killed and reaped, so nothing we started outlives us."""
         if self.stop_signal is not None:
             self.state.phase = Phase.STOPPING
         # A main child still running (the lifecycle itself failed) is among the leftovers.

@@ -42,16 +42,6 @@ def test_signal_action_per_phase(phase: Phase, signum: int, action: SignalAction
     assert policy.on_signal(phase, signum) is action
 
 
-def test_stop_sequence_is_forward_wait_kill_group_sweep_reap() -> None:
-    assert [s.value for s in policy.stop_sequence()] == [
-        "forward",
-        "wait-grace",
-        "kill-group",
-        "kill-descendants",
-        "reap-all",
-    ]
-
-
 def test_forward_target() -> None:
     assert policy.forward_target(42, signal_group=False) == 42
     assert policy.forward_target(42, signal_group=True) == -42
