@@ -309,9 +309,15 @@ class IndexRun:
         discovered: list[SourceFile] = await anyio.to_thread.run_sync(
             lambda: list(discover_files(self.root, max_file_bytes=self.max_file_bytes, stats=stats))
         )
-        hashes: list[str | None] = []
-        for i in range(0, len(discovered), 512):
-            hashes += await anyio.to_thread.run_sync(hash_batch, discovered[i : i + 512])
+        # Only stored files need a hash to decide: a new file is indexed anyway (its
+        # chunking process hashes it as it reads it), and `force` indexes everything.
+        to_hash = [] if force else [s for s in discovered if s.rel_path in stored]
+        digests: dict[str, str | None] = {}
+        for i in range(0, len(to_hash), 512):
+            batch = to_hash[i : i + 512]
+            found = await anyio.to_thread.run_sync(hash_batch, batch)
+            digests.update(zip((s.rel_path for s in batch), found, strict=True))
+        hashes = [digests.get(s.rel_path) for s in discovered]
         plan = plan_changes(
             discovered, hashes, stored, force=force, embedding=self.embedder is not None
         )

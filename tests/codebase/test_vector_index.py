@@ -112,6 +112,11 @@ async def test_a_large_first_index_loads_without_the_vector_index_and_builds_it_
         await until_set_aside(pg_url)
         assert (await index_state(pg_url))[1] == [vector_index.VECTOR_INDEX]
         # Meanwhile searches still answer by vector (exactly, without the index).
+        with anyio.fail_after(30):
+            while True:
+                if (await engine.job_status(job.id)).files_done > 0:
+                    break
+                await anyio.sleep(0.02)
         response = await engine.search("big_lookup_3", mode="vector")
         assert response.results
         fake_ollama.embed_delay = 0
