@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 import anyio
 import structlog
 
-from codebase_mcp.errors import ConfigError, EngineError, SchemaError
+from codebase_mcp.errors import ConfigError, DatabaseConnectError, EngineError, SchemaError
 from codebase_mcp.lifecycle import ServeError
 from codebase_mcp.logs import LEVELS, configure_logging
 
@@ -84,16 +84,11 @@ def _exit_code(exc: BaseException, seen: set[int]) -> int:
         return CONFIG
     if isinstance(exc, UsageError | PathNotAllowedError):
         return USAGE
-    if isinstance(exc, SchemaError | OSError | TimeoutError):
-        return UNAVAILABLE
     sqlstate = getattr(exc, "sqlstate", None)
     if isinstance(sqlstate, str):
         return exit_code_for_sqlstate(sqlstate)
-    # The engine words connection failures as a plain EngineError raised `from None`:
-    # the original error is still its __context__, and decides the code.
-    origin = exc.__cause__ or exc.__context__
-    if type(exc) is EngineError and origin is not None:
-        return _exit_code(origin, seen)
+    if isinstance(exc, DatabaseConnectError | SchemaError | OSError | TimeoutError):
+        return UNAVAILABLE
     return FAILURE
 
 

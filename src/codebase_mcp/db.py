@@ -20,7 +20,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from codebase_mcp.config import Settings
-from codebase_mcp.errors import EngineError, SchemaError
+from codebase_mcp.errors import DatabaseConnectError, SchemaError
 from codebase_mcp.models import FileError, JobInfo, JobState, RepositoryInfo
 
 # A pooled or a plain connection: queries take either.
@@ -92,9 +92,10 @@ async def create_pool(settings: Settings) -> Pool:
             timeout=10,
         )
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        raise EngineError(
+        raise DatabaseConnectError(
             f"cannot connect to PostgreSQL at {settings.database_url_masked}: "
-            f"{type(exc).__name__}: {_scrub(str(exc), settings)}"
+            f"{type(exc).__name__}: {_scrub(str(exc), settings)}",
+            getattr(exc, "sqlstate", None),
         ) from None
     assert pool is not None
     return pool

@@ -31,6 +31,15 @@ class ModelMissingError(EmbedderError):
     """The configured embedding model is not present on the embedding server."""
 
 
+class DatabaseConnectError(EngineError):
+    """PostgreSQL could not be reached, or refused the connection. `sqlstate` is the
+    server's error code when it answered (e.g. 28P01: wrong password), else None."""
+
+    def __init__(self, message: str, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
 class SchemaError(EngineError):
     """The database schema is missing or not at head (run migrations)."""
 

@@ -13,7 +13,7 @@ import pytest
 
 from codebase_mcp import cli
 from codebase_mcp.discover import PathNotAllowedError
-from codebase_mcp.errors import ConfigError, EngineError, SchemaError
+from codebase_mcp.errors import ConfigError, DatabaseConnectError, EngineError, SchemaError
 from codebase_mcp.models import FileError, JobInfo, JobState, SearchResponse, SearchResult
 from tests.support.fake_ollama import FakeOllama
 from tests.support.pg import PASSWORD, free_port
@@ -41,13 +41,10 @@ def test_exit_codes_for_errors() -> None:
     assert cli.exit_code_for(ConnectionRefusedError()) == cli.UNAVAILABLE
     assert cli.exit_code_for(PathNotAllowedError("/etc", [Path("/work")])) == cli.USAGE
     assert cli.exit_code_for(EngineError("boom")) == cli.FAILURE
-    try:
-        try:
-            raise ConnectionRefusedError(111, "refused")
-        except OSError:
-            raise EngineError("cannot connect to PostgreSQL") from None
-    except EngineError as wrapped:
-        assert cli.exit_code_for(wrapped) == cli.UNAVAILABLE
+    # Connection failures: unreachable is 69; a server that refused our password, 78.
+    assert cli.exit_code_for(DatabaseConnectError("cannot connect")) == cli.UNAVAILABLE
+    assert cli.exit_code_for(DatabaseConnectError("cannot connect", "28P01")) == cli.CONFIG
+    assert cli.exit_code_for(DatabaseConnectError("cannot connect", "57P03")) == cli.UNAVAILABLE
     assert cli.exit_code_for(RuntimeError("boom")) == cli.FAILURE
     assert cli.exit_code_for(ExceptionGroup("g", [ConfigError("x")])) == cli.CONFIG
     assert cli.exit_code_for_sqlstate("28P01") == cli.CONFIG  # wrong password
