@@ -82,7 +82,10 @@ async def test_upgrade_to_head_and_down_to_base(pg_url: str) -> None:
     assert state["dims"] == 768
     indexes = state["indexes"]
     assert isinstance(indexes, dict)
-    assert "USING hnsw (embedding vector_cosine_ops)" in indexes["chunks_embedding"]
+    assert (
+        "USING hnsw (((embedding)::halfvec(768)) halfvec_cosine_ops)"
+        in (indexes["chunks_embedding"])
+    )
     assert "USING gin (tsv)" in indexes["chunks_tsv"]
 
     await anyio.to_thread.run_sync(downgrade, pg_url)
@@ -129,6 +132,7 @@ async def test_five_replicas_migrating_at_once_run_it_once(pg_url: str, tmp_path
     assert logs.count("Running upgrade  -> 0001") == 1, logs
     assert logs.count("Running upgrade 0001 -> 0002") == 1, logs
     assert logs.count("Running upgrade 0002 -> 0003") == 1, logs
+    assert logs.count("Running upgrade 0003 -> 0004") == 1, logs
     state = await schema(pg_url)
     assert state["versions"] == [db.SCHEMA_HEAD]
     assert state["tables"] == TABLES

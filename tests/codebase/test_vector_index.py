@@ -12,6 +12,7 @@ import pytest
 from codebase_mcp import vector_index
 from codebase_mcp.db import create_pool
 from codebase_mcp.engine import JobState
+from codebase_mcp.search import Filters, vector_sql
 from tests.codebase.fixtures_engine import (
     downgrade,
     index_and_wait,
@@ -219,7 +220,11 @@ async def test_a_downgrade_builds_what_is_set_aside(pg_url: str) -> None:
         )
     finally:
         await conn.close()
-    assert definition == original
+    # Revision 0002's own index (full precision), built on the way down.
+    assert original is not None
+    assert definition == original.replace(
+        "((embedding)::halfvec(768)) halfvec_cosine_ops", "embedding vector_cosine_ops"
+    )
 
 
 async def test_a_build_is_announced_with_its_size_and_skipped_while_a_job_loads(
@@ -252,3 +257,28 @@ async def test_a_build_is_announced_with_its_size_and_skipped_while_a_job_loads(
         assert heard == [0]
     finally:
         await pool.close()
+
+
+async def test_vector_search_walks_the_hnsw_index(pg_url: str) -> None:
+    """The query must order by the very expression the index is built on; otherwise
+    PostgreSQL silently computes every distance (a sequential scan)."""
+    await anyio.to_thread.run_sync(migrate, pg_url)
+    sql, params = vector_sql(768, Filters())
+    pool = await create_pool(settings_for(pg_url, "http://127.0.0.1:9", "/tmp"))
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("SET LOCAL enable_seqscan = off")
+            rows = await conn.fetch("EXPLAIN " + sql, [0.5] * 768, 10, *params)
+    finally:
+        await pool.close()
+    plan = "\n".join(r[0] for r in rows)
+    assert f"Index Scan using {vector_index.VECTOR_INDEX}" in plan, plan
+
+
+async def test_the_half_precision_index_migrates_both_ways(pg_url: str) -> None:
+    await anyio.to_thread.run_sync(migrate, pg_url)
+    assert "halfvec_cosine_ops" in ((await index_state(pg_url))[0] or "")
+    await anyio.to_thread.run_sync(downgrade, pg_url, "0003")
+    assert "vector_cosine_ops" in ((await index_state(pg_url))[0] or "")
+    await anyio.to_thread.run_sync(migrate, pg_url)
+    assert "halfvec_cosine_ops" in ((await index_state(pg_url))[0] or "")
