@@ -282,3 +282,27 @@ async def test_the_half_precision_index_migrates_both_ways(pg_url: str) -> None:
     assert "vector_cosine_ops" in ((await index_state(pg_url))[0] or "")
     await anyio.to_thread.run_sync(migrate, pg_url)
     assert "halfvec_cosine_ops" in ((await index_state(pg_url))[0] or "")
+
+
+async def test_an_upgrade_during_a_bulk_load_leaves_the_new_index_to_the_server(
+    pg_url: str,
+) -> None:
+    """Revision 0004 meets an index set aside: it swaps the definition, builds nothing
+    (the path a large database takes too), and the server's build makes the new one."""
+    await anyio.to_thread.run_sync(lambda: migrate(pg_url, "0003"))
+    pool = await create_pool(settings_for(pg_url, "http://127.0.0.1:9", "/tmp"))
+    try:
+        async with vector_index.bulk_load(pool, enabled=True, build_after=lambda: False):
+            pass
+    finally:
+        await pool.close()
+    await anyio.to_thread.run_sync(migrate, pg_url)
+    assert await index_state(pg_url) == (None, [vector_index.VECTOR_INDEX])
+    pool = await create_pool(settings_for(pg_url, "http://127.0.0.1:9", "/tmp"))
+    try:
+        assert await vector_index.build_deferred(pool)
+    finally:
+        await pool.close()
+    definition, aside = await index_state(pg_url)
+    assert aside == []
+    assert "halfvec_cosine_ops" in (definition or "")
