@@ -322,7 +322,8 @@ async def main_async(args: argparse.Namespace) -> None:
     inserts_rate = inserts.files_total / inserts_s
     print(
         f"first index, end to end (HNSW built once): {first_s:6.1f} s = {first_rate:7,.0f} "
-        f"files/s (upstream -> x{first_rate / UPSTREAM_FILES_PER_S:,.1f}); "
+        f"files/s (>= {GOALS['first']:.0f}: {verdict(first_rate >= GOALS['first'])}; "
+        f"upstream -> x{first_rate / UPSTREAM_FILES_PER_S:,.1f}); "
         f"{first.chunks_done / first_s:,.0f} chunks/s; x{inserts_s / first_s:.2f} faster than"
     )
     print(

@@ -1,11 +1,11 @@
 """Bulk loading: the HNSW index is set aside while a large index job loads, and built once
 afterwards.
 
-An insert into an HNSW graph costs a search of the graph: on 2 cores, 75,000 chunks of
-768 dimensions take ~57 s of inserts but ~15 s to build from scratch with enough
-maintenance_work_mem (pgvector: "load your initial data, then create the index"). So a
-job whose new files outnumber what the database holds drops the index first, and builds
-it again when the last such job ends.
+An insert into an HNSW graph costs a search of the graph: on 2 cores, the 75,000 chunks
+(768 dimensions) of Python's standard library take ~45 s of inserts but ~13 s to build
+from scratch with enough maintenance_work_mem (pgvector: "load your initial data, then
+create the index"). So a large job that brings at least half as many files as the
+database holds drops the index first, and builds it again when the last such job ends.
 
 Crash safety: the drop commits together with a row in `deferred_indexes` that holds the
 index's definition, and the build commits together with that row's removal. Whatever is
@@ -54,7 +54,9 @@ def bulk_load_worthwhile(new_files: int, stored_files: int, min_files: int) -> b
 def build_memory(vectors: int, dimensions: int) -> int:
     """maintenance_work_mem (bytes) for building the graph of `vectors`: a graph that fits
     builds several times faster than one that spills. Between 64 MiB and 1 GiB."""
-    per_vector = dimensions * 4 + 512  # the vector and its neighbour lists, with slack
+    # A full-precision vector and its neighbour lists, with slack (a half-precision
+    # index needs less: an over-estimate only costs memory the build may not touch).
+    per_vector = dimensions * 4 + 512
     return max(64 * _MIB, min(1024 * _MIB, vectors * per_vector * 5 // 4))
 
 
