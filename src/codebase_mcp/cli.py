@@ -146,7 +146,8 @@ def render_bar(done: int, total: int, width: int = 30) -> str:
 
 
 def format_progress(p: Progress) -> str:
-    return f"files {render_bar(p.files_done, p.files_total)}  chunks {p.chunks_done}"
+    line = f"files {render_bar(p.files_done, p.files_total)}  chunks {p.chunks_done}"
+    return f"{line}  {p.message}" if p.message else line
 
 
 def format_summary(job: JobInfo, elapsed: float) -> str:
@@ -340,18 +341,20 @@ class ProgressPrinter:
         self.enabled = enabled
         self.tty = stream.isatty()
         self._last = 0.0
+        self._message = ""
         self._shown = False
 
     async def __call__(self, p: Progress) -> None:
         if not self.enabled:
             return
         now = time.monotonic()
-        if now - self._last < (0.1 if self.tty else 5.0):
+        # A new message (e.g. the vector index build after the last file) always shows.
+        if p.message == self._message and now - self._last < (0.1 if self.tty else 5.0):
             return
-        self._last = now
+        self._last, self._message = now, p.message
         line = format_progress(p)
         if self.tty:
-            self.stream.write("\r" + line)
+            self.stream.write("\r\x1b[K" + line)
             self._shown = True
         else:
             self.stream.write(line + "\n")

@@ -79,7 +79,7 @@ class RunningJob:
         self.info = replace(self.info, **changes)
         async with self.pool.acquire() as conn:
             await db.save_job(conn, self.info)
-        await self._notify()
+        await self._notify(self.info.message or "")
 
     async def _notify(self, message: str = "") -> None:
         i = self.info

@@ -117,10 +117,12 @@ def repository_to_dict(repo: RepositoryInfo) -> dict[str, Any]:
 
 
 def progress_message(job: JobInfo) -> str:
-    return (
+    line = (
         f"{job.state}: {job.files_done}/{job.files_total} files, "
         f"{job.chunks_done}/{job.chunks_total} chunks"
     )
+    # While running, the message says what the job does (e.g. building the vector index).
+    return f"{line}; {job.message}" if job.message and not job.state.finished else line
 
 
 def user_error(exc: BaseException) -> ToolError | None:
@@ -170,7 +172,7 @@ async def follow_job(engine: Engine, job: JobInfo, ctx: Context, woken: Wakeup) 
     last: tuple[int, int, int, str] | None = None
     while True:
         job = await engine.job_status(job.id)
-        snapshot = (job.files_done, job.files_total, job.chunks_done, str(job.state))
+        snapshot = (job.files_done, job.files_total, job.chunks_done, progress_message(job))
         if snapshot != last:
             last = snapshot
             total = float(job.files_total) if job.files_total else None

@@ -14,7 +14,14 @@ import pytest
 from codebase_mcp import cli
 from codebase_mcp.discover import PathNotAllowedError
 from codebase_mcp.errors import ConfigError, DatabaseConnectError, EngineError, SchemaError
-from codebase_mcp.models import FileError, JobInfo, JobState, SearchResponse, SearchResult
+from codebase_mcp.models import (
+    FileError,
+    JobInfo,
+    JobState,
+    Progress,
+    SearchResponse,
+    SearchResult,
+)
 from tests.support.fake_ollama import FakeOllama
 from tests.support.pg import PASSWORD, free_port
 
@@ -248,3 +255,18 @@ def test_index_then_search(pg_url: str, fake_ollama: FakeOllama, tmp_path: Path)
     assert proc.returncode == 2
     assert "not under an allowed root" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.anyio
+async def test_the_progress_line_shows_what_the_job_does_at_once() -> None:
+    """After the last file, the vector index build must not look like a hang at 100 %."""
+    import io
+
+    out = io.StringIO()
+    printer = cli.ProgressPrinter(out, enabled=True)
+    await printer(Progress("j", 10, 10, 40, 40))
+    await printer(Progress("j", 10, 10, 40, 40))  # within the rate limit: dropped
+    await printer(Progress("j", 10, 10, 40, 40, "building the vector index (40 vectors)"))
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2, lines
+    assert lines[1].endswith("chunks 40  building the vector index (40 vectors)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,8 @@ import pytest
 from fastmcp import Client, FastMCP
 
 from codebase_mcp.config import load_settings
-from codebase_mcp.server import AppState, build_server
+from codebase_mcp.models import JobInfo, JobState
+from codebase_mcp.server import AppState, build_server, progress_message
 from tests.support.fake_ollama import FakeOllama
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -222,3 +224,21 @@ async def test_bad_input_gets_clear_errors(
 
     assert "query must not be empty" in await error_of(client, "search_code", query="   ")
     assert "limit" in await error_of(client, "search_code", query="x", limit=0)
+
+
+def test_progress_messages_say_what_a_running_job_does() -> None:
+    running = JobInfo(
+        id="j",
+        repository="/r",
+        state=JobState.RUNNING,
+        files_total=10,
+        files_done=10,
+        chunks_total=40,
+        chunks_done=40,
+        message="building the vector index (40 vectors)",
+    )
+    assert progress_message(running) == (
+        "running: 10/10 files, 40/40 chunks; building the vector index (40 vectors)"
+    )
+    failed = replace(running, state=JobState.FAILED, message="boom")
+    assert progress_message(failed) == "failed: 10/10 files, 40/40 chunks"
