@@ -2,7 +2,7 @@
 afterwards.
 
 An insert into an HNSW graph costs a search of the graph: on 2 cores, the 75,000 chunks
-(768 dimensions) of Python's standard library take ~45 s of inserts but ~13 s to build
+(768 dimensions) of Python's standard library take ~45 s of inserts but ~13-16 s to build
 from scratch with enough maintenance_work_mem (pgvector: "load your initial data, then
 create the index"). So a large job that brings at least half as many files as the
 database holds drops the index first, and builds it again when the last such job ends.
