@@ -166,7 +166,25 @@ async def _build(conn: db.Conn, announce: Announce | None) -> bool:
         await conn.execute(f"SET LOCAL maintenance_work_mem = '{memory // 1024}kB'")
         for row in rows:
             log.info("building the vector index", index=row["name"], vectors=vectors)
-            await conn.execute(idempotent(row["definition"]))
+            await _create(conn, idempotent(row["definition"]))
             await conn.execute("DELETE FROM deferred_indexes WHERE name = $1", row["name"])
     log.info("vector index built", vectors=vectors)
     return True
+
+
+async def _create(conn: db.Conn, statement: str) -> None:
+    """A parallel build keeps the graph in dynamic shared memory (/dev/shm), which a
+    container caps at 64 MiB unless told otherwise: PostgreSQL then fails with "could not
+    resize shared memory segment ... No space left on device" (SQLSTATE 53100). Build in
+    one process instead, in its own memory: slower, but the index gets built."""
+    try:
+        async with conn.transaction():  # a savepoint: the retry runs in a clean state
+            await conn.execute(statement)
+    except asyncpg.DiskFullError as exc:
+        log.warning(
+            "parallel vector index build failed for lack of shared memory; building in one "
+            "process (give PostgreSQL a larger /dev/shm, e.g. compose shm_size: 1g)",
+            error=str(exc),
+        )
+        await conn.execute("SET LOCAL max_parallel_maintenance_workers = 0")
+        await conn.execute(statement)

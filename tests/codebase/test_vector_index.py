@@ -3,6 +3,8 @@ nothing is lost to a stop, a crash or a downgrade."""
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -22,6 +24,7 @@ from tests.codebase.fixtures_engine import (
     settings_for,
 )
 from tests.support.fake_ollama import FakeOllama
+from tests.support.pg import running_cluster
 
 pytestmark = pytest.mark.anyio
 
@@ -306,3 +309,55 @@ async def test_an_upgrade_during_a_bulk_load_leaves_the_new_index_to_the_server(
     definition, aside = await index_state(pg_url)
     assert aside == []
     assert "halfvec_cosine_ops" in (definition or "")
+
+
+@pytest.fixture
+def small_shm_url() -> Iterator[str]:
+    """A PostgreSQL whose /dev/shm is 16 MiB, as in a container left at its defaults
+    (64 MiB) with a build that needs more."""
+    # Under /tmp itself: PostgreSQL runs as nobody, who cannot enter pytest's tmp dirs.
+    base = Path(tempfile.mkdtemp(prefix="cbmcp-shm-", dir="/tmp"))
+    with running_cluster(base, shm_size="16m") as cluster:
+        yield cluster.create_database("shm")
+
+
+async def test_a_build_without_enough_shared_memory_falls_back_to_one_process(
+    small_shm_url: str,
+) -> None:
+    url = small_shm_url
+    await anyio.to_thread.run_sync(migrate, url)
+    conn = await asyncpg.connect(url)
+    try:
+        # Parallel workers even for this small table (a large one gets them anyway).
+        await conn.execute("ALTER DATABASE shm SET min_parallel_table_scan_size = 0")
+        await conn.execute(
+            """
+            INSERT INTO repositories (path) VALUES ('/r');
+            INSERT INTO files (repository_id, path, content_hash, size) VALUES (1, 'a.py', 'h', 1);
+            INSERT INTO chunks (file_id, repository_id, path, ordinal, start_line, end_line,
+                                text, tsv, embedding)
+            SELECT 1, 1, 'a.py', g, 1, 1, 'x', ''::tsvector,
+                   (SELECT array_agg(random())::vector(768) FROM generate_series(1, 768)
+                    WHERE g > 0)  -- correlated: a new vector per row
+            FROM generate_series(1, 2000) g
+            """
+        )
+    finally:
+        await conn.close()
+    original, _ = await index_state(url)
+    pool = await create_pool(settings_for(url, "http://127.0.0.1:9", "/tmp"))
+    try:
+        async with pool.acquire() as probe:
+            # The parallel build fails here as it does in such a container ...
+            with pytest.raises(asyncpg.DiskFullError):
+                await probe.execute(
+                    "SET maintenance_work_mem = '64MB'; "
+                    "CREATE INDEX probe ON chunks USING hnsw "
+                    "((embedding::halfvec(768)) halfvec_cosine_ops)"
+                )
+        # ... and the bulk load's build still makes the index.
+        async with vector_index.bulk_load(pool, enabled=True, build_after=lambda: True):
+            pass
+    finally:
+        await pool.close()
+    assert await index_state(url) == (original, [])

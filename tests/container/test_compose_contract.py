@@ -70,6 +70,21 @@ def test_duration_parser() -> None:
         seconds("12 seconds")
 
 
+def size_bytes(value: str | int) -> int:
+    """A compose byte size (`1gb`, `512m`, 1073741824) in bytes."""
+    match = re.fullmatch(r"(\d+)\s*([kmg]?)b?", str(value).strip().lower())
+    assert match, f"not a size: {value!r}"
+    return int(match[1]) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[match[2]]
+
+
+@pytest.mark.parametrize("name", COMPOSE_FILES)
+def test_postgres_has_shared_memory_for_a_parallel_index_build(name: str) -> None:
+    """Docker's 64 MiB /dev/shm fails a parallel HNSW build ("could not resize shared
+    memory segment"); the server falls back to a slow serial build, so give it room."""
+    pg = load(name)["services"]["postgres"]
+    assert size_bytes(pg.get("shm_size", "64m")) >= 1 << 30
+
+
 @pytest.mark.parametrize("name", ["docker-compose.yml", "docker-compose.prod.yml"])
 def test_stack_dependencies_are_healthchecked(name: str) -> None:
     services = load(name)["services"]

@@ -66,6 +66,10 @@ class PostgresCluster:
     port: int = field(default_factory=free_port)
     user: str = "postgres"
     password: str = PASSWORD
+    # A /dev/shm of this size for the server alone (e.g. "16m", Docker's default is 64
+    # MiB): a mount namespace with its own tmpfs. Needs root, as tests and CI have.
+    shm_size: str | None = None
+    settings: tuple[str, ...] = ()  # extra "name=value" server settings
     proc: subprocess.Popen[bytes] | None = None
 
     def init(self) -> None:
@@ -98,30 +102,52 @@ class PostgresCluster:
 
     def start(self, *, wait: bool = True) -> None:
         assert self.proc is None, "already started"
+        argv = [
+            str(self.bin_dir / "postgres"),
+            "-D",
+            str(self.datadir),
+            "-p",
+            str(self.port),
+            "-h",
+            "127.0.0.1",
+            "-k",
+            "",  # no unix socket: tests speak TCP, as users do
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+            "-c",
+            "max_connections=100",
+            *(arg for setting in self.settings for arg in ("-c", setting)),
+        ]
+        demote = _demote_kwargs()
+        if self.shm_size is not None:
+            # unshare execs (no fork): the process we wait on is postgres itself.
+            nobody = pwd.getpwnam("nobody")
+            argv = [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                'mount -t tmpfs -o size="$0" tmpfs /dev/shm && exec "$@"',
+                self.shm_size,
+                "setpriv",
+                f"--reuid={nobody.pw_uid}",
+                f"--regid={nobody.pw_gid}",
+                "--clear-groups",
+                *argv,
+            ]
+            demote = {}
         self.proc = subprocess.Popen(
-            [
-                str(self.bin_dir / "postgres"),
-                "-D",
-                str(self.datadir),
-                "-p",
-                str(self.port),
-                "-h",
-                "127.0.0.1",
-                "-k",
-                "",  # no unix socket: tests speak TCP, as users do
-                "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-                "-c",
-                "full_page_writes=off",
-                "-c",
-                "max_connections=100",
-            ],
+            argv,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
-            **_demote_kwargs(),  # type: ignore[arg-type]
+            **demote,  # type: ignore[arg-type]
         )
         if wait:
             self.wait_ready()
@@ -184,13 +210,24 @@ class PostgresCluster:
 
 
 @contextlib.contextmanager
-def running_cluster(base: Path, bin_dir: Path | None = None) -> Iterator[PostgresCluster]:
+def running_cluster(
+    base: Path,
+    bin_dir: Path | None = None,
+    *,
+    shm_size: str | None = None,
+    settings: tuple[str, ...] = (),
+) -> Iterator[PostgresCluster]:
     """A started cluster under `base`, removed afterwards."""
     base.mkdir(parents=True, exist_ok=True)
     if os.geteuid() == 0:
         # nobody must be able to reach the data directory through its parents.
         base.chmod(0o755)
-    cluster = PostgresCluster(datadir=base / "data", bin_dir=bin_dir or bundled_bin_dir())
+    cluster = PostgresCluster(
+        datadir=base / "data",
+        bin_dir=bin_dir or bundled_bin_dir(),
+        shm_size=shm_size,
+        settings=settings,
+    )
     cluster.init()
     cluster.start()
     try:
