@@ -4,7 +4,8 @@ nothing is lost to a stop, a crash or a downgrade."""
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -12,7 +13,8 @@ import asyncpg
 import pytest
 
 from codebase_mcp import vector_index
-from codebase_mcp.db import create_pool
+from codebase_mcp.config import Settings
+from codebase_mcp.db import Pool, create_pool
 from codebase_mcp.engine import JobState
 from codebase_mcp.search import Filters, vector_sql
 from tests.codebase.fixtures_engine import (
@@ -75,6 +77,27 @@ def write_files(base: Path, name: str, count: int) -> Path:
     return repo
 
 
+def bulk_settings(pg_url: str, fake_ollama: FakeOllama, roots: Path) -> Settings:
+    """A bulk load from 20 files on, 4 files per batch: small repositories exercise it."""
+    return settings_for(
+        pg_url,
+        fake_ollama,
+        roots,
+        CODEBASE_BULK_INDEX_MIN_FILES="20",
+        CODEBASE_FILE_BATCH_SIZE="4",
+    )
+
+
+@asynccontextmanager
+async def database_pool(url: str) -> AsyncIterator[Pool]:
+    """The engine's kind of pool (vector codec included), without an engine."""
+    pool = await create_pool(settings_for(url, "http://127.0.0.1:9", "/tmp"))
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
 async def index_state(url: str) -> tuple[str | None, list[str]]:
     """(the vector index's definition or None, the names set aside)."""
     conn = await asyncpg.connect(url)
@@ -104,13 +127,7 @@ async def test_a_large_first_index_loads_without_the_vector_index_and_builds_it_
     assert original is not None
     repo = write_files(tmp_path, "big", 40)
     fake_ollama.embed_delay = 0.05
-    settings = settings_for(
-        pg_url,
-        fake_ollama,
-        tmp_path,
-        CODEBASE_BULK_INDEX_MIN_FILES="20",
-        CODEBASE_FILE_BATCH_SIZE="4",
-    )
+    settings = bulk_settings(pg_url, fake_ollama, tmp_path)
     async with open_engine(settings) as engine:
         job = await engine.start_index(str(repo))
         await until_set_aside(pg_url)
@@ -152,13 +169,7 @@ async def test_a_stopped_bulk_load_leaves_the_build_to_the_next_start(
     original, _ = await index_state(pg_url)
     repo = write_files(tmp_path, "big", 40)
     fake_ollama.embed_delay = 0.1
-    settings = settings_for(
-        pg_url,
-        fake_ollama,
-        tmp_path,
-        CODEBASE_BULK_INDEX_MIN_FILES="20",
-        CODEBASE_FILE_BATCH_SIZE="4",
-    )
+    settings = bulk_settings(pg_url, fake_ollama, tmp_path)
     async with open_engine(settings) as engine:
         job = await engine.start_index(str(repo))
         await until_set_aside(pg_url)
@@ -185,13 +196,7 @@ async def test_two_loaders_leave_the_build_to_the_last_one(
     original, _ = await index_state(pg_url)
     first, second = write_files(tmp_path, "one", 30), write_files(tmp_path, "two", 30)
     fake_ollama.embed_delay = 0.02
-    settings = settings_for(
-        pg_url,
-        fake_ollama,
-        tmp_path,
-        CODEBASE_BULK_INDEX_MIN_FILES="20",
-        CODEBASE_FILE_BATCH_SIZE="4",
-    )
+    settings = bulk_settings(pg_url, fake_ollama, tmp_path)
     async with open_engine(settings) as one, open_engine(settings) as two:
         jobs = [await one.start_index(str(first)), await two.start_index(str(second))]
         with anyio.fail_after(60):
@@ -208,12 +213,11 @@ async def test_two_loaders_leave_the_build_to_the_last_one(
 async def test_a_downgrade_builds_what_is_set_aside(pg_url: str) -> None:
     await anyio.to_thread.run_sync(migrate, pg_url)
     original, _ = await index_state(pg_url)
-    pool = await create_pool(settings_for(pg_url, "http://127.0.0.1:9", "/tmp"))
-    try:
-        async with vector_index.bulk_load(pool, enabled=True, build_after=lambda: False):
-            pass
-    finally:
-        await pool.close()
+    async with (
+        database_pool(pg_url) as pool,
+        vector_index.bulk_load(pool, enabled=True, build_after=lambda: False),
+    ):
+        pass
     assert await index_state(pg_url) == (None, [vector_index.VECTOR_INDEX])
     await anyio.to_thread.run_sync(downgrade, pg_url, "0002")
     conn = await asyncpg.connect(pg_url)
@@ -235,13 +239,12 @@ async def test_a_build_is_announced_with_its_size_and_skipped_while_a_job_loads(
 ) -> None:
     await anyio.to_thread.run_sync(migrate, pg_url)
     original, _ = await index_state(pg_url)
-    pool = await create_pool(settings_for(pg_url, "http://127.0.0.1:9", "/tmp"))
     heard: list[int] = []
 
     async def announce(vectors: int) -> None:
         heard.append(vectors)
 
-    try:
+    async with database_pool(pg_url) as pool:
         async with (
             vector_index.bulk_load(pool, enabled=True, build_after=lambda: True) as first,
             vector_index.bulk_load(
@@ -258,8 +261,6 @@ async def test_a_build_is_announced_with_its_size_and_skipped_while_a_job_loads(
         ):
             pass
         assert heard == [0]
-    finally:
-        await pool.close()
 
 
 async def test_vector_search_walks_the_hnsw_index(pg_url: str) -> None:
@@ -267,13 +268,9 @@ async def test_vector_search_walks_the_hnsw_index(pg_url: str) -> None:
     PostgreSQL silently computes every distance (a sequential scan)."""
     await anyio.to_thread.run_sync(migrate, pg_url)
     sql, params = vector_sql(768, Filters())
-    pool = await create_pool(settings_for(pg_url, "http://127.0.0.1:9", "/tmp"))
-    try:
-        async with pool.acquire() as conn, conn.transaction():
-            await conn.execute("SET LOCAL enable_seqscan = off")
-            rows = await conn.fetch("EXPLAIN " + sql, [0.5] * 768, 10, *params)
-    finally:
-        await pool.close()
+    async with database_pool(pg_url) as pool, pool.acquire() as conn, conn.transaction():
+        await conn.execute("SET LOCAL enable_seqscan = off")
+        rows = await conn.fetch("EXPLAIN " + sql, [0.5] * 768, 10, *params)
     plan = "\n".join(r[0] for r in rows)
     assert f"Index Scan using {vector_index.VECTOR_INDEX}" in plan, plan
 
@@ -293,19 +290,15 @@ async def test_an_upgrade_during_a_bulk_load_leaves_the_new_index_to_the_server(
     """Revision 0004 meets an index set aside: it swaps the definition, builds nothing
     (the path a large database takes too), and the server's build makes the new one."""
     await anyio.to_thread.run_sync(lambda: migrate(pg_url, "0003"))
-    pool = await create_pool(settings_for(pg_url, "http://127.0.0.1:9", "/tmp"))
-    try:
-        async with vector_index.bulk_load(pool, enabled=True, build_after=lambda: False):
-            pass
-    finally:
-        await pool.close()
+    async with (
+        database_pool(pg_url) as pool,
+        vector_index.bulk_load(pool, enabled=True, build_after=lambda: False),
+    ):
+        pass
     await anyio.to_thread.run_sync(migrate, pg_url)
     assert await index_state(pg_url) == (None, [vector_index.VECTOR_INDEX])
-    pool = await create_pool(settings_for(pg_url, "http://127.0.0.1:9", "/tmp"))
-    try:
+    async with database_pool(pg_url) as pool:
         assert await vector_index.build_deferred(pool)
-    finally:
-        await pool.close()
     definition, aside = await index_state(pg_url)
     assert aside == []
     assert "halfvec_cosine_ops" in (definition or "")
@@ -345,8 +338,7 @@ async def test_a_build_without_enough_shared_memory_falls_back_to_one_process(
     finally:
         await conn.close()
     original, _ = await index_state(url)
-    pool = await create_pool(settings_for(url, "http://127.0.0.1:9", "/tmp"))
-    try:
+    async with database_pool(url) as pool:
         async with pool.acquire() as probe:
             # The parallel build fails here as it does in such a container ...
             with pytest.raises(asyncpg.DiskFullError):
@@ -358,6 +350,4 @@ async def test_a_build_without_enough_shared_memory_falls_back_to_one_process(
         # ... and the bulk load's build still makes the index.
         async with vector_index.bulk_load(pool, enabled=True, build_after=lambda: True):
             pass
-    finally:
-        await pool.close()
     assert await index_state(url) == (original, [])
