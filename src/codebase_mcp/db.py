@@ -120,16 +120,23 @@ async def check_schema(conn: Conn, dimensions: int) -> None:
             f"the database schema is not at head ({found}, expected {SCHEMA_HEAD}); run "
             "`mcp-supervisor migrate` or `alembic upgrade head` first"
         )
-    typmod = await conn.fetchval(
-        "SELECT atttypmod FROM pg_attribute "
-        "WHERE attrelid = 'chunks'::regclass AND attname = 'embedding'"
-    )
+    typmod = await embedding_dimensions(conn)
     if typmod != dimensions:
         raise SchemaError(
             f"the database stores {typmod}-dimensional embeddings but EMBEDDING_DIMENSIONS is "
             f"{dimensions}; set EMBEDDING_DIMENSIONS={typmod} (and a model of that size) or "
             "migrate a fresh database"
         )
+
+
+async def embedding_dimensions(conn: Conn) -> int | None:
+    """N of the chunks.embedding vector(N) column as the migrations made it (None: no
+    such column)."""
+    value = await conn.fetchval(
+        "SELECT atttypmod FROM pg_attribute "
+        "WHERE attrelid = 'chunks'::regclass AND attname = 'embedding'"
+    )
+    return None if value is None else int(value)
 
 
 # --- repositories ---------------------------------------------------------------------

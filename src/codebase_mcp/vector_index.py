@@ -156,10 +156,7 @@ async def _build(conn: db.Conn, announce: Announce | None) -> bool:
         if not rows:
             return False
         vectors = await conn.fetchval("SELECT count(*) FROM chunks WHERE embedding IS NOT NULL")
-        dimensions = await conn.fetchval(
-            "SELECT atttypmod FROM pg_attribute "
-            "WHERE attrelid = 'chunks'::regclass AND attname = 'embedding'"
-        )
+        dimensions = await db.embedding_dimensions(conn) or 0
         if announce is not None:
             await announce(vectors)
         memory = build_memory(vectors, dimensions)
