@@ -10,15 +10,17 @@ from typing import Any
 
 import structlog
 
-from codebase_mcp.config import mask_url
+from mcp_supervisor.redact import redact_url
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
 
 def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    # Any URL in any value, also inside an error message: the supervisor's redaction (a
+    # stdlib-only module, shared so both processes mask the same way).
     for key, value in event.items():
         if isinstance(value, str) and "://" in value and "@" in value:
-            event[key] = mask_url(value)
+            event[key] = redact_url(value)
     return event
 
 
