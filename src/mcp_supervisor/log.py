@@ -11,7 +11,7 @@ from mcp_supervisor.redact import redact_url
 from mcp_supervisor.spec import RunSpec
 from mcp_supervisor.state import SupervisorState
 
-_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 _state: SupervisorState | None = None
 _phase_override: str | None = None
 
@@ -50,7 +50,7 @@ def configure_logging(
     _state = state
     _phase_override = phase
     fmt = log_format or (spec.log_format if spec else "auto")
-    level = _LEVELS.get((log_level or (spec.log_level if spec else "info")).lower(), 20)
+    level = LEVELS.get((log_level or (spec.log_level if spec else "info")).lower(), 20)
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"
     renderer: Any
@@ -72,12 +72,16 @@ def configure_logging(
         cache_logger_on_first_use=False,
     )
     if stdlib:
-        # Libraries that log through stdlib logging (alembic, asyncpg, httpx) go to stderr
-        # too; not in PID 1, which uses none of them.
+        # Libraries that log through stdlib logging (alembic, asyncpg, httpx, uvicorn,
+        # fastmcp) go to stderr too; not in PID 1, which uses none of them. `force`: a
+        # library may have put its own handler on the root logger first.
         import logging
 
         logging.basicConfig(
-            stream=sys.stderr, level=max(level, logging.WARNING), format="%(name)s: %(message)s"
+            stream=sys.stderr,
+            level=max(level, logging.WARNING),
+            format="%(levelname)s %(name)s: %(message)s",
+            force=True,
         )
 
 
