@@ -137,3 +137,21 @@ async def index_and_wait(engine: Engine, path: Path | str, *, force: bool = Fals
     job = await engine.start_index(str(path), force=force)
     with anyio.fail_after(60):
         return await engine.wait_job(job.id)
+
+
+def child_pids() -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.Process().children()}
+
+
+def chunking_processes(besides: set[int] | None = None) -> list[Any]:
+    """This process's chunking workers (multiprocessing spawn children), leaving out the
+    pids in `besides` (e.g. an earlier engine's, still exiting)."""
+    import psutil
+
+    return [
+        p
+        for p in psutil.Process().children()
+        if p.pid not in (besides or set()) and "spawn_main" in " ".join(p.cmdline())
+    ]

@@ -7,26 +7,17 @@ import os
 import signal
 import time
 
-import psutil
-
 from codebase_mcp.index import make_executor
-
-
-def _spawned_workers(besides: set[int]) -> list[psutil.Process]:
-    return [
-        p
-        for p in psutil.Process().children()
-        if p.pid not in besides and "spawn_main" in " ".join(p.cmdline())
-    ]
+from tests.codebase.fixtures_engine import child_pids, chunking_processes
 
 
 def test_a_chunking_process_survives_a_group_sigterm_while_it_is_still_starting() -> None:
-    earlier = {p.pid for p in psutil.Process().children()}
+    earlier = child_pids()
     executor = make_executor(2)
     try:
         futures = [executor.submit(time.sleep, 0.5) for _ in range(2)]
         # Both interpreters are still importing: nothing of ours has run in them yet.
-        workers = _spawned_workers(earlier)
+        workers = chunking_processes(besides=earlier)
         assert len(workers) == 2
         for worker in workers:
             os.kill(worker.pid, signal.SIGTERM)

@@ -12,7 +12,14 @@ import asyncpg
 import pytest
 
 from codebase_mcp.engine import Engine, JobInfo, JobState
-from tests.codebase.fixtures_engine import index_and_wait, migrate_async, open_engine, settings_for
+from tests.codebase.fixtures_engine import (
+    child_pids,
+    chunking_processes,
+    index_and_wait,
+    migrate_async,
+    open_engine,
+    settings_for,
+)
 from tests.support.fake_ollama import FakeOllama
 
 pytestmark = pytest.mark.anyio
@@ -199,23 +206,17 @@ async def test_chunking_processes_ignore_a_group_sigterm(
     import os
     import signal
 
-    import psutil
-
     await migrate_async(pg_url)
     repo = write_many(tmp_path)
     fake_ollama.embed_delay = 0.1
     settings = settings_for(
         pg_url, fake_ollama, tmp_path, CODEBASE_FILE_BATCH_SIZE="4", CODEBASE_INDEX_WORKERS="2"
     )
-    earlier = {p.pid for p in psutil.Process().children()}
+    earlier = child_pids()
     async with open_engine(settings) as engine:
         job = await engine.start_index(str(repo))
         await wait_for_progress(engine, job.id)
-        workers = [
-            p
-            for p in psutil.Process().children()
-            if p.pid not in earlier and "spawn_main" in " ".join(p.cmdline())
-        ]
+        workers = chunking_processes(besides=earlier)
         assert len(workers) == 2
         for worker in workers:
             os.kill(worker.pid, signal.SIGTERM)
@@ -229,7 +230,6 @@ async def test_chunking_processes_ignore_a_group_sigterm(
 async def test_a_dead_chunking_process_fails_the_job_and_the_next_one_gets_a_new_pool(
     pg_url: str, fake_ollama: FakeOllama, tmp_path: Path
 ) -> None:
-    import psutil
 
     await migrate_async(pg_url)
     repo = write_many(tmp_path)
@@ -237,12 +237,12 @@ async def test_a_dead_chunking_process_fails_the_job_and_the_next_one_gets_a_new
     settings = settings_for(
         pg_url, fake_ollama, tmp_path, CODEBASE_FILE_BATCH_SIZE="4", CODEBASE_INDEX_WORKERS="2"
     )
+    earlier = child_pids()
     async with open_engine(settings) as engine:
         job = await engine.start_index(str(repo))
         await wait_for_progress(engine, job.id)
-        for p in psutil.Process().children():
-            if "spawn_main" in " ".join(p.cmdline()):
-                p.kill()
+        for p in chunking_processes(besides=earlier):
+            p.kill()
         with anyio.fail_after(60):
             failed = await engine.wait_job(job.id)
         assert failed.state is JobState.FAILED
