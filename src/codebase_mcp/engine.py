@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 import structlog
 
-from codebase_mcp import db, vector_index
+from codebase_mcp import db, tokens, vector_index
 from codebase_mcp.config import Settings
 from codebase_mcp.discover import resolve_under_roots
 from codebase_mcp.embed import Embedder, create_embedder
@@ -140,6 +140,11 @@ class Engine:
         self._warming = self._start_workers()
         # A bulk load cut short (a stop, a crash) left the vector index set aside.
         self._maintenance = asyncio.get_running_loop().create_task(self._build_deferred())
+        if not tokens.COMPILED:
+            log.warning(
+                "codebase_mcp._tsvector is missing (installed without a C compiler): "
+                "indexing builds its full-text vectors in Python, which is slower"
+            )
         log.info(
             "engine ready",
             database=self.settings.database_url_masked,

@@ -4,7 +4,7 @@ embedding client against the local Ollama-API server."""
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import asyncpg
@@ -32,6 +32,7 @@ from codebase_mcp.tokens import (
     query_groups,
     tsquery_for,
     tsvector_binary,
+    tsvector_binary_python,
 )
 from tests.support.fake_ollama import FakeOllama, hashed_bag_of_words
 
@@ -72,7 +73,12 @@ def test_stop_words_are_dropped_unless_nothing_else_is_left() -> None:
 
 
 @pytest.mark.anyio
-async def test_binary_tsvectors_read_back_as_postgresql_would_write_them(pg_url: str) -> None:
+@pytest.mark.parametrize(
+    "tsvector_binary", [tsvector_binary, tsvector_binary_python], ids=["compiled", "python"]
+)
+async def test_binary_tsvectors_read_back_as_postgresql_would_write_them(
+    pg_url: str, tsvector_binary: Callable[[Sequence[tuple[str, int]]], bytes]
+) -> None:
     conn = await asyncpg.connect(pg_url)
     try:
         await conn.set_type_codec(

@@ -1,0 +1,3 @@
+from collections.abc import Sequence
+
+def tsvector_binary(sections: Sequence[tuple[str, int]], /) -> bytes: ...

@@ -1,0 +1,115 @@
+"""The compiled tsvector builder (codebase_mcp._tsvector) against its reference,
+tokens.tsvector_binary_python: the same bytes for real code, for generated text aimed at
+the edges (capital runs, digits, underscores, 64-character identifiers, non-ASCII and
+lone surrogates), and at PostgreSQL's limits. What the bytes mean to PostgreSQL is
+checked in test_engine_units (both builders)."""
+
+from __future__ import annotations
+
+import random
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from codebase_mcp import tokens
+from codebase_mcp.chunk import ChunkOptions, chunk_source
+from codebase_mcp.tokens import WEIGHT_A, WEIGHT_B, WEIGHT_D, tsvector_binary_python
+
+try:
+    from codebase_mcp._tsvector import tsvector_binary as compiled
+except ImportError:  # pragma: no cover - the suite's install always has a C compiler
+    compiled = None
+
+Sections = list[tuple[str, int]]
+
+
+def test_the_compiled_builder_is_installed_and_used() -> None:
+    # No silent fallback here: the suite's install (scripts/test) builds the extension.
+    assert compiled is not None, "codebase_mcp._tsvector is missing: pip install -e . with gcc"
+    assert tokens.COMPILED
+    assert tokens.tsvector_binary is compiled
+
+
+def assert_same_bytes(cases: list[Sections]) -> None:
+    assert compiled is not None
+    for sections in cases:
+        assert compiled(sections) == tsvector_binary_python(sections), sections
+
+
+def stdlib_chunks(every: int) -> list[Sections]:
+    """Every `every`-th Python file of the standard library, chunked as the indexer does."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in root.glob("*.py"))[::every]
+    cases: list[Sections] = []
+    for path in files:
+        text = path.read_text(encoding="utf-8", errors="replace")
+        rel = str(path.relative_to(root))
+        for chunk in chunk_source(text, "python", ChunkOptions()):
+            cases.append([(chunk.symbol or "", WEIGHT_A), (rel, WEIGHT_B), (chunk.text, WEIGHT_D)])
+    return cases
+
+
+def test_same_bytes_on_real_code() -> None:
+    cases = stdlib_chunks(every=4)
+    assert len(cases) > 1000
+    assert_same_bytes(cases)
+
+
+# Characters chosen for the identifier rules: capital and lower-case letters (so runs like
+# HTTPServer and aB occur often), digits, the underscore, separators, non-ASCII letters
+# (never part of an identifier), and a lone surrogate (a file name that is not UTF-8).
+ALPHABET = "ABZabz09_ _-.\n\u00e9\u00c9\u4e2d\U0001f600\udc80"
+
+
+def random_text(rng: random.Random) -> str:
+    pieces = []
+    for _ in range(rng.randrange(0, 40)):
+        if rng.random() < 0.1:
+            # identifiers around the 64-character limit
+            pieces.append(rng.choice("aB_1") * rng.choice([63, 64, 65, 200]))
+        else:
+            pieces.append("".join(rng.choice(ALPHABET) for _ in range(rng.randrange(1, 12))))
+    return "".join(pieces)
+
+
+def test_same_bytes_on_generated_text() -> None:
+    rng = random.Random(20261121)
+    cases = [
+        [(random_text(rng), rng.randrange(4)) for _ in range(rng.randrange(0, 4))]
+        for _ in range(5000)
+    ]
+    assert_same_bytes(cases)
+
+
+def test_same_bytes_at_postgresqls_limits() -> None:
+    many = " ".join(f"w{i}" for i in range(20_000))  # positions end at 16383
+    repeated = " ".join(["self"] * 300)  # 256 positions per word at most
+    assert_same_bytes(
+        [
+            [("", WEIGHT_A)],
+            [],
+            [(repeated, WEIGHT_D)],
+            [("parse_date", WEIGHT_A), (many, WEIGHT_D), ("late", WEIGHT_D)],
+            [(many, WEIGHT_A), (repeated, WEIGHT_B)],
+            [(repeated + " " + many, WEIGHT_D), ("later", WEIGHT_A)],
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("sections", "error"),
+    [
+        (None, TypeError),
+        ([("text",)], TypeError),
+        ([["text", 0]], TypeError),
+        ([(b"text", 0)], TypeError),
+        ([("text", "A")], TypeError),
+        ([("text", 4)], ValueError),
+        ([("text", -1)], ValueError),
+    ],
+)
+def test_bad_sections_are_refused(sections: object, error: type[Exception]) -> None:
+    assert compiled is not None
+    with pytest.raises(error):
+        compiled(sections)  # type: ignore[arg-type]
