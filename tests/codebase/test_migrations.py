@@ -98,44 +98,6 @@ async def test_upgrade_to_head_and_down_to_base(pg_url: str) -> None:
     assert (await schema(pg_url))["versions"] == [db.SCHEMA_HEAD]
 
 
-async def embedding_storage(url: str) -> tuple[bytes, list[str] | None]:
-    conn = await asyncpg.connect(url)
-    try:
-        row = await conn.fetchrow(
-            "SELECT a.attstorage, c.reloptions FROM pg_attribute a "
-            "JOIN pg_class c ON c.oid = a.attrelid "
-            "WHERE a.attrelid = 'chunks'::regclass AND a.attname = 'embedding'"
-        )
-        assert row is not None
-        return row["attstorage"], row["reloptions"]
-    finally:
-        await conn.close()
-
-
-@pytest.mark.anyio
-async def test_embeddings_are_stored_inline_from_revision_0005(pg_url: str) -> None:
-    await anyio.to_thread.run_sync(migrate, pg_url)
-    assert await embedding_storage(pg_url) == (b"m", ["toast_tuple_target=8160"])
-    conn = await asyncpg.connect(pg_url)
-    try:
-        # A chunk with a 768-float vector stays in the table's own row: nothing in TOAST.
-        await conn.execute(
-            "INSERT INTO repositories (path) VALUES ('/r');"
-            "INSERT INTO files (repository_id, path, content_hash, size) VALUES (1, 'a', 'h', 1);"
-            "INSERT INTO chunks (file_id, repository_id, path, ordinal, start_line, end_line,"
-            " text, tsv, embedding) SELECT 1, 1, 'a', 0, 1, 1, repeat('x = 1 ', 100), ''::tsvector,"
-            " array_fill(0.5, ARRAY[768])::vector"
-        )
-        toast = await conn.fetchval(
-            "SELECT pg_relation_size(reltoastrelid) FROM pg_class WHERE relname = 'chunks'"
-        )
-        assert toast == 0
-    finally:
-        await conn.close()
-    await anyio.to_thread.run_sync(lambda: downgrade(pg_url, "0004"))
-    assert await embedding_storage(pg_url) == (b"e", None)
-
-
 @pytest.mark.anyio
 async def test_embedding_size_comes_from_the_environment_at_migration_time(
     pg_url: str, monkeypatch: pytest.MonkeyPatch
@@ -171,7 +133,6 @@ async def test_five_replicas_migrating_at_once_run_it_once(pg_url: str, tmp_path
     assert logs.count("Running upgrade 0001 -> 0002") == 1, logs
     assert logs.count("Running upgrade 0002 -> 0003") == 1, logs
     assert logs.count("Running upgrade 0003 -> 0004") == 1, logs
-    assert logs.count("Running upgrade 0004 -> 0005") == 1, logs
     state = await schema(pg_url)
     assert state["versions"] == [db.SCHEMA_HEAD]
     assert state["tables"] == TABLES
