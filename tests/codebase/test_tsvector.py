@@ -2,7 +2,7 @@
 tokens.tsvector_binary_python: the same bytes for real code, for generated text aimed at
 the edges (capital runs, digits, underscores, 64-character identifiers, non-ASCII and
 lone surrogates), and at PostgreSQL's limits. What the bytes mean to PostgreSQL is
-checked in test_engine_units (both builders)."""
+checked in test_engine_units (both builders). A server without it logs why."""
 
 from __future__ import annotations
 
@@ -14,7 +14,10 @@ import pytest
 
 from codebase_mcp import tokens
 from codebase_mcp.chunk import ChunkOptions, chunk_source
+from codebase_mcp.logs import configure_logging
 from codebase_mcp.tokens import WEIGHT_A, WEIGHT_B, WEIGHT_D, tsvector_binary_python
+from tests.codebase.fixtures_engine import migrate_async, open_engine, settings_for
+from tests.support.fake_ollama import FakeOllama
 
 try:
     from codebase_mcp._tsvector import tsvector_binary as compiled
@@ -113,3 +116,24 @@ def test_bad_sections_are_refused(sections: object, error: type[Exception]) -> N
     assert compiled is not None
     with pytest.raises(error):
         compiled(sections)  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+async def test_a_server_without_the_compiled_builder_says_so(
+    pg_url: str,
+    fake_ollama: FakeOllama,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    await migrate_async(pg_url)
+    configure_logging("info", "console")
+    async with open_engine(settings_for(pg_url, fake_ollama, tmp_path)):
+        pass
+    assert "_tsvector is missing" not in capsys.readouterr().err
+    monkeypatch.setattr(tokens, "COMPILED", False)
+    async with open_engine(settings_for(pg_url, fake_ollama, tmp_path)):
+        pass
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "codebase_mcp._tsvector is missing (installed without a C compiler)" in err
