@@ -40,7 +40,7 @@ from tests.support.pg import running_cluster  # noqa: E402
 
 from codebase_mcp import db  # noqa: E402
 from codebase_mcp.config import load_settings  # noqa: E402
-from codebase_mcp.engine import Engine, JobState  # noqa: E402
+from codebase_mcp.engine import Engine, JobState, Progress  # noqa: E402
 from codebase_mcp.search import Filters, run_search  # noqa: E402
 
 DIMS = 768
@@ -109,13 +109,21 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def timed_index(engine: Engine, path: Path) -> tuple[float, Any]:
+async def timed_index(engine: Engine, path: Path) -> tuple[float, Any, float]:
+    """(seconds, the finished job, seconds of them spent building the HNSW graph at the
+    end: from the job's "building the vector index" progress message on; 0 if none)."""
     started = time.perf_counter()
-    job = await engine.start_index(str(path))
+    build_started: list[float] = []
+
+    async def progress(update: Progress) -> None:
+        if not build_started and update.message.startswith("building the vector index"):
+            build_started.append(time.perf_counter())
+
+    job = await engine.start_index(str(path), progress=progress)
     job = await engine.wait_job(job.id)
-    elapsed = time.perf_counter() - started
+    ended = time.perf_counter()
     assert job.state is JobState.COMPLETED, job
-    return elapsed, job
+    return ended - started, job, (ended - build_started[0]) if build_started else 0.0
 
 
 async def scale_up(pool: db.Pool, target: int, embedder: InstantEmbedder) -> tuple[int, float]:
@@ -264,8 +272,8 @@ async def main_async(args: argparse.Namespace) -> None:
             try:
                 async with engine.pool.acquire() as conn:
                     await conn.execute("DROP INDEX chunks_embedding")
-                pipe_s, pipe = await timed_index(engine, corpus)
-                again_s, again = await timed_index(engine, corpus)
+                pipe_s, pipe, _ = await timed_index(engine, corpus)
+                again_s, again, _ = await timed_index(engine, corpus)
             finally:
                 await engine.close()
 
@@ -274,7 +282,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 cluster, "inserts", base, args, embedder, CODEBASE_BULK_INDEX_MIN_FILES="0"
             )
             try:
-                inserts_s, inserts = await timed_index(engine, corpus)
+                inserts_s, inserts, _ = await timed_index(engine, corpus)
             finally:
                 await engine.close()
 
@@ -282,7 +290,7 @@ async def main_async(args: argparse.Namespace) -> None:
             #    index and builds it once; then the scale-up and the searches.
             engine = await open_bench_engine(cluster, "bench", base, args, embedder)
             try:
-                first_s, first = await timed_index(engine, corpus)
+                first_s, first, build_s = await timed_index(engine, corpus)
                 pool = engine.pool
                 async with pool.acquire() as conn:
                     symbols = [
@@ -327,9 +335,11 @@ async def main_async(args: argparse.Namespace) -> None:
     inserts_rate = inserts.files_total / inserts_s
     print(
         f"first index, end to end (HNSW built once): {first_s:6.1f} s = {first_rate:7,.0f} "
-        f"files/s (>= {GOALS['first']:.0f}: {verdict(first_rate >= GOALS['first'])}; "
+        f"files/s = load {first_s - build_s:.1f} s + HNSW graph build {build_s:.1f} s "
+        f"({GOALS['first']:.0f} files/s would allow {first.files_total / GOALS['first']:.1f} s "
+        f"for both; the goal is the pipeline's, above; "
         f"upstream -> x{first_rate / UPSTREAM_FILES_PER_S:,.1f}); "
-        f"{first.chunks_done / first_s:,.0f} chunks/s; x{inserts_s / first_s:.2f} faster than"
+        f"x{inserts_s / first_s:.2f} faster than"
     )
     print(
         f"first index, end to end (HNSW inserts)   : {inserts_s:6.1f} s = {inserts_rate:7,.0f} "
