@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 
 from codebase_mcp.config import Settings, load_settings
-from codebase_mcp.engine import Engine, JobInfo
+from codebase_mcp.engine import Engine, JobInfo, JobState
 from tests.support.fake_ollama import FakeOllama
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,6 +131,30 @@ async def open_engine(settings: Settings, **kwargs: Any) -> AsyncIterator[Engine
         yield engine
     finally:
         await engine.close()
+
+
+def write_modules(base: Path, name: str, count: int) -> Path:
+    """`count` Python modules of two functions each (two chunks), named after `name`:
+    {name}_lookup_{i} and {name}_store_{i} in {name}_{i:03}.py."""
+    repo = base / name
+    repo.mkdir()
+    for i in range(count):
+        (repo / f"{name}_{i:03}.py").write_text(
+            f"def {name}_lookup_{i}(key):\n    return key * {i}\n\n\n"
+            f"def {name}_store_{i}(key, value):\n    return (key, value, {i})\n"
+        )
+    return repo
+
+
+async def wait_for_progress(engine: Engine, job_id: str) -> JobInfo:
+    """Until at least one batch is written (and the job still runs)."""
+    with anyio.fail_after(30):
+        while True:
+            job = await engine.job_status(job_id)
+            assert job.state in (JobState.QUEUED, JobState.RUNNING), job
+            if job.files_done > 0:
+                return job
+            await anyio.sleep(0.02)
 
 
 async def index_and_wait(engine: Engine, path: Path | str, *, force: bool = False) -> JobInfo:

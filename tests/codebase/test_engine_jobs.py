@@ -3,9 +3,14 @@ resumed, orphaned jobs of a dead process marked interrupted at start."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import asyncpg
@@ -19,34 +24,14 @@ from tests.codebase.fixtures_engine import (
     migrate_async,
     open_engine,
     settings_for,
+    wait_for_progress,
+    write_modules,
 )
 from tests.support.fake_ollama import FakeOllama
 
 pytestmark = pytest.mark.anyio
 
 FILES = 60
-
-
-def write_many(base: Path) -> Path:
-    repo = base / "many"
-    repo.mkdir()
-    for i in range(FILES):
-        (repo / f"mod_{i:03}.py").write_text(
-            f"def function_{i}_alpha(x):\n    return x + {i}\n\n\n"
-            f"def function_{i}_beta(y):\n    return y * {i}\n"
-        )
-    return repo
-
-
-async def wait_for_progress(engine: Engine, job_id: str) -> JobInfo:
-    """Until at least one batch is written (and the job still runs)."""
-    with anyio.fail_after(30):
-        while True:
-            job = await engine.job_status(job_id)
-            assert job.state in (JobState.QUEUED, JobState.RUNNING), job
-            if job.files_done > 0:
-                return job
-            await anyio.sleep(0.02)
 
 
 async def consistency(pg_url: str) -> tuple[int, int, int]:
@@ -68,7 +53,7 @@ async def test_cancel_stops_between_batches_and_a_new_index_finishes_the_rest(
     pg_url: str, fake_ollama: FakeOllama, tmp_path: Path
 ) -> None:
     await migrate_async(pg_url)
-    repo = write_many(tmp_path)
+    repo = write_modules(tmp_path, "many", FILES)
     fake_ollama.embed_delay = 0.15
     settings = settings_for(pg_url, fake_ollama, tmp_path, CODEBASE_FILE_BATCH_SIZE="4")
     async with open_engine(settings) as engine:
@@ -100,7 +85,7 @@ async def test_shutdown_marks_the_job_interrupted_and_the_next_index_resumes_it(
     pg_url: str, fake_ollama: FakeOllama, tmp_path: Path
 ) -> None:
     await migrate_async(pg_url)
-    repo = write_many(tmp_path)
+    repo = write_modules(tmp_path, "many", FILES)
     fake_ollama.embed_delay = 0.15
     settings = settings_for(pg_url, fake_ollama, tmp_path, CODEBASE_FILE_BATCH_SIZE="4")
     engine = await Engine.create(settings)
@@ -131,7 +116,7 @@ async def test_shutdown_past_its_grace_rolls_the_open_batch_back(
     pg_url: str, fake_ollama: FakeOllama, tmp_path: Path
 ) -> None:
     await migrate_async(pg_url)
-    repo = write_many(tmp_path)
+    repo = write_modules(tmp_path, "many", FILES)
     settings = settings_for(pg_url, fake_ollama, tmp_path, CODEBASE_FILE_BATCH_SIZE="4")
     async with open_engine(settings) as engine:
         job = await engine.start_index(str(repo))
@@ -184,7 +169,7 @@ async def test_two_replicas_indexing_one_repository_take_turns(
     pg_url: str, fake_ollama: FakeOllama, tmp_path: Path
 ) -> None:
     await migrate_async(pg_url)
-    repo = write_many(tmp_path)
+    repo = write_modules(tmp_path, "many", FILES)
     settings = settings_for(pg_url, fake_ollama, tmp_path, CODEBASE_FILE_BATCH_SIZE="8")
     async with open_engine(settings) as one, open_engine(settings) as two:
         first = await one.start_index(str(repo))
@@ -199,15 +184,14 @@ async def test_two_replicas_indexing_one_repository_take_turns(
     assert (await consistency(pg_url)) == (FILES, 2 * FILES, 0)
 
 
-async def test_chunking_processes_ignore_a_group_sigterm(
+@asynccontextmanager
+async def indexing_with_two_chunkers(
     pg_url: str, fake_ollama: FakeOllama, tmp_path: Path
-) -> None:
-    """A supervisor may signal the whole process group: stopping is the engine's call."""
-    import os
-    import signal
-
+) -> AsyncIterator[tuple[Engine, Path, JobInfo, list[Any]]]:
+    """An engine with two chunking processes, part-way through indexing FILES modules
+    (the embedder slowed down): (engine, repository, job, the chunking processes)."""
     await migrate_async(pg_url)
-    repo = write_many(tmp_path)
+    repo = write_modules(tmp_path, "many", FILES)
     fake_ollama.embed_delay = 0.1
     settings = settings_for(
         pg_url, fake_ollama, tmp_path, CODEBASE_FILE_BATCH_SIZE="4", CODEBASE_INDEX_WORKERS="2"
@@ -216,7 +200,19 @@ async def test_chunking_processes_ignore_a_group_sigterm(
     async with open_engine(settings) as engine:
         job = await engine.start_index(str(repo))
         await wait_for_progress(engine, job.id)
-        workers = chunking_processes(besides=earlier)
+        yield engine, repo, job, chunking_processes(besides=earlier)
+
+
+async def test_chunking_processes_ignore_a_group_sigterm(
+    pg_url: str, fake_ollama: FakeOllama, tmp_path: Path
+) -> None:
+    """A supervisor may signal the whole process group: stopping is the engine's call."""
+    async with indexing_with_two_chunkers(pg_url, fake_ollama, tmp_path) as (
+        engine,
+        _,
+        job,
+        workers,
+    ):
         assert len(workers) == 2
         for worker in workers:
             os.kill(worker.pid, signal.SIGTERM)
@@ -230,18 +226,13 @@ async def test_chunking_processes_ignore_a_group_sigterm(
 async def test_a_dead_chunking_process_fails_the_job_and_the_next_one_gets_a_new_pool(
     pg_url: str, fake_ollama: FakeOllama, tmp_path: Path
 ) -> None:
-
-    await migrate_async(pg_url)
-    repo = write_many(tmp_path)
-    fake_ollama.embed_delay = 0.1
-    settings = settings_for(
-        pg_url, fake_ollama, tmp_path, CODEBASE_FILE_BATCH_SIZE="4", CODEBASE_INDEX_WORKERS="2"
-    )
-    earlier = child_pids()
-    async with open_engine(settings) as engine:
-        job = await engine.start_index(str(repo))
-        await wait_for_progress(engine, job.id)
-        for p in chunking_processes(besides=earlier):
+    async with indexing_with_two_chunkers(pg_url, fake_ollama, tmp_path) as (
+        engine,
+        repo,
+        job,
+        workers,
+    ):
+        for p in workers:
             p.kill()
         with anyio.fail_after(60):
             failed = await engine.wait_job(job.id)

@@ -24,6 +24,8 @@ from tests.codebase.fixtures_engine import (
     migrate_async,
     open_engine,
     settings_for,
+    wait_for_progress,
+    write_modules,
 )
 from tests.support.fake_ollama import FakeOllama
 from tests.support.pg import running_cluster
@@ -64,17 +66,6 @@ def test_idempotent_definitions() -> None:
 
 
 # --- against PostgreSQL --------------------------------------------------------------
-
-
-def write_files(base: Path, name: str, count: int) -> Path:
-    repo = base / name
-    repo.mkdir()
-    for i in range(count):
-        (repo / f"{name}_{i:03}.py").write_text(
-            f"def {name}_lookup_{i}(key):\n    return key * {i}\n\n\n"
-            f"def {name}_store_{i}(key, value):\n    return (key, value, {i})\n"
-        )
-    return repo
 
 
 def bulk_settings(pg_url: str, fake_ollama: FakeOllama, roots: Path) -> Settings:
@@ -125,7 +116,7 @@ async def test_a_large_first_index_loads_without_the_vector_index_and_builds_it_
     await migrate_async(pg_url)
     original, _ = await index_state(pg_url)
     assert original is not None
-    repo = write_files(tmp_path, "big", 40)
+    repo = write_modules(tmp_path, "big", 40)
     fake_ollama.embed_delay = 0.05
     settings = bulk_settings(pg_url, fake_ollama, tmp_path)
     async with open_engine(settings) as engine:
@@ -133,11 +124,7 @@ async def test_a_large_first_index_loads_without_the_vector_index_and_builds_it_
         await until_set_aside(pg_url)
         assert (await index_state(pg_url))[1] == [vector_index.VECTOR_INDEX]
         # Meanwhile searches still answer by vector (exactly, without the index).
-        with anyio.fail_after(30):
-            while True:
-                if (await engine.job_status(job.id)).files_done > 0:
-                    break
-                await anyio.sleep(0.02)
+        await wait_for_progress(engine, job.id)
         response = await engine.search("big_lookup_3", mode="vector")
         assert response.results
         fake_ollama.embed_delay = 0
@@ -150,7 +137,7 @@ async def test_a_large_first_index_loads_without_the_vector_index_and_builds_it_
         assert any(r.path == "big_007.py" for r in response.results)
 
         # A small job afterwards inserts into the graph as it goes.
-        small = write_files(tmp_path, "small", 5)
+        small = write_modules(tmp_path, "small", 5)
         fake_ollama.embed_delay = 0.05
         job = await engine.start_index(str(small))
         while (current := await engine.job_status(job.id)).state in (
@@ -167,7 +154,7 @@ async def test_a_stopped_bulk_load_leaves_the_build_to_the_next_start(
 ) -> None:
     await migrate_async(pg_url)
     original, _ = await index_state(pg_url)
-    repo = write_files(tmp_path, "big", 40)
+    repo = write_modules(tmp_path, "big", 40)
     fake_ollama.embed_delay = 0.1
     settings = bulk_settings(pg_url, fake_ollama, tmp_path)
     async with open_engine(settings) as engine:
@@ -194,7 +181,7 @@ async def test_two_loaders_leave_the_build_to_the_last_one(
     """Two servers sharing the database load two repositories at once."""
     await migrate_async(pg_url)
     original, _ = await index_state(pg_url)
-    first, second = write_files(tmp_path, "one", 30), write_files(tmp_path, "two", 30)
+    first, second = write_modules(tmp_path, "one", 30), write_modules(tmp_path, "two", 30)
     fake_ollama.embed_delay = 0.02
     settings = bulk_settings(pg_url, fake_ollama, tmp_path)
     async with open_engine(settings) as one, open_engine(settings) as two:
