@@ -41,7 +41,8 @@ from tests.support.pg import running_cluster  # noqa: E402
 from codebase_mcp import db  # noqa: E402
 from codebase_mcp.config import load_settings  # noqa: E402
 from codebase_mcp.engine import Engine, JobState, Progress  # noqa: E402
-from codebase_mcp.search import Filters, run_search  # noqa: E402
+from codebase_mcp.filters import Filters  # noqa: E402
+from codebase_mcp.search import run_search  # noqa: E402
 
 DIMS = 768
 UPSTREAM_FILES_PER_S = 10_649 / (24 * 60)  # ~7.4 files/s
@@ -139,7 +140,8 @@ async def scale_up(pool: db.Pool, target: int, embedder: InstantEmbedder) -> tup
         if need <= 0:
             return have, 0.0
         source = await conn.fetch(
-            "SELECT c.text, c.tsv, c.path, c.kind, c.symbol, c.language FROM chunks c ORDER BY c.id"
+            "SELECT c.text, c.tsv, c.term_freqs, c.body_length, c.path, c.kind, c.symbol, "
+            "c.language FROM chunks c ORDER BY c.id"
         )
         index_def = await conn.fetchval(
             "SELECT indexdef FROM pg_indexes WHERE indexname = 'chunks_embedding'"
@@ -168,6 +170,8 @@ async def scale_up(pool: db.Pool, target: int, embedder: InstantEmbedder) -> tup
                             s["language"],
                             s["text"],
                             s["tsv"],
+                            s["term_freqs"],
+                            s["body_length"],
                             vec,
                         )
                     )

@@ -1,11 +1,12 @@
-/* The tsvector of a chunk in PostgreSQL's binary wire format: a compiled twin of
- * codebase_mcp.tokens.tsvector_binary_python, which it must match byte for byte (a test
- * compares them on the standard library and on generated text).
+/* A chunk's search vectors, a compiled twin of codebase_mcp.tokens.chunk_vectors_python,
+ * which it must match byte for byte (a test compares them on the standard library and on
+ * generated text): its tsvector in PostgreSQL's binary wire format, its term-frequency
+ * sparsevec in pgvector's, and the length of its body in words.
  *
- * Building this tsvector was the largest cost of indexing left in Python: ~4.5 of the
- * ~12 core-seconds the chunking processes spend on Python's standard library, one dict
- * look-up and one list append per word. Here it is one scan that hashes each word into
- * its lexeme, a sort of the distinct lexemes, and a copy: ~6x faster.
+ * Building these was the largest cost of indexing left in Python: one dict look-up and one
+ * list append per word. Here it is one scan that hashes each word into its lexeme, a sort
+ * of the distinct lexemes, and a copy: ~6x faster. ASCII text only: a section with any
+ * other character returns None, and the caller takes the Python path (Unicode word rules).
  *
  * What it computes (see tokens.py for why):
  *   - identifiers are runs of [A-Za-z0-9_]; every other character separates them;
@@ -15,10 +16,15 @@
  *     parts, else the one part;
  *   - words are numbered 1, 2, ... across the sections in order, none past 16383; a
  *     position carries its section's weight in its top two bits;
- *   - lexemes in byte order, each with its first 256 positions in ascending order.
+ *   - tsvector: lexemes in byte order, each with its first 256 positions in ascending order;
+ *   - sparsevec: per (lexeme, weight) the number of its positions (all of them), at
+ *     dimension FNV-1a(lexeme bytes, then a NUL and the weight byte unless the weight is 0)
+ *     modulo 10^9; at most 16,000 entries (the most frequent).
  *
- * Binary format (tsvectorrecv): int32 lexeme count, then per lexeme its bytes, a NUL,
- * uint16 position count and that many uint16 positions, all big-endian.
+ * Binary formats: tsvectorrecv reads an int32 lexeme count, then per lexeme its bytes, a
+ * NUL, uint16 position count and that many uint16 positions; sparsevec_recv an int32
+ * dimension count, int32 entry count, int32 0, the int32 indices, then the float4 values;
+ * all big-endian.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -29,6 +35,8 @@
 #define MAX_POSITION 16383
 #define MAX_POSITIONS_PER_WORD 256
 #define MAX_IDENTIFIER 64
+#define SPARSE_DIMENSIONS 1000000000u
+#define SPARSE_MAX_NNZ 16000
 
 typedef struct {
     uint32_t offset; /* of its bytes in the arena */
@@ -311,7 +319,100 @@ done:
     return result;
 }
 
-static PyObject *tsvector_binary(PyObject *module, PyObject *sections) {
+typedef struct {
+    uint32_t dim;
+    uint32_t count;
+} Term;
+
+static int compare_terms_by_dim(const void *left, const void *right) {
+    const Term *a = left, *b = right;
+    return (a->dim > b->dim) - (a->dim < b->dim);
+}
+
+static int compare_terms_by_count(const void *left, const void *right) {
+    const Term *a = left, *b = right;
+    if (a->count != b->count) return (a->count < b->count) - (a->count > b->count);
+    return (a->dim > b->dim) - (a->dim < b->dim);
+}
+
+static inline char *put_u32(char *out, uint32_t value) {
+    out[0] = (char)((value >> 24) & 0xff);
+    out[1] = (char)((value >> 16) & 0xff);
+    out[2] = (char)((value >> 8) & 0xff);
+    out[3] = (char)(value & 0xff);
+    return out + 4;
+}
+
+/* The term-frequency sparsevec (tokens._sparse_bytes): one entry per (lexeme, weight)
+ * with that many occurrences, at dimension fnv1a(lexeme [, NUL, weight]) % 10^9, in
+ * dimension order, equal dimensions merged; *body gets the body's (weight D) length. */
+static PyObject *encode_sparse(State *st, long *body) {
+    Py_ssize_t n = st->lexeme_count;
+    uint32_t *per_weight = PyMem_Calloc((size_t)(n ? n : 1) * 4, sizeof(uint32_t));
+    Term *terms = PyMem_Malloc(sizeof(Term) * (size_t)(n ? n : 1) * 4);
+    PyObject *result = NULL;
+    if (per_weight == NULL || terms == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    *body = 0;
+    for (Py_ssize_t i = 0; i < st->count; i++) {
+        const Occurrence *o = &st->occurrences[i];
+        int weight = o->position >> 14;
+        per_weight[(size_t)o->lexeme * 4 + (size_t)weight]++;
+        if (weight == 0) (*body)++;
+    }
+    Py_ssize_t nnz = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const Lexeme *lx = &st->lexemes[i];
+        for (int weight = 0; weight < 4; weight++) {
+            uint32_t count = per_weight[(size_t)i * 4 + (size_t)weight];
+            if (count == 0) continue;
+            uint32_t h = lx->hash;
+            if (weight != 0) {
+                h = (h ^ 0u) * 16777619u;
+                h = (h ^ (uint32_t)weight) * 16777619u;
+            }
+            terms[nnz].dim = h % SPARSE_DIMENSIONS;
+            terms[nnz].count = count;
+            nnz++;
+        }
+    }
+    qsort(terms, (size_t)nnz, sizeof(Term), compare_terms_by_dim);
+    Py_ssize_t merged = 0;
+    for (Py_ssize_t i = 0; i < nnz; i++) {
+        if (merged > 0 && terms[merged - 1].dim == terms[i].dim) {
+            terms[merged - 1].count += terms[i].count;
+        } else {
+            terms[merged++] = terms[i];
+        }
+    }
+    nnz = merged;
+    if (nnz > SPARSE_MAX_NNZ) { /* the most frequent, then the lower dimensions */
+        qsort(terms, (size_t)nnz, sizeof(Term), compare_terms_by_count);
+        nnz = SPARSE_MAX_NNZ;
+        qsort(terms, (size_t)nnz, sizeof(Term), compare_terms_by_dim);
+    }
+    result = PyBytes_FromStringAndSize(NULL, 12 + 8 * nnz);
+    if (result == NULL) goto done;
+    char *out = PyBytes_AS_STRING(result);
+    out = put_u32(out, SPARSE_DIMENSIONS);
+    out = put_u32(out, (uint32_t)nnz);
+    out = put_u32(out, 0);
+    for (Py_ssize_t i = 0; i < nnz; i++) out = put_u32(out, terms[i].dim);
+    for (Py_ssize_t i = 0; i < nnz; i++) {
+        float value = (float)terms[i].count;
+        uint32_t bits;
+        memcpy(&bits, &value, sizeof bits);
+        out = put_u32(out, bits);
+    }
+done:
+    PyMem_Free(per_weight);
+    PyMem_Free(terms);
+    return result;
+}
+
+static PyObject *chunk_vectors(PyObject *module, PyObject *sections) {
     (void)module;
     PyObject *seq = PySequence_Fast(sections, "sections must be a sequence of (text, weight)");
     if (seq == NULL) {
@@ -319,6 +420,7 @@ static PyObject *tsvector_binary(PyObject *module, PyObject *sections) {
     }
     State st = {0};
     PyObject *result = NULL;
+    int ascii = 1;
     st.occurrences = PyMem_Malloc(sizeof(Occurrence) * MAX_POSITION);
     st.lexeme_capacity = 256;
     st.lexemes = PyMem_Malloc(sizeof(Lexeme) * (size_t)st.lexeme_capacity);
@@ -331,15 +433,15 @@ static PyObject *tsvector_binary(PyObject *module, PyObject *sections) {
         goto done;
     }
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    /* Check every section first: a bad one is an error even after a full one. */
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
-        PyObject *text;
         long weight;
         if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
             PyErr_SetString(PyExc_TypeError, "each section must be a (text, weight) tuple");
             goto done;
         }
-        text = PyTuple_GET_ITEM(item, 0);
+        PyObject *text = PyTuple_GET_ITEM(item, 0);
         if (!PyUnicode_Check(text)) {
             PyErr_SetString(PyExc_TypeError, "a section's text must be a str");
             goto done;
@@ -357,7 +459,17 @@ static PyObject *tsvector_binary(PyObject *module, PyObject *sections) {
             goto done;
         }
 #endif
-        int status = add_section(&st, text, (int)weight);
+        if (!PyUnicode_IS_ASCII(text)) ascii = 0;
+    }
+    if (!ascii) { /* Unicode word rules live in Python (tokens.chunk_vectors_python) */
+        result = Py_None;
+        Py_INCREF(result);
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        int status = add_section(&st, PyTuple_GET_ITEM(item, 0),
+                                 (int)PyLong_AsLong(PyTuple_GET_ITEM(item, 1)));
         if (status < 0) {
             goto done;
         }
@@ -365,7 +477,15 @@ static PyObject *tsvector_binary(PyObject *module, PyObject *sections) {
             break; /* every position is taken: later sections add nothing */
         }
     }
-    result = encode(&st);
+    long body = 0;
+    PyObject *sparse = encode_sparse(&st, &body);
+    if (sparse == NULL) goto done;
+    PyObject *tsvector = encode(&st);
+    if (tsvector == NULL) {
+        Py_DECREF(sparse);
+        goto done;
+    }
+    result = Py_BuildValue("(NNl)", tsvector, sparse, body);
 done:
     PyMem_Free(st.occurrences);
     PyMem_Free(st.lexemes);
@@ -376,10 +496,12 @@ done:
 }
 
 static PyMethodDef methods[] = {
-    {"tsvector_binary", tsvector_binary, METH_O,
-     "tsvector_binary(sections) -> bytes\n\n"
-     "The tsvector of (text, weight) sections in PostgreSQL's binary format; the same\n"
-     "bytes as codebase_mcp.tokens.tsvector_binary_python."},
+    {"chunk_vectors", chunk_vectors, METH_O,
+     "chunk_vectors(sections) -> (tsvector, sparsevec, body_length) | None\n\n"
+     "The tsvector and the term-frequency sparsevec of (text, weight) sections in\n"
+     "PostgreSQL's and pgvector's binary formats, and the body's length in words; the\n"
+     "same as codebase_mcp.tokens.chunk_vectors_python. None when a section is not\n"
+     "ASCII (the Unicode word rules are Python's)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -32,7 +32,7 @@ else:  # asyncpg's classes are generic only in the stubs
     Pool = asyncpg.Pool
 
 # The alembic head this code expects (a test checks it against migrations/).
-SCHEMA_HEAD = "0004"
+SCHEMA_HEAD = "0005"
 
 _HEADER = struct.Struct(">HH")
 _BIG_ENDIAN = sys.byteorder == "big"
@@ -58,7 +58,8 @@ def _passthrough(data: bytes) -> bytes:
 
 
 async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
-    # tsvectors are built by the indexer in PostgreSQL's binary format: send them as is.
+    # tsvectors and term-frequency sparsevecs are built by the indexer in their binary
+    # formats (tokens.chunk_vectors): send them as is.
     await conn.set_type_codec(
         "tsvector",
         schema="pg_catalog",
@@ -76,6 +77,13 @@ async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
             schema=schema,
             encoder=encode_vector,
             decoder=decode_vector,
+            format="binary",
+        )
+        await conn.set_type_codec(
+            "sparsevec",
+            schema=schema,
+            encoder=_passthrough,
+            decoder=_passthrough,
             format="binary",
         )
 
@@ -231,14 +239,119 @@ async def count_embedded_files(conn: Conn) -> int:
 
 
 async def delete_files(conn: Conn, repository_id: int, paths: Sequence[str]) -> int:
+    """Forget these files, their chunks and their share of the corpus statistics."""
     if not paths:
         return 0
+    async with conn.transaction():
+        removed = await _statistics_of(conn, repository_id, paths)
+        deleted = await _delete_files(conn, repository_id, paths)
+        await _update_statistics(conn, repository_id, [], removed)
+    return deleted
+
+
+async def _delete_files(conn: Conn, repository_id: int, paths: Sequence[str]) -> int:
     status = await conn.execute(
         "DELETE FROM files WHERE repository_id = $1 AND path = ANY($2::text[])",
         repository_id,
         list(paths),
     )
     return int(status.split()[-1])
+
+
+@dataclass(frozen=True)
+class _Removed:
+    """What forgotten chunks took out of the statistics."""
+
+    lexemes: list[str]
+    counts: list[int]
+    chunks: int
+    body_length: int
+
+
+async def _statistics_of(conn: Conn, repository_id: int, paths: Sequence[str]) -> _Removed:
+    """The share of these stored files in their repository's statistics."""
+    rows = await conn.fetch(
+        """
+        WITH gone AS (SELECT id FROM files WHERE repository_id = $1 AND path = ANY($2::text[]))
+        SELECT l AS lexeme, count(*)::int AS n
+        FROM chunks c, unnest(tsvector_to_array(c.tsv)) AS l
+        WHERE c.file_id IN (SELECT id FROM gone) GROUP BY l
+        """,
+        repository_id,
+        list(paths),
+    )
+    totals = await conn.fetchrow(
+        """
+        SELECT count(*) AS chunks, coalesce(sum(body_length), 0)::bigint AS body_length
+        FROM chunks WHERE file_id IN
+            (SELECT id FROM files WHERE repository_id = $1 AND path = ANY($2::text[]))
+        """,
+        repository_id,
+        list(paths),
+    )
+    assert totals is not None
+    return _Removed(
+        [r["lexeme"] for r in rows],
+        [-int(r["n"]) for r in rows],
+        int(totals["chunks"]),
+        int(totals["body_length"]),
+    )
+
+
+# One statement per transaction, its rows taken in lexeme order: two writers of one
+# repository then lock the rows they share in the same order and never deadlock.
+_UPDATE_STATISTICS = """
+    WITH added AS MATERIALIZED (
+        SELECT l AS lexeme, count(*)::int AS n
+        FROM chunks c, unnest(tsvector_to_array(c.tsv)) AS l
+        WHERE c.file_id = ANY($2::bigint[]) GROUP BY l
+    ), delta AS (
+        SELECT lexeme, sum(n)::int AS n FROM (
+            SELECT lexeme, n FROM added
+            UNION ALL SELECT * FROM unnest($3::text[], $4::int[])
+        ) d GROUP BY lexeme HAVING sum(n) <> 0
+    ), words AS (
+        INSERT INTO vocabulary (lexeme, stem)
+        SELECT a.lexeme, coalesce((ts_lexize('english_stem', a.lexeme))[1], a.lexeme)
+        FROM added a WHERE NOT EXISTS (SELECT 1 FROM vocabulary v WHERE v.lexeme = a.lexeme)
+        ORDER BY a.lexeme COLLATE "C"
+        ON CONFLICT DO NOTHING
+    )
+    INSERT INTO lexeme_stats (lexeme, repository_id, df)
+    SELECT lexeme, $1, n FROM delta ORDER BY lexeme COLLATE "C"
+    ON CONFLICT (lexeme, repository_id) DO UPDATE SET df = lexeme_stats.df + EXCLUDED.df
+"""
+
+
+async def _update_statistics(
+    conn: Conn, repository_id: int, added_file_ids: Sequence[int], removed: _Removed
+) -> None:
+    """Add the chunks of these (just written) files to the statistics, take `removed` out."""
+    if not added_file_ids and not removed.lexemes and not removed.chunks:
+        return
+    await conn.execute(
+        _UPDATE_STATISTICS, repository_id, list(added_file_ids), removed.lexemes, removed.counts
+    )
+    await conn.execute(
+        """
+        UPDATE repositories r SET chunk_count = r.chunk_count + a.chunks - $3,
+            body_length_sum = r.body_length_sum + a.body_length - $4
+        FROM (SELECT count(*) AS chunks, coalesce(sum(body_length), 0) AS body_length
+              FROM chunks WHERE file_id = ANY($2::bigint[])) a
+        WHERE r.id = $1
+        """,
+        repository_id,
+        list(added_file_ids),
+        removed.chunks,
+        removed.body_length,
+    )
+
+
+async def prune_statistics(conn: Conn, repository_id: int) -> None:
+    """Drop the words no chunk of the repository holds any more."""
+    await conn.execute(
+        "DELETE FROM lexeme_stats WHERE repository_id = $1 AND df <= 0", repository_id
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,14 +376,26 @@ CHUNK_COLUMNS = (
     "language",
     "text",
     "tsv",
+    "term_freqs",
+    "body_length",
     "embedding",
 )
 
-# (ordinal, start_line, end_line, kind, symbol, language, text, tsv, embedding): the
-# CHUNK_COLUMNS after file_id, repository_id and path. tsv is a binary tsvector
-# (tokens.tsvector_binary).
+# (ordinal, start_line, end_line, kind, symbol, language, text, tsv, term_freqs,
+# body_length, embedding): the CHUNK_COLUMNS after file_id, repository_id and path. tsv
+# and term_freqs are binary (tokens.chunk_vectors).
 ChunkRecord = tuple[
-    int, int, int, str | None, str | None, str | None, str, bytes, Sequence[float] | None
+    int,
+    int,
+    int,
+    str | None,
+    str | None,
+    str | None,
+    str,
+    bytes,
+    bytes,
+    int,
+    Sequence[float] | None,
 ]
 
 
@@ -279,11 +404,14 @@ async def replace_files(
     repository_id: int,
     files: Sequence[FileRow],
     chunks: Sequence[Sequence[ChunkRecord]],
+    forget: Sequence[str] = (),
 ) -> None:
-    """Replace these files' rows and chunks; call inside a transaction so a batch is all
-    or nothing. `chunks[i]` belongs to `files[i]`."""
+    """Replace these files' rows and chunks, forget the files at `forget`, and keep the
+    corpus statistics in step; call inside a transaction so a batch is all or nothing.
+    `chunks[i]` belongs to `files[i]`."""
     paths = [f.path for f in files]
-    await delete_files(conn, repository_id, paths)
+    removed = await _statistics_of(conn, repository_id, [*paths, *forget])
+    await _delete_files(conn, repository_id, [*paths, *forget])
     rows = await conn.fetch(
         """
         INSERT INTO files (repository_id, path, language, content_hash, size, chunk_count,
@@ -308,6 +436,7 @@ async def replace_files(
     ]
     if records:
         await conn.copy_records_to_table("chunks", records=records, columns=CHUNK_COLUMNS)
+    await _update_statistics(conn, repository_id, list(ids.values()), removed)
 
 
 # --- jobs -----------------------------------------------------------------------------

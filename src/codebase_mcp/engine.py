@@ -33,6 +33,7 @@ from codebase_mcp.errors import (
     SchemaError,
     first_cause,
 )
+from codebase_mcp.filters import Filters
 from codebase_mcp.index import IndexRun, make_executor, warm_worker
 from codebase_mcp.jobs import JobManager, Outcome, RunningJob
 from codebase_mcp.models import (
@@ -46,7 +47,7 @@ from codebase_mcp.models import (
     SearchResponse,
     SearchResult,
 )
-from codebase_mcp.search import Filters, run_search
+from codebase_mcp.search import run_search
 
 __all__ = [
     "ConfigError",

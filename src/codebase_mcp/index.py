@@ -35,7 +35,7 @@ from codebase_mcp.discover import (
 from codebase_mcp.embed import Embedder
 from codebase_mcp.errors import EmbedderError
 from codebase_mcp.models import FileError
-from codebase_mcp.tokens import WEIGHT_A, WEIGHT_B, WEIGHT_D, tsvector_binary
+from codebase_mcp.tokens import WEIGHT_A, WEIGHT_B, WEIGHT_D, chunk_vectors
 
 log = structlog.get_logger(__name__)
 
@@ -58,7 +58,7 @@ class PreparedFile:
     content_hash: str
     size: int
     # db.ChunkRecord without the embedding
-    chunks: list[tuple[int, int, int, str, str | None, str | None, str, bytes]]
+    chunks: list[tuple[int, int, int, str, str | None, str | None, str, bytes, bytes, int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,25 +75,25 @@ def prepare_file(source: SourceFile, max_bytes: int) -> PreparedFile | SkippedFi
         if isinstance(loaded, SkipReason):
             return SkippedFile(source.rel_path, loaded.value, loaded == SkipReason.UNREADABLE)
         chunks = chunk_source(loaded.text, loaded.language, ChunkOptions())
-        rows = [
-            (
-                i,
-                c.start_line,
-                c.end_line,
-                c.kind,
-                c.symbol,
-                c.language or loaded.language,
-                c.text.replace("\x00", ""),
-                tsvector_binary(
-                    (
-                        (c.symbol or "", WEIGHT_A),
-                        (source.rel_path, WEIGHT_B),
-                        (c.text, WEIGHT_D),
-                    )
-                ),
+        rows = []
+        for i, c in enumerate(chunks):
+            tsv, term_freqs, body_length = chunk_vectors(
+                ((c.symbol or "", WEIGHT_A), (source.rel_path, WEIGHT_B), (c.text, WEIGHT_D))
             )
-            for i, c in enumerate(chunks)
-        ]
+            rows.append(
+                (
+                    i,
+                    c.start_line,
+                    c.end_line,
+                    c.kind,
+                    c.symbol,
+                    c.language or loaded.language,
+                    c.text.replace("\x00", ""),
+                    tsv,
+                    term_freqs,
+                    body_length,
+                )
+            )
     except Exception as exc:  # one bad file must not stop the job
         return SkippedFile(source.rel_path, f"{type(exc).__name__}: {exc}", True)
     return PreparedFile(
@@ -347,6 +347,8 @@ class IndexRun:
             announce=announce,
         ):
             stopped = await self._process(repo.id, plan.changed, stored)
+        async with self.pool.acquire() as conn:
+            await db.prune_statistics(conn, repo.id)
         if not stopped:
             async with self.pool.acquire() as conn:
                 await db.mark_repository_indexed(
@@ -467,11 +469,9 @@ class IndexRun:
             )
             chunk_rows.append([(*ch, v) for ch, v in zip(f.chunks, vecs, strict=True)])
         gone = [s.path for s in batch.skipped if s.path in stored]
-        async with self.pool.acquire() as conn, conn.transaction():
-            if gone:
-                await db.delete_files(conn, repository_id, gone)
-            if rows:
-                await db.replace_files(conn, repository_id, rows, chunk_rows)
+        if rows or gone:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await db.replace_files(conn, repository_id, rows, chunk_rows, forget=gone)
         for s in batch.skipped:
             if s.error:
                 c.add_error(s.path, s.reason)

@@ -1,4 +1,5 @@
-"""Hybrid search: pgvector cosine top-k and full-text top-k fused by reciprocal rank.
+"""Hybrid search: pgvector cosine top-k and BM25 top-k (lexical.py), fused (fusion.py),
+then shaped into the list a client sees (results.py).
 
 Filters (repository, language, path glob) apply inside both queries. Without a reachable
 embedder or without stored embeddings, the lexical list answers alone and the response
@@ -7,7 +8,6 @@ says so (mode "lexical" and a notice).
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,171 +16,37 @@ from typing import Any
 import anyio
 import asyncpg
 
-from codebase_mcp import db
+from codebase_mcp import db, fusion
 from codebase_mcp.errors import first_cause
-from codebase_mcp.languages import detect_language
+from codebase_mcp.filters import Filters
+from codebase_mcp.lexical import lexical_rows
 from codebase_mcp.models import SearchMode, SearchResponse, SearchResult
-from codebase_mcp.tokens import lexical_tiers_weighted, tsquery_for
+from codebase_mcp.results import Ranked, finish
+from codebase_mcp.tokens import query_terms
 
-# Reciprocal rank fusion's constant. 60 (the literature's default, for long lists) lets an
-# item that is mediocre in both lists outrank each list's best; over the 30-odd candidates
-# a list contributes here, 10 keeps the top ranks decisive. With the tier weights of
-# tokens.TIER_WEIGHTS it took hybrid above vector alone on every measure, on the
-# benchmark's blind questions too (benchmarks/retrieval: hit@3 0.61 -> 0.68).
-RRF_K = 10
 # HNSW candidate list per query: above pgvector's default 40 because the index is built
 # lean (m=8, ef_construction=32); the benchmark prints the recall this gives.
 EF_SEARCH = 100
-# Rows ranked per lexical tier: ranking reads each row's tsvector, so a word found in
-# thousands of chunks would otherwise cost hundreds of milliseconds.
-RANK_CANDIDATES = 1000
 MAX_LIMIT = 100
 
 
-# --- pure parts -----------------------------------------------------------------------
-
-
-def glob_to_regex(glob: str) -> str:
-    """A PostgreSQL regular expression (ARE) for a path glob, anchored at both ends.
-
-    `*` stays within a path segment, `**` crosses segments (`**/` also matches nothing),
-    `?` is one character, `[...]` a class. A glob without `/` matches the file name at any
-    depth (as in .gitignore). Every other character is literal: escaped with `\\`, which
-    in an ARE makes any non-alphanumeric character literal.
-    """
-    pattern = glob.strip().lstrip("/")
-    anchored_anywhere = "/" not in pattern
-    out: list[str] = []
-    i = 0
-    while i < len(pattern):
-        ch = pattern[i]
-        if pattern.startswith("**/", i):
-            out.append("(.*/)?")
-            i += 3
-            continue
-        if pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-            continue
-        if ch == "*":
-            out.append("[^/]*")
-        elif ch == "?":
-            out.append("[^/]")
-        elif ch == "[":
-            end = pattern.find("]", i + 2)
-            if end == -1:
-                out.append("\\[")
-            else:
-                body = pattern[i + 1 : end]
-                negate = body.startswith(("!", "^"))
-                body = body[1:] if negate else body
-                safe = "".join(c if c.isalnum() or c == "-" else "\\" + c for c in body)
-                out.append("[" + ("^" if negate else "") + safe + "]")
-                i = end + 1
-                continue
-        elif ch.isalnum():
-            out.append(ch)
-        else:
-            out.append("\\" + ch)
-        i += 1
-    prefix = "(.*/)?" if anchored_anywhere else ""
-    return "^" + prefix + "".join(out) + "$"
-
-
-_LANGUAGE_ALIASES = {"c#": "csharp", "cs": "csharp", "golang": "go", "shell": "bash", "sh": "bash"}
-
-
-def normalize_language(name: str) -> str:
-    """The stored language name for what a user typed: `Python`, `py`, `ts`, `c#`."""
-    lowered = name.strip().lower()
-    if lowered in _LANGUAGE_ALIASES:
-        return _LANGUAGE_ALIASES[lowered]
-    # An extension names its language (py, ts, rs); a full name is not an extension.
-    return detect_language(f"file.{lowered}") or lowered
-
-
-def rrf_fuse(
-    ranked: Sequence[Sequence[int]],
-    k: int = RRF_K,
-    weights: Sequence[Sequence[float]] | None = None,
-) -> list[tuple[int, float]]:
-    """Reciprocal rank fusion: each id scores sum(w / (k + rank)) over the lists it is in
-    (rank 1-based; w is the item's weight in that list, 1 without `weights`); best first,
-    ties broken by the first list's order."""
-    scores: dict[int, float] = {}
-    for n, ids in enumerate(ranked):
-        for rank, chunk_id in enumerate(ids, start=1):
-            w = weights[n][rank - 1] if weights is not None else 1.0
-            scores[chunk_id] = scores.get(chunk_id, 0.0) + w / (k + rank)
-    return sorted(scores.items(), key=lambda item: -item[1])
-
-
-@dataclass(frozen=True)
-class Filters:
-    repository: str | None = None
-    language: str | None = None
-    path_glob: str | None = None
-
-    def sql(self, first_param: int) -> tuple[str, list[Any]]:
-        """` AND ...` conditions on chunks c alone (path and repository_id live there
-        too), so each retrieval stays a one-table index scan."""
-        parts: list[str] = []
-        params: list[Any] = []
-
-        def param(value: Any) -> str:
-            params.append(value)
-            return f"${first_param + len(params) - 1}"
-
-        if self.repository:
-            repo = self.repository.rstrip("/") or "/"
-            if "/" in repo:
-                candidates = list(dict.fromkeys([repo, os.path.realpath(repo)]))
-                match = f"path = ANY({param(candidates)}::text[])"
-            else:  # a bare name: the repository directory's name
-                match = f"(path = {param(repo)} OR path LIKE {param('%/' + repo)})"
-            # only $n placeholders are interpolated; values travel as parameters
-            in_repo = f"c.repository_id IN (SELECT id FROM repositories WHERE {match})"  # noqa: S608
-            parts.append(in_repo)
-        if self.language:
-            parts.append(f"c.language = {param(normalize_language(self.language))}")
-        if self.path_glob:
-            parts.append(f"c.path ~ {param(glob_to_regex(self.path_glob))}")
-        return "".join(" AND " + p for p in parts), params
-
-
 def candidates_for(limit: int) -> int:
-    """How many hits each list contributes to the fusion."""
+    """How many hits each list contributes to the fusion: enough beyond `limit` for the
+    per-file cap and the merging of pieces to leave a full list."""
     return min(max(limit * 3, 30), 300)
 
 
-# --- queries --------------------------------------------------------------------------
-
-# The top k of one retrieval from chunks alone, then the repository's path for those k.
-_TOP = """
+# The vector top k from chunks alone, then the repository's path for those k.
+_VECTOR_TOP = """
     WITH top AS MATERIALIZED (
         SELECT c.id, c.repository_id, c.path, c.start_line, c.end_line, c.language,
-               c.symbol, c.kind, c.text, {score} AS score
-        FROM chunks c{extra_from}
-        WHERE {where}
+               c.symbol, c.kind, c.text, 1 - (c.embedding <=> $1) AS score
+        FROM chunks c
+        WHERE c.embedding IS NOT NULL{where}
         ORDER BY {order} LIMIT $2
     )
     SELECT top.*, r.path AS repository FROM top JOIN repositories r ON r.id = top.repository_id
-"""
-
-
-# Lexical top k: the matching rows (at most $3 of them, by the GIN index), ranked.
-_LEXICAL = """
-    WITH q AS (SELECT to_tsquery('simple', $1) AS q),
-    matched AS MATERIALIZED (
-        SELECT c.id FROM chunks c, q WHERE c.tsv @@ q.q{where} LIMIT $3
-    ),
-    top AS MATERIALIZED (
-        SELECT c.id, c.repository_id, c.path, c.start_line, c.end_line, c.language,
-               c.symbol, c.kind, c.text, ts_rank_cd(c.tsv, q.q) AS score
-        FROM matched m JOIN chunks c ON c.id = m.id, q
-        ORDER BY score DESC, c.id LIMIT $2
-    )
-    SELECT top.*, r.path AS repository FROM top JOIN repositories r ON r.id = top.repository_id
+    ORDER BY top.score DESC, top.id
 """
 
 
@@ -189,7 +55,6 @@ class Hit:
     id: int
     score: float
     row: asyncpg.Record
-    weight: float = 1.0  # its weight in the fusion (lexical: by the tier it matched)
 
 
 def vector_sql(dimensions: int, filters: Filters) -> tuple[str, list[Any]]:
@@ -198,12 +63,7 @@ def vector_sql(dimensions: int, filters: Filters) -> tuple[str, list[Any]]:
     faster distances, migration 0004); the score is the exact cosine similarity."""
     where, params = filters.sql(3)
     half = f"halfvec({int(dimensions)})"
-    sql = _TOP.format(
-        score="1 - (c.embedding <=> $1)",
-        extra_from="",
-        where="c.embedding IS NOT NULL" + where,
-        order=f"(c.embedding::{half}) <=> ($1::vector::{half})",
-    )
+    sql = _VECTOR_TOP.format(where=where, order=f"(c.embedding::{half}) <=> ($1::vector::{half})")
     return sql, params
 
 
@@ -220,58 +80,63 @@ async def vector_hits(
             "SET LOCAL hnsw.iterative_scan = relaxed_order; SET LOCAL enable_seqscan = off"
         )
         rows = await conn.fetch(sql, vector, k, *params)
-    hits = [Hit(r["id"], float(r["score"]), r) for r in rows]
-    hits.sort(key=lambda h: -h.score)  # relaxed_order may be slightly out of order
-    return hits
+    return [Hit(r["id"], float(r["score"]), r) for r in rows]
 
 
 async def lexical_hits(conn: db.Conn, query: str, filters: Filters, k: int) -> list[Hit]:
-    """Tiers from precise to broad (tokens.lexical_tiers) until k hits: a name match in
-    the symbol first, then every word, any two, any one. ts_rank_cd orders each tier
-    (more of the words, closer together, in the symbol or path rather than the body);
-    it reads every matching row, so each tier ranks at most RANK_CANDIDATES of them."""
-    hits: list[Hit] = []
-    seen: set[int] = set()
-    where, params = filters.sql(4)
-    sql = _LEXICAL.format(where=where)
-    for tsquery, weight in lexical_tiers_weighted(query):
-        for r in await conn.fetch(sql, tsquery, k, RANK_CANDIDATES, *params):
-            if r["id"] not in seen and len(hits) < k:
-                seen.add(r["id"])
-                hits.append(Hit(r["id"], float(r["score"]), r, weight))
-        if len(hits) >= k:
-            break
-    return hits
+    """The BM25 top k (lexical.py), best first."""
+    rows = await lexical_rows(conn, query, filters, k)
+    return [Hit(r["id"], float(r["score"]), r) for r in rows]
 
 
-def _result(hit: Hit, score: float, mode: SearchMode) -> SearchResult:
+def _ranked(hit: Hit, score: float) -> Ranked:
     r = hit.row
-    return SearchResult(
+    return Ranked(
+        key=hit.id,
         repository=r["repository"],
         path=r["path"],
         start_line=r["start_line"],
         end_line=r["end_line"],
-        language=r["language"],
         symbol=r["symbol"],
         kind=r["kind"],
-        snippet=r["text"],
-        score=round(score, 6),
+        language=r["language"],
+        text=r["text"],
+        score=score,
+    )
+
+
+def _result(item: Ranked, mode: SearchMode) -> SearchResult:
+    return SearchResult(
+        repository=item.repository,
+        path=item.path,
+        start_line=item.start_line,
+        end_line=item.end_line,
+        language=item.language,
+        symbol=item.symbol,
+        kind=item.kind,
+        snippet=item.text,
+        score=round(item.score, 6),
         mode=mode,
     )
 
 
-def fuse(vector: list[Hit], lexical: list[Hit], limit: int, mode: SearchMode) -> list[SearchResult]:
+def fuse(
+    vector: list[Hit], lexical: list[Hit], query: str, limit: int, mode: SearchMode
+) -> list[SearchResult]:
     """The response's results for the lists that ran (`mode` says which)."""
     if mode == "vector":
-        return [_result(h, h.score, mode) for h in vector[:limit]]
-    if mode == "lexical":
-        return [_result(h, h.score, mode) for h in lexical[:limit]]
-    by_id = {h.id: h for h in lexical} | {h.id: h for h in vector}
-    fused = rrf_fuse(
-        [[h.id for h in vector], [h.id for h in lexical]],
-        weights=[[h.weight for h in vector], [h.weight for h in lexical]],
-    )
-    return [_result(by_id[i], s, mode) for i, s in fused[:limit]]
+        ranked = [_ranked(h, h.score) for h in vector]
+    elif mode == "lexical":
+        ranked = [_ranked(h, h.score) for h in lexical]
+    else:
+        by_id = {h.id: h for h in lexical} | {h.id: h for h in vector}
+        fused = fusion.fuse(
+            [(h.id, h.score) for h in vector],
+            [(h.id, h.score) for h in lexical],
+            fusion.vector_weight(query),
+        )
+        ranked = [_ranked(by_id[i], s) for i, s in fused]
+    return [_result(item, mode) for item in finish(ranked, query, limit)]
 
 
 def plan_mode(want: SearchMode | None, has_vector: bool, has_words: bool) -> tuple[bool, bool]:
@@ -299,7 +164,7 @@ async def run_search(
     started = time.perf_counter()
     limit = max(1, min(limit, MAX_LIMIT))
     k = candidates_for(limit)
-    has_words = tsquery_for(query, match_all=False) is not None
+    has_words = bool(query_terms(query))
     run_vector, run_lexical = plan_mode(want, vector is not None, has_words)
     vector_list: list[Hit] = []
     lexical_list: list[Hit] = []
@@ -330,7 +195,7 @@ async def run_search(
     if mode == "hybrid" and not vector_list and lexical_list:
         mode = "lexical"
         notice = notice or "no embeddings stored yet: answered by full-text search only"
-    results = fuse(vector_list, lexical_list, limit, mode)
+    results = fuse(vector_list, lexical_list, query, limit, mode)
     return SearchResponse(
         query=query,
         mode=mode,

@@ -20,19 +20,20 @@ from codebase_mcp.errors import (
     EmbedderUnavailableError,
     ModelMissingError,
 )
+from codebase_mcp.filters import glob_to_regex, normalize_language
 from codebase_mcp.index import plan_changes
 from codebase_mcp.jobs import Outcome, final_state
 from codebase_mcp.models import JobState
-from codebase_mcp.search import glob_to_regex, normalize_language, plan_mode, rrf_fuse
+from codebase_mcp.search import plan_mode
 from codebase_mcp.tokens import (
     WEIGHT_A,
     WEIGHT_D,
+    chunk_vectors,
+    chunk_vectors_python,
     identifier_words,
-    lexical_tiers,
-    query_groups,
-    tsquery_for,
-    tsvector_binary,
-    tsvector_binary_python,
+    query_terms,
+    term_dimension,
+    tsquery_of,
 )
 from tests.support.fake_ollama import FakeOllama, hashed_bag_of_words
 
@@ -59,46 +60,64 @@ def test_identifier_words(identifier: str, words: tuple[str, ...]) -> None:
 
 def test_every_spelling_of_a_name_makes_the_same_query() -> None:
     spellings = ["parseDate", "parse_date", "ParseDate", "PARSE_DATE"]
-    assert {tsquery_for(s, match_all=True) for s in spellings} == {
-        "('parsedate' | ('parse' & 'date'))"
-    }
-    assert tsquery_for("parse date", match_all=True) == "'parse' & 'date'"
-    assert tsquery_for("parse date", match_all=False) == "'parse' | 'date'"
+    assert {tuple(query_terms(s)) for s in spellings} == {("parsedate", "parse", "date")}
+    assert query_terms("parse date") == ["parse", "date"]
 
 
 def test_stop_words_are_dropped_unless_nothing_else_is_left() -> None:
-    assert query_groups("where do we parse the date") == [("parse",), ("date",)]
-    assert query_groups("what is this") == [("what",), ("is",), ("this",)]
-    assert tsquery_for("?!", match_all=True) is None
+    assert query_terms("where do we parse the date") == ["parse", "date"]
+    assert query_terms("what is this") == ["what", "is", "this"]
+    assert query_terms("?!") == []
+
+
+ChunkVectors = Callable[[Sequence[tuple[str, int]]], tuple[bytes, bytes, int]]
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize(
-    "tsvector_binary", [tsvector_binary, tsvector_binary_python], ids=["compiled", "python"]
+    "chunk_vectors", [chunk_vectors, chunk_vectors_python], ids=["compiled", "python"]
 )
-async def test_binary_tsvectors_read_back_as_postgresql_would_write_them(
-    pg_url: str, tsvector_binary: Callable[[Sequence[tuple[str, int]]], bytes]
+async def test_binary_vectors_read_back_as_postgresql_would_write_them(
+    pg_url: str, chunk_vectors: ChunkVectors
 ) -> None:
     conn = await asyncpg.connect(pg_url)
     try:
-        await conn.set_type_codec(
-            "tsvector",
-            schema="pg_catalog",
-            encoder=lambda b: b,
-            decoder=lambda b: b,
-            format="binary",
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        for name, schema in (("tsvector", "pg_catalog"), ("sparsevec", "public")):
+            await conn.set_type_codec(
+                name, schema=schema, encoder=lambda b: b, decoder=lambda b: b, format="binary"
+            )
+        data, freqs, body = chunk_vectors(
+            [("parse_date", WEIGHT_A), ("x = parse_date(s) or y or y", WEIGHT_D)]
         )
-        data = tsvector_binary([("parse_date", WEIGHT_A), ("x = parse_date(s) or y", WEIGHT_D)])
         text = await conn.fetchval("SELECT $1::tsvector::text", data)
         # PostgreSQL's own reading of the words and positions we mean
         expected = await conn.fetchval(
             "SELECT $1::text::tsvector::text",
-            "'parsedate':1A,5 'parse':2A,6 'date':3A,7 'x':4 's':8 'or':9 'y':10",
+            "'parsedate':1A,5 'parse':2A,6 'date':3A,7 'x':4 's':8 'or':9,11 'y':10,12",
         )
         assert text == expected
+        assert body == 9
+
+        # pgvector's reading of the frequencies: `y` twice in the body, `parse` once in
+        # the symbol (its own dimension) and once in the body
+        def one_hot(word: str, weight: int = WEIGHT_D) -> str:
+            return f"{{{term_dimension(word, weight) + 1}:1}}/1000000000"
+
+        async def frequency(word: str, weight: int = WEIGHT_D) -> float:
+            value = await conn.fetchval(
+                "SELECT -($1::sparsevec <#> $2::text::sparsevec)", freqs, one_hot(word, weight)
+            )
+            return float(value)
+
+        assert await frequency("y") == 2
+        assert await frequency("parse") == 1
+        assert await frequency("parse", WEIGHT_A) == 1
+        assert await frequency("y", WEIGHT_A) == 0
         # PostgreSQL's limits: 256 positions per word, none past 16383
         huge = " ".join(["foo"] * 300 + [f"w{i}x" for i in range(20_000)] + ["late"])
-        data_huge = tsvector_binary([(huge, WEIGHT_D)])
+        data_huge, freqs_huge, body_huge = chunk_vectors([(huge, WEIGHT_D)])
+        assert body_huge == 16383
         assert (
             await conn.fetchval(
                 "SELECT array_length(positions, 1) FROM unnest($1::tsvector) WHERE lexeme = 'foo'",
@@ -112,15 +131,23 @@ async def test_binary_tsvectors_read_back_as_postgresql_would_write_them(
             )
             <= 16383
         )
-        assert not await conn.fetchval(
-            "SELECT $1::tsvector @@ to_tsquery('simple', 'late')", data_huge
+        assert not await conn.fetchval("SELECT $1::tsvector @@ 'late'::tsquery", data_huge)
+        assert (
+            await conn.fetchval(
+                "SELECT -($1::sparsevec <#> $2::text::sparsevec)", freqs_huge, one_hot("foo")
+            )
+            == 300
         )
         matches = await conn.fetchval(
-            "SELECT $1::tsvector @@ to_tsquery('simple', $2)",
-            data,
-            tsquery_for("parseDate", match_all=True),
+            "SELECT $1::tsvector @@ $2::tsquery", data, tsquery_of(query_terms("parseDate"))
         )
         assert matches is True
+        # Non-ASCII words, as the query splits them
+        data_u, _, _ = chunk_vectors([("# 名前を返す crème brûlée Straße", WEIGHT_D)])
+        for word in ("名前", "crème", "straße"):
+            assert await conn.fetchval(
+                "SELECT $1::tsvector @@ $2::tsquery", data_u, tsquery_of(query_terms(word))
+            ), word
     finally:
         await conn.close()
 
@@ -148,13 +175,6 @@ def test_glob_to_regex(glob: str, matches: list[str], misses: list[str]) -> None
         assert pattern.match(path), (glob, path)
     for path in misses:
         assert not pattern.match(path), (glob, path)
-
-
-def test_reciprocal_rank_fusion() -> None:
-    fused = rrf_fuse([[1, 2, 3], [3, 4, 1]], k=60)
-    assert [i for i, _ in fused] == [1, 3, 2, 4]
-    assert fused[0][1] == pytest.approx(1 / 61 + 1 / 63)
-    assert rrf_fuse([[], []]) == []
 
 
 def test_plan_mode() -> None:
@@ -352,21 +372,6 @@ async def test_embedder_errors_say_what_is_wrong(fake_ollama: FakeOllama) -> Non
         await embedder.aclose()
 
 
-def test_lexical_tiers_go_from_precise_to_broad() -> None:
-    assert lexical_tiers("parseDate") == [
-        "('parsedate':A | ('parse':A & 'date':A))",
-        "('parsedate' | ('parse' & 'date'))",
-    ]
-    tiers = lexical_tiers("open tcp socket")
-    assert tiers == [
-        "'open':A & 'tcp':A & 'socket':A",
-        "'open' & 'tcp' & 'socket'",
-        "('open' & 'tcp') | ('open' & 'socket') | ('tcp' & 'socket')",
-        "'open' | 'tcp' | 'socket'",
-    ]
-    assert lexical_tiers("...") == []
-
-
 @pytest.mark.parametrize(
     ("typed", "stored"),
     [
@@ -382,27 +387,3 @@ def test_lexical_tiers_go_from_precise_to_broad() -> None:
 )
 def test_language_filter_names(typed: str, stored: str) -> None:
     assert normalize_language(typed) == stored
-
-
-def test_weighted_fusion_lets_a_strong_vector_answer_beat_weak_word_matches() -> None:
-    # Vector's #1 (id 1) against a chunk far down the vector list (#30) that is the first
-    # lexical hit: at equal weights the latter wins; when its lexical match is weak (it
-    # shares one word with a long question: weight 0.25) the vector's best answer stays.
-    vector = [1, *range(100, 128), 2]
-    lexical = [2, 11, 12]
-    assert len(vector) == 30
-    equal = rrf_fuse([vector, lexical], k=60)
-    assert equal[0][0] == 2
-    weighted = rrf_fuse([vector, lexical], k=60, weights=[[1.0] * 30, [0.25, 1.0, 1.0]])
-    assert weighted[0][0] == 1
-    assert dict(weighted)[2] == pytest.approx(1 / 90 + 0.25 / 61)
-
-
-def test_lexical_tier_weights_fall_with_the_evidence() -> None:
-    from codebase_mcp.tokens import lexical_tiers_weighted
-
-    assert [w for _, w in lexical_tiers_weighted("open tcp socket")] == [1.0, 1.0, 0.25, 0.1]
-    # One word: the all-words and any-word tiers are one query; it keeps the higher weight.
-    single = lexical_tiers_weighted("socket")
-    assert [w for _, w in single] == [1.0, 1.0]
-    assert [t for t, _ in single] == lexical_tiers("socket")

@@ -17,10 +17,26 @@ from alembic.script import ScriptDirectory
 
 from codebase_mcp import db
 from codebase_mcp.config import find_alembic_ini
+from codebase_mcp.tokens import (
+    WEIGHT_A,
+    WEIGHT_B,
+    WEIGHT_D,
+    sparsevec_text,
+    term_counts,
+    tsvector_positions,
+)
 from tests.codebase.fixtures_engine import ALEMBIC_INI, downgrade, migrate
 from tests.support.pg import running_cluster, system_bin_dir
 
-TABLES = {"repositories", "files", "chunks", "jobs", "deferred_indexes"}
+TABLES = {
+    "repositories",
+    "files",
+    "chunks",
+    "jobs",
+    "deferred_indexes",
+    "lexeme_stats",
+    "vocabulary",
+}
 
 
 async def schema(url: str) -> dict[str, object]:
@@ -107,6 +123,15 @@ async def test_embedding_size_comes_from_the_environment_at_migration_time(
     assert (await schema(pg_url))["dims"] == 384
 
 
+def tsvector_text(sections: list[tuple[str, int]]) -> str:
+    """The tsvector literal the indexer's words make for these sections."""
+    letters = "DCBA"
+    return " ".join(
+        "'" + word + "':" + ",".join(f"{p & 0x3FFF}{letters[p >> 14]}" for p in positions)
+        for word, positions in sorted(tsvector_positions(sections).items())
+    )
+
+
 def run_alembic(url: str, cwd: Path, *args: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if k != "EMBEDDING_DIMENSIONS"}
     env["REGISTRY_DATABASE_URL"] = url.replace("postgresql://", "postgresql+asyncpg://")
@@ -133,6 +158,7 @@ async def test_five_replicas_migrating_at_once_run_it_once(pg_url: str, tmp_path
     assert logs.count("Running upgrade 0001 -> 0002") == 1, logs
     assert logs.count("Running upgrade 0002 -> 0003") == 1, logs
     assert logs.count("Running upgrade 0003 -> 0004") == 1, logs
+    assert logs.count("Running upgrade 0004 -> 0005") == 1, logs
     state = await schema(pg_url)
     assert state["versions"] == [db.SCHEMA_HEAD]
     assert state["tables"] == TABLES
@@ -151,3 +177,53 @@ def test_a_server_without_pgvector_gets_a_message_that_says_what_to_do() -> None
         assert "pgvector/pgvector" in err
         assert cluster.password not in err
         assert cluster.psql("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == "0"
+
+
+@pytest.mark.anyio
+async def test_revision_0005_fills_in_bm25_data_for_chunks_indexed_before(pg_url: str) -> None:
+    """Chunks stored at revision 0004 get the term frequencies, body lengths and corpus
+    statistics the indexer now keeps, computed from their tsvectors."""
+    await anyio.to_thread.run_sync(migrate, pg_url, "0004")
+    conn = await asyncpg.connect(pg_url)
+    try:
+        repo = await conn.fetchval("INSERT INTO repositories (path) VALUES ('/r') RETURNING id")
+        file_id = await conn.fetchval(
+            "INSERT INTO files (repository_id, path, content_hash, size) "
+            "VALUES ($1, 'pkg/dates.py', 'h', 10) RETURNING id",
+            repo,
+        )
+        sections = [
+            [("parse_date", WEIGHT_A), ("pkg/dates.py", WEIGHT_B), ("parse it parse", WEIGHT_D)],
+            [("", WEIGHT_A), ("pkg/dates.py", WEIGHT_B), ("", WEIGHT_D)],
+        ]
+        for ordinal, chunk in enumerate(sections):
+            words = tsvector_text(chunk)
+            await conn.execute(
+                "INSERT INTO chunks (file_id, repository_id, path, ordinal, start_line, "
+                "end_line, text, tsv) VALUES ($1, $2, 'pkg/dates.py', $3, 1, 2, 'x', $4::tsvector)",
+                file_id,
+                repo,
+                ordinal,
+                words,
+            )
+    finally:
+        await conn.close()
+    await anyio.to_thread.run_sync(migrate, pg_url)
+    conn = await asyncpg.connect(pg_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT term_freqs::text AS tf, body_length FROM chunks ORDER BY ordinal"
+        )
+        for row, chunk in zip(rows, sections, strict=True):
+            entries, body = term_counts(tsvector_positions(chunk))
+            assert row["tf"] == sparsevec_text([(d, float(c)) for d, c in entries])
+            assert row["body_length"] == body
+        assert rows[0]["body_length"] == 3
+        stats = dict(await conn.fetch("SELECT lexeme, df FROM lexeme_stats"))
+        assert stats["parse"] == 1
+        assert stats["pkg"] == 2
+        assert await conn.fetchval("SELECT stem FROM vocabulary WHERE lexeme = 'dates'") == "date"
+        repo_row = await conn.fetchrow("SELECT chunk_count, body_length_sum FROM repositories")
+        assert tuple(repo_row) == (2, 3)
+    finally:
+        await conn.close()

@@ -1,7 +1,8 @@
-"""The compiled tsvector builder (codebase_mcp._tsvector) against its reference,
-tokens.tsvector_binary_python: the same bytes for real code, for generated text aimed at
-the edges (capital runs, digits, underscores, 64-character identifiers, non-ASCII and
-lone surrogates), and at PostgreSQL's limits. What the bytes mean to PostgreSQL is
+"""The compiled builder of a chunk's search vectors (codebase_mcp._tsvector) against its
+reference, tokens.chunk_vectors_python: the same tsvector, term-frequency sparsevec and
+body length for real code, for generated text aimed at the edges (capital runs, digits,
+underscores, 64-character identifiers) and at PostgreSQL's and pgvector's limits; text
+with non-ASCII characters is left to the reference. What the bytes mean to PostgreSQL is
 checked in test_engine_units (both builders). A server without it logs why."""
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ import pytest
 from codebase_mcp import tokens
 from codebase_mcp.chunk import ChunkOptions, chunk_source
 from codebase_mcp.logs import configure_logging
-from codebase_mcp.tokens import WEIGHT_A, WEIGHT_B, WEIGHT_D, tsvector_binary_python
+from codebase_mcp.tokens import WEIGHT_A, WEIGHT_B, WEIGHT_D, chunk_vectors_python
 from tests.codebase.fixtures_engine import migrate_async, open_engine, settings_for
 from tests.support.fake_ollama import FakeOllama
 
 try:
-    from codebase_mcp._tsvector import tsvector_binary as compiled
+    from codebase_mcp._tsvector import chunk_vectors as compiled
 except ImportError:  # pragma: no cover - the suite's install always has a C compiler
     compiled = None
 
@@ -31,13 +32,21 @@ def test_the_compiled_builder_is_installed_and_used() -> None:
     # No silent fallback here: the suite's install (scripts/test) builds the extension.
     assert compiled is not None, "codebase_mcp._tsvector is missing: pip install -e . with gcc"
     assert tokens.COMPILED
-    assert tokens.tsvector_binary is compiled
+    assert tokens._compiled_chunk_vectors is compiled
 
 
 def assert_same_bytes(cases: list[Sections]) -> None:
+    """The compiled builder gives the reference's bytes, or None for non-ASCII text (and
+    then the public builder gives the reference's)."""
     assert compiled is not None
     for sections in cases:
-        assert compiled(sections) == tsvector_binary_python(sections), sections
+        expected = chunk_vectors_python(sections)
+        found = compiled(sections)
+        if all(text.isascii() for text, _ in sections):
+            assert found == expected, sections
+        else:
+            assert found is None, sections
+        assert tokens.chunk_vectors(sections) == expected, sections
 
 
 def stdlib_chunks(every: int) -> list[Sections]:
@@ -56,23 +65,26 @@ def stdlib_chunks(every: int) -> list[Sections]:
 def test_same_bytes_on_real_code() -> None:
     cases = stdlib_chunks(every=4)
     assert len(cases) > 1000
+    assert sum(all(t.isascii() for t, _ in c) for c in cases) > 0.9 * len(cases)
     assert_same_bytes(cases)
 
 
 # Characters chosen for the identifier rules: capital and lower-case letters (so runs like
-# HTTPServer and aB occur often), digits, the underscore, separators, non-ASCII letters
-# (never part of an identifier), and a lone surrogate (a file name that is not UTF-8).
-ALPHABET = "ABZabz09_ _-.\n\u00e9\u00c9\u4e2d\U0001f600\udc80"
+# HTTPServer and aB occur often), digits, the underscore and separators.
+ALPHABET = "ABZabz09_ _-.\n"
+# Non-ASCII letters, a combining accent, an emoji and a lone surrogate (a file name that is
+# not UTF-8): the reference's work, never the compiled builder's.
+NON_ASCII = "\u00e9\u00c9\u4e2d\u0301\U0001f600\udc80"
 
 
-def random_text(rng: random.Random) -> str:
+def random_text(rng: random.Random, alphabet: str = ALPHABET) -> str:
     pieces = []
     for _ in range(rng.randrange(0, 40)):
         if rng.random() < 0.1:
             # identifiers around the 64-character limit
             pieces.append(rng.choice("aB_1") * rng.choice([63, 64, 65, 200]))
         else:
-            pieces.append("".join(rng.choice(ALPHABET) for _ in range(rng.randrange(1, 12))))
+            pieces.append("".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 12))))
     return "".join(pieces)
 
 
@@ -85,9 +97,30 @@ def test_same_bytes_on_generated_text() -> None:
     assert_same_bytes(cases)
 
 
+def test_non_ascii_text_takes_the_reference_path() -> None:
+    rng = random.Random(20261201)
+    cases = [
+        [(random_text(rng, ALPHABET + NON_ASCII), rng.randrange(4)) for _ in range(3)]
+        for _ in range(500)
+    ]
+    cases = [c for c in cases if not all(t.isascii() for t, _ in c)]
+    assert len(cases) > 400
+    assert_same_bytes(cases)
+
+
 def test_same_bytes_at_postgresqls_limits() -> None:
     many = " ".join(f"w{i}" for i in range(20_000))  # positions end at 16383
     repeated = " ".join(["self"] * 300)  # 256 positions per word at most
+    # More distinct words than a sparsevec holds (16,000): the most frequent are kept.
+    def letters(i: int) -> str:  # one lower-case word per number: one lexeme each
+        out = ""
+        while True:
+            i, r = divmod(i, 26)
+            out += chr(ord("a") + r)
+            if i == 0:
+                return "q" + out
+
+    distinct = " ".join(letters(i) for i in range(16_300))
     assert_same_bytes(
         [
             [("", WEIGHT_A)],
@@ -96,8 +129,11 @@ def test_same_bytes_at_postgresqls_limits() -> None:
             [("parse_date", WEIGHT_A), (many, WEIGHT_D), ("late", WEIGHT_D)],
             [(many, WEIGHT_A), (repeated, WEIGHT_B)],
             [(repeated + " " + many, WEIGHT_D), ("later", WEIGHT_A)],
+            [(distinct, WEIGHT_D), ("self self", WEIGHT_A)],
         ]
     )
+    _, sparse, _ = chunk_vectors_python([(distinct, WEIGHT_D)])
+    assert int.from_bytes(sparse[4:8], "big") == tokens.SPARSE_MAX_NNZ
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,8 @@ from codebase_mcp import vector_index
 from codebase_mcp.config import Settings
 from codebase_mcp.db import Pool, create_pool
 from codebase_mcp.engine import JobState
-from codebase_mcp.search import Filters, vector_sql
+from codebase_mcp.filters import Filters
+from codebase_mcp.search import vector_sql
 from tests.codebase.fixtures_engine import (
     downgrade,
     index_and_wait,

@@ -1,0 +1,181 @@
+"""BM25 for lexical search: the pure part (parameters, word forms, which candidates to
+rank). `lexical.py` runs it in PostgreSQL.
+
+Okapi BM25 with fields (BM25F): a query word's frequency in a chunk is the sum over the
+chunk's sections of (count x section weight), the symbol counting most; it saturates
+with k1 and is normalised by the body's length against the average (b). Each word counts
+by its inverse document frequency over the repositories searched.
+
+Word forms: a query word also matches the other forms the index holds of it, at a lower
+weight so that the exact form ranks above them:
+- the same English (Snowball) stem: retry, retries, retried, retrying;
+- derived forms the stemmer keeps apart: the word with a common suffix added or removed
+  (recover <-> recovery, parse -> parser).
+Their frequencies add into the word's own, as Lucene does for synonyms; the word's
+document frequency is the largest of its forms'.
+
+Candidates: ranking reads each candidate's row, so rare words pick the candidates and
+common ones only score them, as in MaxScore. The rarest words are "essential" until their
+document frequencies add up to CANDIDATE_BUDGET; a chunk holding none of them scores at
+most the sum of the other words' upper bounds (idf x (k1 + 1)), so when the k-th best
+essential candidate already scores more, the ranking is exact. When it does not, the next
+word becomes essential, up to CANDIDATE_CAP rows; past the cap, candidates must hold every
+word (or, for one word, hold it in the symbol or the path).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from codebase_mcp.tokens import WEIGHT_A, WEIGHT_B, WEIGHT_D, term_dimension, tsquery_of
+
+K1 = 1.2
+B = 0.75
+# How much an occurrence counts by section: the symbol is what a chunk is named.
+FIELD_WEIGHTS: dict[int, float] = {WEIGHT_A: 3.0, WEIGHT_B: 1.0, WEIGHT_D: 1.0}
+STEM_WEIGHT = 0.5
+DERIVED_WEIGHT = 0.35
+# Suffixes that make derived forms, and the shortest word they apply to.
+SUFFIXES = ("s", "es", "d", "ed", "ing", "er", "ers", "or", "y", "ion", "able", "al", "ment")
+DERIVED_MIN_LENGTH = 4
+CANDIDATE_BUDGET = 8_000
+CANDIDATE_CAP = 40_000
+
+# How a form relates to the query word (lexical.py's look-up returns these).
+EXACT, STEM, DERIVED = 0, 1, 2
+RELATION_WEIGHTS = {EXACT: 1.0, STEM: STEM_WEIGHT, DERIVED: DERIVED_WEIGHT}
+
+
+def idf(df: int, n: int) -> float:
+    """BM25's inverse document frequency, Lucene's variant (never negative)."""
+    return math.log(1.0 + (n - df + 0.5) / (df + 0.5))
+
+
+def derived_forms(word: str) -> list[str]:
+    """The word with each suffix added, and without the one it ends with (alphabetic
+    words of DERIVED_MIN_LENGTH letters or more; what remains keeps as many)."""
+    if len(word) < DERIVED_MIN_LENGTH or not word.isalpha():
+        return []
+    forms = [word + suffix for suffix in SUFFIXES]
+    if word.endswith("e"):  # parse -> parser, parsers
+        forms += [word + "r", word + "rs"]
+    forms += [
+        word[: -len(suffix)]
+        for suffix in SUFFIXES
+        if word.endswith(suffix) and len(word) - len(suffix) >= DERIVED_MIN_LENGTH
+    ]
+    return [f for f in dict.fromkeys(forms) if f != word]
+
+
+@dataclass(frozen=True)
+class Form:
+    lexeme: str
+    relation: int  # EXACT, STEM or DERIVED
+    df: int
+
+
+@dataclass(frozen=True)
+class Term:
+    """One query word with the forms of it that the index holds."""
+
+    word: str
+    forms: tuple[Form, ...]
+    idf: float
+
+    @property
+    def df(self) -> int:
+        return max(f.df for f in self.forms)
+
+    def vector(self) -> list[tuple[int, float]]:
+        """The sparse vector whose dot product with a chunk's term frequencies is this
+        word's weighted frequency in the chunk (sorted by dimension, no duplicates)."""
+        entries: dict[int, float] = {}
+        for form in self.forms:
+            weight = RELATION_WEIGHTS[form.relation]
+            for section, field_weight in FIELD_WEIGHTS.items():
+                dim = term_dimension(form.lexeme, section)
+                entries[dim] = entries.get(dim, 0.0) + weight * field_weight
+        return sorted(entries.items())
+
+    @property
+    def upper_bound(self) -> float:
+        """The most this word can add to a chunk's score."""
+        return self.idf * (K1 + 1.0)
+
+
+def build_terms(
+    words: Sequence[str], forms: Sequence[tuple[str, str, int, int]], n: int
+) -> list[Term]:
+    """Terms for the query's words from the look-up's (word, lexeme, relation, df) rows;
+    words the index does not hold in any form are left out."""
+    by_word: dict[str, dict[str, Form]] = {w: {} for w in words}
+    for word, lexeme, relation, df in forms:
+        if word not in by_word or df <= 0:
+            continue
+        known = by_word[word].get(lexeme)
+        if known is None or relation < known.relation:
+            by_word[word][lexeme] = Form(lexeme, relation, df)
+    terms = []
+    for word in words:
+        found = by_word[word]
+        if not found:
+            continue
+        ordered = tuple(sorted(found.values(), key=lambda f: (f.relation, f.lexeme)))
+        terms.append(Term(word, ordered, idf(max(f.df for f in ordered), n)))
+    return terms
+
+
+@dataclass(frozen=True)
+class CandidatePlan:
+    """Which chunks to rank: those matching `tsquery`; `bound` is the most a chunk outside
+    them can score (0: none can); `exhaustive` says no better plan exists."""
+
+    tsquery: str
+    bound: float
+    essential: int  # how many of the rarest terms pick candidates
+    exhaustive: bool = field(default=False)
+
+
+def by_rarity(terms: Sequence[Term]) -> list[Term]:
+    return sorted(terms, key=lambda t: (t.df, t.word))
+
+
+def candidate_plan(terms: Sequence[Term], essential: int | None = None) -> CandidatePlan:
+    """The candidates for `essential` of the rarest terms, or as many as fit the budget
+    (at least one). Past CANDIDATE_CAP, candidates must hold every term (or one term in
+    the symbol or path)."""
+    ordered = by_rarity(terms)
+    if not ordered:
+        raise ValueError("no terms")
+    if essential is None:
+        essential, rows = 0, 0
+        while essential < len(ordered) and (
+            essential == 0 or rows + ordered[essential].df <= CANDIDATE_BUDGET
+        ):
+            rows += ordered[essential].df
+            essential += 1
+    essential = max(1, min(essential, len(ordered)))
+    chosen, rest = ordered[:essential], ordered[essential:]
+    rows = sum(t.df for t in chosen)
+    if rows > CANDIDATE_CAP:
+        return _capped_plan(ordered)
+    forms = [f.lexeme for t in chosen for f in t.forms]
+    bound = sum(t.upper_bound for t in rest)
+    return CandidatePlan(tsquery_of(forms), bound, essential, exhaustive=not rest)
+
+
+def _capped_plan(ordered: Sequence[Term]) -> CandidatePlan:
+    if len(ordered) == 1:
+        forms = [f.lexeme for f in ordered[0].forms]
+        return CandidatePlan(tsquery_of(forms, weights="AB"), 0.0, len(ordered), exhaustive=True)
+    every = " & ".join("(" + tsquery_of([f.lexeme for f in t.forms]) + ")" for t in ordered)
+    return CandidatePlan(every, 0.0, len(ordered), exhaustive=True)
+
+
+def ranking_is_exact(plan: CandidatePlan, scores: Sequence[float], k: int) -> bool:
+    """True when no chunk outside the plan's candidates can enter the top k."""
+    if plan.exhaustive or plan.bound <= 0.0:
+        return True
+    return len(scores) >= k and scores[k - 1] >= plan.bound
