@@ -111,6 +111,7 @@ def test_non_ascii_text_takes_the_reference_path() -> None:
 def test_same_bytes_at_postgresqls_limits() -> None:
     many = " ".join(f"w{i}" for i in range(20_000))  # positions end at 16383
     repeated = " ".join(["self"] * 300)  # 256 positions per word at most
+
     # More distinct words than a sparsevec holds (16,000): the most frequent are kept.
     def letters(i: int) -> str:  # one lower-case word per number: one lexeme each
         out = ""
