@@ -12,16 +12,21 @@ from pathlib import Path
 import pytest
 from benchmarks.retrieval.questions import (
     QUESTIONS_FILE,
+    Answer,
     Hit,
     Question,
     corpus_files,
     definition_lines,
+    first_accepted_rank,
     first_hit_rank,
+    identifier_words,
     is_hit,
     is_member_hit,
     load_question_set,
     score,
+    spells_symbol,
     stdlib_root,
+    uses_symbol_words,
 )
 
 QSET = load_question_set()
@@ -58,9 +63,8 @@ def test_every_answer_is_defined_in_a_corpus_file(question: Question) -> None:
 
 def test_descriptive_questions_do_not_spell_out_the_symbol() -> None:
     for q in QSET.questions:
-        name = q.symbol.rsplit(".", 1)[-1].lower()
         if not q.names_symbol:
-            assert name not in q.question.lower().replace(" ", "_"), q
+            assert not spells_symbol(q.question, q.symbol), q
 
 
 def test_corpus_rejects_missing_entries(tmp_path: Path) -> None:
@@ -152,3 +156,126 @@ def test_member_hit_is_a_chunk_inside_the_expected_class() -> None:
     assert not is_member_hit(Hit("m.py", 5, 9, "FileHandler.emit"), cls)
     assert not is_member_hit(Hit("other.py", 5, 9, "Handler.emit"), cls)
     assert not is_member_hit(Hit("m.py", 5, 9, None), cls)
+
+
+def test_spells_symbol_reads_spaces_as_underscores_and_ignores_the_class() -> None:
+    assert spells_symbol("copy a directory tree with copytree", "copytree")
+    assert spells_symbol("the Has Header check", "Sniffer.has_header")
+    assert not spells_symbol("is the first row a header", "Sniffer.has_header")
+
+
+def test_identifier_words_split_identifiers_and_keep_unicode_letters() -> None:
+    assert identifier_words("BlueprintSetupState") == ["blueprint", "setup", "state"]
+    assert identifier_words("JSONTag.to_json") == ["json", "tag", "to", "json"]
+    assert identifier_words("get_json(silent=True), 名前 crème") == [
+        *("get", "json", "silent", "true", "名前", "crème"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("question", "symbol"),
+    [
+        ("url_for", "url_for"),
+        ("what does BlueprintSetupState hold", "BlueprintSetupState"),
+        ("registering a new user", "register"),  # another form of the verb
+        ("a blueprint registered twice", "Blueprint.register"),
+        ("retry a failed call", "retries"),  # y -> ies, both ways
+        ("how many retries", "retry"),
+        ("serving static files", "serve_file"),  # e dropped
+        ("keep running", "run"),  # consonant doubled
+        ("dispatch an incoming request", "Flask.full_dispatch_request"),
+        ("run it with the app context", "with_appcontext"),  # compound run together
+        ("copy tree", "copytree"),
+    ],
+)
+def test_uses_symbol_words_sees_words_of_the_name_in_any_form(question: str, symbol: str) -> None:
+    assert uses_symbol_words(question, symbol)
+
+
+@pytest.mark.parametrize(
+    ("question", "symbol"),
+    [
+        ("how does the app find the view function for an incoming URL", "Flask.dispatch_request"),
+        ("tests for the request body size limit", "test_max_content_length"),  # "test" prefix
+        ("get the body as parsed data", "get_json"),  # accessor prefix only
+        ("build a link to another page", "url_for"),  # "for" is a function word
+        ("how long does a permanent session last", "get_expiration_time"),
+        ("the route format", "url_for"),  # "for" inside a word is no word
+    ],
+)
+def test_uses_symbol_words_ignores_function_words_prefixes_and_other_words(
+    question: str, symbol: str
+) -> None:
+    assert not uses_symbol_words(question, symbol)
+
+
+def test_uses_symbol_words_includes_the_stdlib_sets_spelling_check() -> None:
+    # Whatever spells the name out names it, so a set labelled with uses_symbol_words also
+    # passes the stdlib set's check.
+    for q in QSET.questions:
+        if spells_symbol(q.question, q.symbol):
+            assert uses_symbol_words(q.question, q.symbol), q
+
+
+def test_loader_reads_intent_also_source_and_about_and_defaults_them(tmp_path: Path) -> None:
+    path = tmp_path / "set.json"
+    path.write_text(
+        json.dumps(
+            {
+                "about": "a set",
+                "source": {
+                    "kind": "sdist",
+                    "requirement": "pkg==1.0",
+                    "archive": "pkg-1.0.tar.gz",
+                    "sha256": "0" * 64,
+                    "root": "pkg-1.0",
+                },
+                "corpus": ["."],
+                "questions": [
+                    {"question": "q1", "path": "a.py", "symbol": "f", "names_symbol": False},
+                    {
+                        "question": "q2",
+                        "path": "tests/test_a.py",
+                        "symbol": "test_f",
+                        "names_symbol": True,
+                        "intent": "tests",
+                        "also": [{"path": "tests/test_b.py", "symbol": "TestB.test_f"}],
+                    },
+                ],
+            }
+        )
+    )
+    qset = load_question_set(path)
+    assert qset.about == "a set"
+    assert qset.source is not None
+    assert (qset.source.requirement, qset.source.root) == ("pkg==1.0", "pkg-1.0")
+    first, second = qset.questions
+    assert (first.intent, first.also) == ("code", ())
+    assert first.answers() == (Answer("a.py", "f"),)
+    assert second.intent == "tests"
+    assert second.answers() == (
+        Answer("tests/test_a.py", "test_f"),
+        Answer("tests/test_b.py", "TestB.test_f"),
+    )
+    assert QSET.source is None  # the stdlib set has none: its corpus is this interpreter's
+
+
+def test_loader_rejects_an_unknown_intent(tmp_path: Path) -> None:
+    path = tmp_path / "set.json"
+    question = {"question": "q", "path": "a.py", "symbol": "f", "names_symbol": False}
+    path.write_text(json.dumps({"corpus": ["."], "questions": [{**question, "intent": "docs"}]}))
+    with pytest.raises(ValueError, match="unknown intent 'docs'"):
+        load_question_set(path)
+
+
+def test_first_accepted_rank_accepts_any_listed_answer() -> None:
+    q = Question("q", "a.py", "f", names_symbol=False, also=(Answer("b.py", "C.g"),))
+    lines = {Answer("a.py", "f"): 10, Answer("b.py", "C.g"): 20}
+    wrong = Hit("c.py", 1, 99, "f")
+    assert first_accepted_rank([wrong, Hit("b.py", 18, 25, None)], q, lines) == 2
+    assert first_accepted_rank([Hit("a.py", 1, 2, "f"), wrong], q, lines) == 1
+    assert first_accepted_rank([wrong, Hit("b.py", 1, 5, "C.h")], q, lines) is None
+    # Without `also`, the same as first_hit_rank.
+    plain = Question("q", "a.py", "f", names_symbol=False)
+    hits = [wrong, Hit("a.py", 9, 12, None)]
+    assert first_accepted_rank(hits, plain, lines) == first_hit_rank(hits, plain, 10) == 2
