@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import anyio
@@ -26,6 +27,7 @@ from codebase_mcp.logs import LEVELS, configure_logging
 
 if TYPE_CHECKING:
     from codebase_mcp.config import Settings
+    from codebase_mcp.http_security import HttpSecuritySettings
     from codebase_mcp.models import JobInfo, Progress, SearchResponse
 
 log = structlog.get_logger("codebase-mcp")
@@ -50,6 +52,11 @@ environment:
   OLLAMA_EMBEDDING_MODEL default nomic-embed-text
   MCP_TRANSPORT          serve's default transport: stdio (default) or http
   MCP_HOST, MCP_PORT     serve's http address (default 127.0.0.1:8000)
+  MCP_AUTH_TOKENS        http: bearer tokens, comma-separated (or MCP_AUTH_JWKS_URI,
+                         MCP_AUTH_ISSUER, MCP_AUTH_AUDIENCE for JWTs); required off
+                         loopback unless MCP_AUTH_DISABLED=true
+  MCP_ALLOWED_HOSTS      http: Host headers accepted besides loopback and the address
+                         a request came in on (MCP_ALLOWED_ORIGINS: browser origins)
   CODEBASE_LOG_LEVEL     debug, info (default), warning, error
   NOTIFY_SOCKET          sd_notify socket: READY=1, STOPPING=1, WATCHDOG=1 (set by
                          mcp-supervisor or systemd; WATCHDOG_USEC sets the ping period)
@@ -280,10 +287,21 @@ def _settings() -> Settings:
     return load_settings()
 
 
+def _http_security(host: str) -> HttpSecuritySettings:
+    """Who may use the http transport; a non-loopback address without authentication
+    is a configuration error (exit 78) unless MCP_AUTH_DISABLED=true."""
+    from codebase_mcp.http_security import check_exposure, load_http_security
+
+    security = load_http_security()
+    check_exposure(host, security)
+    return security
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     transport = resolve_transport(args.transport, os.environ)
     host = args.host or os.environ.get("MCP_HOST") or DEFAULT_HOST
     port = resolve_port(args.port, os.environ)
+    security = _http_security(host) if transport == "http" else None
     settings = _settings()
 
     from codebase_mcp import lifecycle
@@ -298,7 +316,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if transport == "stdio":
             anyio.run(lifecycle.serve_stdio, mcp, notifier)
         else:
-            anyio.run(lifecycle.serve_http, mcp, notifier, host, port)
+            anyio.run(partial(lifecycle.serve_http, mcp, notifier, host, port, security=security))
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # incl. uvicorn's SystemExit, possibly inside a group

@@ -28,6 +28,8 @@ from codebase_mcp.notify import Notifier
 if TYPE_CHECKING:
     from fastmcp import FastMCP
 
+    from codebase_mcp.http_security import HttpSecuritySettings
+
 log = structlog.get_logger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -251,11 +253,20 @@ async def serve_stdio(server: FastMCP[Any], notifier: Notifier) -> None:
 
 
 async def serve_http(
-    server: FastMCP[Any], notifier: Notifier, host: str, port: int, path: str = "/mcp"
+    server: FastMCP[Any],
+    notifier: Notifier,
+    host: str,
+    port: int,
+    path: str = "/mcp",
+    *,
+    security: HttpSecuritySettings | None = None,
 ) -> None:
     """Serve streamable HTTP with uvicorn; SIGTERM/SIGINT ask uvicorn to stop, and the
-    app's lifespan (the engine teardown) completes before we return."""
+    app's lifespan (the engine teardown) completes before we return. `security` (default:
+    the Host/Origin guard on, no token, stateless) decides who may talk to it."""
     import uvicorn
+
+    from codebase_mcp.http_security import build_http_app, default_http_security
 
     class Server(uvicorn.Server):
         # uvicorn re-raises a captured signal after its shutdown, which killed the
@@ -264,23 +275,8 @@ async def serve_http(
         def capture_signals(self) -> Generator[None, None, None]:
             yield
 
-    import fastmcp
-    from fastmcp.server.mixins.transport import _resolve_allowed_hosts_for_run
-
-    # The same Host/Origin protection FastMCP's own run_http_async would set up.
-    protection = fastmcp.settings.http_host_origin_protection
-    allowed_hosts = _resolve_allowed_hosts_for_run(
-        host=host,
-        host_origin_protection=protection,
-        allowed_hosts=None,
-        configured_allowed_hosts=fastmcp.settings.http_allowed_hosts,
-    )
-    app = server.http_app(
-        path=path,
-        transport="http",
-        host_origin_protection=protection,
-        allowed_hosts=allowed_hosts,
-    )
+    security = security or default_http_security()
+    app = build_http_app(server, path=path, bind_host=host, settings=security)
     config = uvicorn.Config(
         app,
         host=host,
@@ -296,7 +292,16 @@ async def serve_http(
         while not userver.started:  # noqa: ASYNC110 - uvicorn offers no event for it
             await anyio.sleep(0.05)
         notifier.ready(f"serving on http://{host}:{port}{path}")
-        log.info("serving", transport="http", host=host, port=port, path=path)
+        log.info(
+            "serving",
+            transport="http",
+            host=host,
+            port=port,
+            path=path,
+            auth=security.describe_auth() if not security.auth_disabled else "disabled",
+            allowed_hosts=security.allowed_hosts,
+            stateless=security.stateless,
+        )
 
     async def body(stopper: Stopper) -> None:
         def ask_uvicorn_to_exit() -> None:

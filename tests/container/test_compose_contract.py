@@ -194,6 +194,67 @@ def test_prod_uses_a_prebuilt_image_and_no_inline_secrets() -> None:
     assert doc["secrets"]["postgres_password"] == {"environment": "POSTGRES_PASSWORD"}
 
 
+def _haproxy_cfg() -> str:
+    return (ROOT / "deploy/haproxy/haproxy.cfg").read_text()
+
+
+def test_prod_publishes_one_port_through_the_load_balancer() -> None:
+    """The replicas publish nothing; haproxy (official image) publishes one port and
+    finds them by the service name on the port they listen on."""
+    doc = load("docker-compose.prod.yml")
+    server = doc["services"]["codebase-mcp"]
+    assert "ports" not in server, "replicas are reached through the balancer only"
+    lb = doc["services"]["loadbalancer"]
+    assert str(lb["image"]).startswith("haproxy:")
+    assert len(lb["ports"]) == 1
+    published = str(lb["ports"][0])
+    assert published.startswith("${CODEBASE_MCP_PORT:-127.0.0.1:")
+    container_port = published.rsplit(":", 1)[1]
+    cfg = _haproxy_cfg()
+    assert re.search(rf"^\s*bind :{container_port}$", cfg, re.M), "frontend port"
+    (mount,) = lb["configs"]
+    assert mount["target"] == "/usr/local/etc/haproxy/haproxy.cfg"
+    assert doc["configs"][mount["source"]]["file"] == "./deploy/haproxy/haproxy.cfg"
+    assert (ROOT / "deploy/haproxy/haproxy.cfg").is_file()
+    # The backend: the service's name and MCP_PORT, with a slot for every replica.
+    match = re.search(r"^\s*server-template \S+ 1-(\d+) (\S+):(\d+) ", cfg, re.M)
+    assert match, "a server-template line"
+    assert match[2] == "codebase-mcp"
+    assert match[3] == server["environment"]["MCP_PORT"]
+    replicas = int(str(server["deploy"]["replicas"]).split(":-")[-1].rstrip("}"))
+    assert int(match[1]) >= replicas
+    # No stickiness: the replicas run stateless streamable HTTP.
+    assert server["environment"].get("MCP_STATELESS_HTTP", "true") == "true"
+    lines = [line.split() for line in cfg.splitlines() if line.strip() and line.strip()[0] != "#"]
+    assert not {"stick", "stick-table", "cookie"} & {words[0] for words in lines}
+    assert [w[1] for w in lines if w[0] == "balance"] in (["leastconn"], ["roundrobin"])
+
+
+def test_balancer_health_checks_use_a_host_the_server_accepts() -> None:
+    """The server answers 421 to a Host it does not know, and a Host-less check would
+    fail too: haproxy checks /health with Host localhost (always accepted)."""
+    cfg = _haproxy_cfg()
+    assert re.search(r"http-check send meth GET uri /health ver HTTP/1.1 hdr Host localhost", cfg)
+    assert "http-check expect status 200" in cfg
+
+
+@pytest.mark.parametrize("name", ["docker-compose.yml", "docker-compose.prod.yml"])
+def test_http_services_off_loopback_say_how_they_authenticate(name: str) -> None:
+    """Otherwise the server refuses to start (exit 78)."""
+    for svc_name, svc in our_services(load(name)).items():
+        env = svc.get("environment") or {}
+        if env.get("MCP_TRANSPORT") != "http" or env.get("MCP_HOST") in (None, "127.0.0.1"):
+            continue
+        tokens = str(env.get("MCP_AUTH_TOKENS", ""))
+        required = tokens.startswith("${MCP_AUTH_TOKENS:?")
+        disabled = str(env.get("MCP_AUTH_DISABLED", "")).endswith("true}")
+        assert required or env.get("MCP_AUTH_JWKS_URI") or disabled, svc_name
+        if name == "docker-compose.prod.yml":
+            assert required, f"{svc_name}: production requires tokens"
+            for port in svc.get("ports", []):
+                assert str(port).startswith("127.0.0.1:"), "published beyond loopback"
+
+
 def test_test_stack_runs_the_suite_in_the_image() -> None:
     doc = load("docker-compose.test.yml")
     tests = doc["services"]["tests"]
@@ -223,7 +284,12 @@ def _env_names(model: type[Any]) -> dict[str, set[str]]:
 
 
 @pytest.mark.parametrize(
-    "module", ["mcp_supervisor.config:SupervisorSettings", "codebase_mcp.config:Settings"]
+    "module",
+    [
+        "mcp_supervisor.config:SupervisorSettings",
+        "codebase_mcp.config:Settings",
+        "codebase_mcp.http_security:HttpSecuritySettings",
+    ],
 )
 def test_env_example_documents_every_setting(module: str) -> None:
     import importlib
