@@ -11,8 +11,8 @@ then renamed into place), starts PostgreSQL, says "ready" in the state file, and
   state file removed, exit 0. An initdb under way is finished first (the next start
   then finds a cluster), but PostgreSQL is not started for nobody;
 - or until SIGTERM/SIGINT/SIGHUP (the supervisor that runs it as PID 1 of a container,
-  or an administrator): initdb is killed (its side directory removed), PostgreSQL gets
-  its fast shutdown at once;
+  or an administrator): initdb is killed (its side directory is left for the next start
+  to remove), PostgreSQL gets its fast shutdown at once;
 - or until PostgreSQL dies: the state says so, exit 1.
 
 PostgreSQL, initdb and its sync run with a parent-death signal: if the keeper is
@@ -238,11 +238,10 @@ class Keeper:
             self.run_step(plan.initdb_argv, plan, "initdb")
             self.run_step(plan.sync_argv, plan, "syncing the new cluster")
         except BaseException:
-            import shutil
-
+            # postgres.initdb/ stays: the next start removes it (prepare_filesystem), so a
+            # stop does not wait for the removal of some thousand files.
             for pid in list(self.children):
-                self.kill_group(pid)  # before the directory it writes in goes
-            shutil.rmtree(plan.pgdata_new, ignore_errors=True)
+                self.kill_group(pid)
             raise
         os.rename(plan.pgdata_new, plan.pgdata)
         self.say(f"cluster initialised in {time.monotonic() - started:.2f} s")

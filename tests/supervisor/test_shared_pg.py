@@ -4,11 +4,13 @@ real keepers, the bundled PostgreSQL; psutil checks that nothing is left."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,10 +56,9 @@ def home(scratch: Path) -> Iterator[Path]:  # noqa: F811
     """A data directory in a 0700 parent (like /root) and a small repository to index."""
     yield scratch
     # Whatever a failed test left: nothing of ours may outlive it.
-    for p in keepers(scratch / "data"):
-        p.kill()
-    for p in postgres_processes(scratch / "data" / "postgres"):
-        p.kill()
+    for p in keepers(scratch / "data") + postgres_processes(scratch / "data" / "postgres"):
+        with contextlib.suppress(psutil.Error):
+            p.kill()
 
 
 def sup_env(base: Path, **extra: str) -> dict[str, str]:
@@ -155,14 +156,15 @@ def test_two_supervisors_and_the_cli_share_one_postgres(
     repo = make_repo(home)
     first = start_supervisor(home, home / "a")
     port = wait_marker(home / "a", first)
-    keeper = keepers(home / "data")
-    assert len(keeper) == 1
-    assert first.pid not in [p.pid for p in psutil.Process(keeper[0].pid).parents()]
 
     started = time.monotonic()
     second = start_supervisor(home, home / "b")
     assert wait_marker(home / "b", second) == port  # the same PostgreSQL
     print(f"second supervisor ready in {time.monotonic() - started:.2f} s")
+    keeper = keepers(home / "data")
+    assert len(keeper) == 1
+    # Not a descendant of the supervisor that started it: its stop sweep spares it.
+    assert first.pid not in [p.pid for p in psutil.Process(keeper[0].pid).parents()]
 
     indexed = cli(home, repo, fake_ollama, "index", "--no-progress", str(repo))
     assert indexed.returncode == 0, indexed.stderr
@@ -290,10 +292,17 @@ def pg_share_spec(base: Path) -> RunSpec:
 
 def _initdb_running(data_dir: Path) -> bool:
     for p in psutil.process_iter(["name", "cmdline"]):
-        cmd = " ".join(p.info.get("cmdline") or [])
-        if p.info.get("name") == "initdb" and str(data_dir) in cmd and "--sync-only" not in cmd:
+        if p.info.get("name") == "initdb" and str(data_dir) in " ".join(p.info["cmdline"] or []):
             return True
     return False
+
+
+def _syncing(stderr: list[str], data_dir: Path) -> bool:
+    """initdb says "syncing data to disk": on the supervisor's stderr (older code, and a
+    keeper under PID 1) or in postgres.log (a detached keeper)."""
+    log = data_dir / "postgres.log"
+    text = "".join(stderr) + (log.read_text(errors="replace") if log.exists() else "")
+    return "syncing data to disk" in text
 
 
 @pytest.mark.slow
@@ -301,11 +310,14 @@ def _initdb_running(data_dir: Path) -> bool:
 def test_sigterm_during_initdb_exits_within_a_second_then_a_start_works(
     home: Path, pid1: bool
 ) -> None:
-    """Issue 11: 4.2-4.4 s before (initdb's own fsync of every file), longer than the 2 s
-    a client waits before SIGKILL."""
+    """Issue 11: 4.2-4.4 s before (initdb's own fsync of every file, most of its 3.6 s),
+    longer than the 2 s a client waits before SIGKILL. The signal comes when initdb says
+    it syncs. Under PID 1 it comes as initdb starts: there the supervisor waits for the
+    keeper, whose killed sync only dies once its current fsync returns, which a busy
+    disk can stretch past a second (see the README)."""
     if pid1 and os.geteuid() != 0:
         pytest.skip("a PID namespace needs root")
-    argv = [SUPERVISOR, "--", sys.executable, "-c", CHILD, str(home / "a"), "0"]
+    argv = [SUPERVISOR, "--", sys.executable, "-c", CHILD, str(home / "a"), "30"]
     if pid1:
         argv = ["unshare", "--pid", "--fork", "--mount-proc", *argv]
     proc = subprocess.Popen(
@@ -317,17 +329,23 @@ def test_sigterm_during_initdb_exits_within_a_second_then_a_start_works(
         stderr=subprocess.PIPE,
         text=True,
     )
+    lines: list[str] = []
+    assert proc.stderr is not None
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)  # type: ignore[arg-type]
+    reader.start()
     try:
         deadline = time.monotonic() + 60
-        while not _initdb_running(home / "data"):
-            assert time.monotonic() < deadline, "initdb never ran"
+        while not (_initdb_running(home / "data") if pid1 else _syncing(lines, home / "data")):
+            assert time.monotonic() < deadline, "initdb never synced"
             assert proc.poll() is None
-            time.sleep(0.005)
+            time.sleep(0.002)
         target = children(proc.pid)[0] if pid1 else proc.pid
         sent = time.monotonic()
         os.kill(target, signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
+        proc.wait(timeout=30)
         elapsed = time.monotonic() - sent
+        reader.join(timeout=10)
+        err = "".join(lines)
     finally:
         if proc.poll() is None:
             proc.kill()
