@@ -239,9 +239,11 @@ def test_sigkill_of_the_keeper_takes_postgres_down_and_the_next_start_works(home
     (keeper,) = keepers(home / "data")
     (postmaster,) = postmasters(home)
     keeper.kill()
-    # Its parent-death signal: a fast shutdown, though a user is still there.
-    psutil.Process(postmaster).wait(timeout=15)
-    assert stop(first)[0] == 143
+    try:
+        # Its parent-death signal: a fast shutdown, though a user is still there.
+        psutil.Process(postmaster).wait(timeout=15)
+    finally:
+        assert stop(first)[0] == 143
     second = start_supervisor(home, home / "b", stay=0)
     wait_marker(home / "b", second)
     assert finish(second)[0] == 0
