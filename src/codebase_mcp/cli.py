@@ -45,7 +45,9 @@ DEFAULT_PORT = 8000
 
 EPILOG = """\
 environment:
-  REGISTRY_DATABASE_URL  PostgreSQL URL (required), e.g. postgresql://user:pw@host:5432/db
+  REGISTRY_DATABASE_URL  PostgreSQL URL, e.g. postgresql://user:pw@host:5432/db; serve
+                         requires it, index and search without it use the embedded
+                         PostgreSQL of MCP_SUPERVISOR_DATA_DIR (started if none runs)
   CODEBASE_ROOTS         directories that may be indexed, comma-separated (default: cwd)
   EMBEDDING_PROVIDER     ollama (default) or openai (any OpenAI-compatible /v1/embeddings)
   OLLAMA_BASE_URL        default http://localhost:11434
@@ -297,6 +299,24 @@ def _http_security(host: str) -> HttpSecuritySettings:
     return security
 
 
+# Stands in for the URL while the other settings are checked: a bad setting exits 78
+# before anything starts.
+_PLACEHOLDER_URL = "postgresql://embedded@127.0.0.1:1/postgres"
+
+
+def _settings_or_embedded() -> Settings:
+    """index and search: with no REGISTRY_DATABASE_URL, the embedded PostgreSQL of the
+    supervisor's data directory (joined if it runs, started if not)."""
+    from codebase_mcp.config import load_settings
+
+    if os.environ.get("REGISTRY_DATABASE_URL", "").strip():
+        return load_settings()
+    settings = load_settings(database_url=_PLACEHOLDER_URL)
+    from codebase_mcp import embedded
+
+    return settings.model_copy(update={"database_url": embedded.database_url()})
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     transport = resolve_transport(args.transport, os.environ)
     host = args.host or os.environ.get("MCP_HOST") or DEFAULT_HOST
@@ -440,13 +460,13 @@ async def _run_search(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    settings = _settings()
+    settings = _settings_or_embedded()
     result: int = anyio.run(_run_index, settings, args.path, args.force, not args.no_progress)
     return result
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    settings = _settings()
+    settings = _settings_or_embedded()
     result: int = anyio.run(_run_search, settings, args)
     return result
 

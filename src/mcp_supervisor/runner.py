@@ -56,7 +56,8 @@ class Supervisor:
         self.stop_deadline: float | None = None
         self.stop_requested = anyio.Event()
         self.env_extra: dict[str, str] = {}
-        self._aux_stop_signal: int = signal.SIGINT
+        self._aux_stop_signal: int = signal.SIGTERM
+        self.membership: Any = None  # pg_share.Membership: our use of the shared PostgreSQL
         # Health hook: called after every change the heartbeat shows (phase, child).
         self.on_change: Callable[[], None] = lambda: None
 
@@ -216,7 +217,7 @@ class Supervisor:
     async def _wait_unless_aux_dies(self, child: _Child) -> int | None:
         """The child's exit code, or None when an auxiliary service (the embedded
         PostgreSQL) died first: waiting for it until the deadline would be pointless."""
-        died: list[_Child] = []
+        died: list[_Child | None] = []  # None: the shared PostgreSQL (not our child)
         async with anyio.create_task_group() as tg:
 
             async def watch(aux: _Child) -> None:
@@ -224,52 +225,107 @@ class Supervisor:
                 died.append(aux)
                 tg.cancel_scope.cancel()
 
+            async def watch_shared() -> None:
+                while self.membership.alive():  # noqa: ASYNC110 - no event to wait for
+                    await anyio.sleep(0.1)
+                died.append(None)
+                tg.cancel_scope.cancel()
+
             for aux in self.aux:
                 tg.start_soon(watch, aux)
+            if self.membership is not None and not self.aux:
+                tg.start_soon(watch_shared)
             await child.done.wait()
             tg.cancel_scope.cancel()
         if child.done.is_set():
             return child.exit_code
-        aux = died[0]
-        self.log.error(
-            "embedded PostgreSQL exited while preparing (its own messages are above)",
-            pid=aux.pid,
-            exit_code=aux.exit_code,
-        )
+        gone = died[0]
+        if gone is not None:
+            self.log.error(
+                "embedded PostgreSQL exited while preparing (its own messages are above)",
+                pid=gone.pid,
+                exit_code=gone.exit_code,
+            )
+        else:
+            self.log.error(
+                "embedded PostgreSQL exited while preparing",
+                postmaster_pid=self.membership.state.postmaster_pid,
+                log_file=self.membership.paths.log_file,
+            )
         process.signal_pid(child.pid, signal.SIGTERM)
         await self._wait(child)
         return None
 
     async def _start_embedded_postgres(self) -> str | None:
-        from mcp_supervisor import embedded_pg
+        """Join the data directory's shared PostgreSQL (pg_share), starting its keeper
+        when none runs: detached, so that it outlives us while others use it; or, as
+        PID 1 of a container (no other users), as our own child that we stop after the
+        server. The URL, or None (logged) when it cannot be had or a stop came first."""
+        from mcp_supervisor import pg_share
 
         started = time.monotonic()
+        deadline = started + self.spec.dependency_timeout
+        spawn = self._spawn_keeper if os.getpid() == 1 else pg_share.spawn_detached_keeper
         try:
-            plan = embedded_pg.plan(self.spec)
-            for note in plan.prepare_filesystem():
-                self.log.info("embedded PostgreSQL data directory", note=note)
-        except embedded_pg.EmbeddedPostgresError as exc:
-            self.log.error(str(exc))  # a broken or busy data directory: say so, exit 69
+            joining = pg_share.Joining(pg_share.Paths.for_data_dir(self.spec.data_dir), spawn)
+        except pg_share.JoinError as exc:
+            self.log.error(str(exc))
             return None
-        if plan.initdb_argv:
-            self.log.info("initialising embedded PostgreSQL", data_dir=str(plan.data_dir))
-            initdb = self._spawn("initdb", plan.initdb_argv, plan.env, run_as=plan.run_as)
-            self.current = initdb
-            code = await self._wait(initdb)
-            self.current = None
-            if code != 0 or self.stop_signal is not None:
-                self.log.error("initdb failed", exit_code=code)
+        seen = ""
+        while True:
+            try:
+                member = joining.step()
+            except pg_share.JoinError as exc:
+                self.log.error(str(exc))  # a broken or unusable data directory: exit 69
                 return None
-        pg = self._spawn("postgres", plan.postgres_argv, plan.env, run_as=plan.run_as)
-        self.aux.append(pg)
+            if member is not None:
+                break
+            if joining.phase != seen:
+                seen = joining.phase
+                if seen == pg_share.INITDB:
+                    where = joining.paths.data_dir
+                    self.log.info("initialising embedded PostgreSQL", data_dir=where)
+                else:
+                    self.log.debug("waiting for the embedded PostgreSQL", phase=seen)
+            if self.stop_signal is not None or time.monotonic() > deadline:
+                joining.abandon()
+                if self.stop_signal is None:
+                    self.log.error(
+                        "the embedded PostgreSQL was not ready in time",
+                        phase=joining.phase,
+                        timeout_s=self.spec.dependency_timeout,
+                        log_file=joining.paths.log_file,
+                    )
+                return None
+            with anyio.move_on_after(0.02):
+                await self.stop_requested.wait()
+            self._reap()  # a keeper of ours that died while starting
+        self.membership = member
+        # The server child is a user too: if we are SIGKILLed it keeps PostgreSQL alive
+        # until it has finished with it.
+        os.set_inheritable(member.fd, True)
         self.log.info(
-            "embedded PostgreSQL started",
-            pid=pg.pid,
-            url=plan.safe_url,
+            "embedded PostgreSQL started" if member.started_owner else "embedded PostgreSQL joined",
+            url=member.safe_url,
+            postmaster_pid=member.state.postmaster_pid,
             duration_s=round(time.monotonic() - started, 3),
         )
-        self._aux_stop_signal = plan.stop_signal
-        return str(plan.url)
+        return member.url
+
+    def _spawn_keeper(self, paths: Any, owner_fd: int) -> None:
+        """PID 1: the keeper is our child (nothing outlives a container's PID 1 anyway),
+        stopped with SIGTERM once the server has exited."""
+        from mcp_supervisor import pg_share
+
+        os.set_inheritable(owner_fd, True)
+        try:
+            keeper = self._spawn(
+                "postgres", pg_share.keeper_argv(paths.data_dir, owner_fd), pg_share.keeper_env()
+            )
+        finally:
+            os.set_inheritable(owner_fd, False)
+        self.aux.append(keeper)
+        self._aux_stop_signal = signal.SIGTERM
 
     async def _run_main(self) -> int:
         """The main child, restarted as the restart policy says (with backoff), until it
@@ -390,6 +446,8 @@ class Supervisor:
                 process.signal_pid(aux.pid, self._aux_stop_signal)
         aux_deadline = time.monotonic() + AUX_STOP_TIMEOUT
         await self._drain(self._aux_and_rest, aux_deadline, None)
+        if self.membership is not None:
+            self.membership.close()  # we are no longer a user
 
     def _aux_and_rest(self) -> list[int]:
         return process.descendants(os.getpid())

@@ -12,8 +12,13 @@ from pathlib import Path
 import psutil
 import pytest
 
+from mcp_supervisor import pg_share
 from tests.supervisor.fixtures_deps import SUPERVISOR, dep_env
-from tests.supervisor.test_embedded_pg import postgres_processes, scratch  # noqa: F401
+from tests.supervisor.test_embedded_pg import (  # noqa: F401
+    postgres_processes,
+    scratch,
+    wait_until_gone,
+)
 
 
 def _closed_port() -> int:
@@ -46,9 +51,11 @@ def test_postgres_dying_while_waiting_for_ollama_exits_69_at_once(scratch: Path)
         pgdata = data_dir / "postgres"
         deadline = time.monotonic() + 60
         postmaster: list[psutil.Process] = []
+        paths = pg_share.Paths.for_data_dir(str(data_dir))
         while time.monotonic() < deadline:
-            postmaster = [p for p in postgres_processes(pgdata) if p.ppid() == sup.pid]
-            if postmaster:
+            state = pg_share.read_state(paths)
+            if state is not None and state.phase == pg_share.READY and state.postmaster_pid:
+                postmaster = [psutil.Process(state.postmaster_pid)]
                 break
             time.sleep(0.05)
         assert postmaster, "the embedded PostgreSQL never started"
@@ -66,5 +73,4 @@ def test_postgres_dying_while_waiting_for_ollama_exits_69_at_once(scratch: Path)
     assert "embedded PostgreSQL exited while preparing" in err
     assert not marker.exists()
     assert "Traceback" not in err
-    time.sleep(0.5)
-    assert postgres_processes(pgdata) == []  # orphaned backends too
+    wait_until_gone(pgdata)  # orphaned backends and the keeper too

@@ -46,7 +46,9 @@ def fake_versions(tmp: Path) -> dict[int, str]:
 
 
 def make_cluster_files(pgdata: Path, version: str = "18", password: str | None = "pw") -> None:
-    pgdata.mkdir(parents=True)
+    """What makes a complete cluster to the plan: PG_VERSION and global/pg_control."""
+    (pgdata / "global").mkdir(parents=True)
+    (pgdata / "global" / "pg_control").write_bytes(b"\0" * 8)
     (pgdata / "PG_VERSION").write_text(version + "\n")
     if password is not None:
         (pgdata.parent / "postgres.password").write_text(password + "\n")
@@ -55,6 +57,28 @@ def make_cluster_files(pgdata: Path, version: str = "18", password: str | None =
 def postgres_processes(pgdata: str | Path) -> list[psutil.Process]:
     """Every process working in `pgdata`: the postmaster and all its backends."""
     return [p for p in psutil.process_iter(["cwd"]) if p.info.get("cwd") == str(pgdata)]
+
+
+def keepers(data_dir: str | Path) -> list[psutil.Process]:
+    """The pg_keeper processes of `data_dir`."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info.get("cmdline") or []
+        if "mcp_supervisor.pg_keeper" in cmd and str(data_dir) in cmd:
+            found.append(p)
+    return found
+
+
+def wait_until_gone(pgdata: Path, timeout: float = 20.0) -> None:
+    """No PostgreSQL process and no keeper of this data directory is left (the keeper
+    stops PostgreSQL within moments of its last user leaving)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not postgres_processes(pgdata) and not keepers(pgdata.parent):
+            return
+        time.sleep(0.05)
+    assert postgres_processes(pgdata) == []
+    assert keepers(pgdata.parent) == []
 
 
 # --- the plan -----------------------------------------------------------------------------
@@ -83,15 +107,18 @@ def test_fresh_plan_initialises_with_the_newest_binaries(scratch: Path) -> None:
     assert p.bin_dir == versions[18]
     assert p.run_as is None
     assert p.port == 54321
-    # stdin from /dev/null, stdout onto stderr (fd 1 is MCP's), exec keeps the pid.
-    assert p.initdb_argv is not None
-    assert p.initdb_argv[:3] == ["/bin/sh", "-c", 'exec "$@" </dev/null >&2']
-    initdb = p.initdb_argv[4:]
+    # initdb makes the cluster beside its final place, without its slow fsync; the sync
+    # is a step of its own, then the directory is renamed into place.
+    assert p.initdb_argv is not None and p.sync_argv is not None
+    initdb = p.initdb_argv
     assert initdb[0] == f"{versions[18]}/initdb"
-    assert initdb[initdb.index("--pgdata") + 1] == pgdata
+    assert p.pgdata_new == str(scratch / "data" / "postgres.initdb")
+    assert initdb[initdb.index("--pgdata") + 1] == p.pgdata_new
     assert initdb[initdb.index("--pwfile") + 1] == p.password_file
     assert "--auth=scram-sha-256" in initdb
-    server = p.postgres_argv[4:]
+    assert "--no-sync" in initdb
+    assert p.sync_argv == [f"{versions[18]}/initdb", "--sync-only", "--pgdata", p.pgdata_new]
+    server = p.postgres_argv
     assert server[0] == f"{versions[18]}/postgres"
     assert server[server.index("-D") + 1] == pgdata
     assert server[server.index("-p") + 1] == "54321"
@@ -149,7 +176,7 @@ def test_empty_data_dir_setting_is_an_error() -> None:
 def test_prepare_creates_private_directories_and_the_password(scratch: Path) -> None:
     p = plan(spec_for(scratch / "data"), euid=1000, versions=fake_versions(scratch))
     p.prepare_filesystem()
-    assert stat.S_IMODE(os.stat(p.pgdata).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(p.pgdata_new).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(p.password_file).st_mode) == 0o600
     assert Path(p.password_file).read_text().strip() == p.password
     # The next plan sees no cluster yet (no initdb ran) but keeps working.
@@ -157,13 +184,21 @@ def test_prepare_creates_private_directories_and_the_password(scratch: Path) -> 
 
 
 def test_prepare_removes_a_half_initialised_cluster(scratch: Path) -> None:
+    """A killed initdb leaves postgres.initdb/ (today) or a postgres/ with PG_VERSION but
+    no global/pg_control (initdb writes that one in its bootstrap; older versions of this
+    code ran initdb in place): both are redone, not reused or refused."""
     pgdata = scratch / "data" / "postgres"
     (pgdata / "base").mkdir(parents=True)
     (pgdata / "global").mkdir()
+    (pgdata / "PG_VERSION").write_text("18\n")
+    side = scratch / "data" / "postgres.initdb"
+    (side / "base").mkdir(parents=True)
     p = plan(spec_for(scratch / "data"), euid=1000, versions=fake_versions(scratch))
+    assert p.initdb_argv is not None  # not taken for a cluster
     notes = p.prepare_filesystem()
-    assert list(pgdata.iterdir()) == []
-    assert any("unfinished" in n for n in notes)
+    assert not pgdata.exists()
+    assert list(side.iterdir()) == []  # made anew, empty, for initdb
+    assert sum("unfinished" in n for n in notes) == 2
 
 
 def test_prepare_clears_a_pid_file_whose_pid_was_reused(scratch: Path) -> None:
@@ -189,31 +224,45 @@ def test_prepare_leaves_a_dead_pid_to_postgres(scratch: Path) -> None:
     assert (pgdata / "postmaster.pid").exists()
 
 
-def test_prepare_refuses_a_directory_orphaned_processes_still_use(scratch: Path) -> None:
+def test_only_postgres_programs_count_as_leftovers(scratch: Path) -> None:
+    """A shell (here: sleep) that sits in the data directory is nobody's PostgreSQL."""
     pgdata = scratch / "data" / "postgres"
     make_cluster_files(pgdata)
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    (pgdata / "postmaster.pid").write_text(f"{dead.pid}\n{pgdata}\n")
-    orphan = subprocess.Popen(["sleep", "30"], cwd=pgdata)  # like a backend left behind
+    bystander = subprocess.Popen(["sleep", "30"], cwd=pgdata)
     try:
-        p = plan(spec_for(scratch / "data"), euid=1000, versions=fake_versions(scratch))
-        with pytest.raises(EmbeddedPostgresError, match=f"pid {orphan.pid}"):
-            p.prepare_filesystem()
+        assert embedded_pg.leftover_postgres(str(pgdata)) == []
+        assert embedded_pg.stop_leftover_postgres(str(pgdata)) == []
+        assert bystander.poll() is None
     finally:
-        orphan.kill()
-        orphan.wait()
-    assert (pgdata / "postmaster.pid").exists()
+        bystander.kill()
+        bystander.wait()
 
 
-def test_prepare_refuses_a_data_directory_a_live_postgres_serves(
-    pg_cluster: PostgresCluster,
-) -> None:
-    with pytest.raises(EmbeddedPostgresError, match="still run"):
-        embedded_pg._clear_stale_pid_file(str(pg_cluster.datadir))
-    assert (pg_cluster.datadir / "postmaster.pid").exists()
+def test_leftover_postgres_finds_a_live_cluster(pg_cluster: PostgresCluster) -> None:
     assert pg_cluster.proc is not None
-    assert pg_cluster.proc.pid in embedded_pg.processes_in(str(pg_cluster.datadir))
+    found = embedded_pg.leftover_postgres(str(pg_cluster.datadir))
+    assert pg_cluster.proc.pid in found
+    assert embedded_pg.postmaster_pid(str(pg_cluster.datadir)) == pg_cluster.proc.pid
+    assert embedded_pg.postmaster_ready(str(pg_cluster.datadir), pg_cluster.proc.pid)
+
+
+def test_a_postgres_left_running_is_stopped_not_refused(scratch: Path) -> None:
+    """The old code exited 69 ("PostgreSQL processes still run") for its own leftover."""
+    cluster = PostgresCluster(datadir=scratch / "pg" / "data")
+    if IS_ROOT:
+        (scratch / "pg").mkdir()
+        scratch.chmod(0o755)
+        (scratch / "pg").chmod(0o755)
+    cluster.init()
+    cluster.start()
+    assert cluster.proc is not None
+    try:
+        notes = embedded_pg.stop_leftover_postgres(str(cluster.datadir))
+        assert any("stopping PostgreSQL left running" in n for n in notes)
+        assert cluster.proc.wait(timeout=5) == 0  # a fast shutdown, not a kill
+        assert embedded_pg.leftover_postgres(str(cluster.datadir)) == []
+    finally:
+        cluster.stop()
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="ownership and reachability matter as root")
@@ -223,7 +272,7 @@ def test_prepare_as_root_hands_the_cluster_to_nobody(scratch: Path) -> None:
     p = plan(spec_for(home / "data"), euid=0, versions=embedded_pg.install_versions())
     notes = p.prepare_filesystem()
     nobody = pwd.getpwnam("nobody")
-    assert (os.stat(p.pgdata).st_uid, os.stat(p.password_file).st_uid) == (nobody.pw_uid,) * 2
+    assert (os.stat(p.pgdata_new).st_uid, os.stat(p.password_file).st_uid) == (nobody.pw_uid,) * 2
     # Search only, never read: others may pass through, not list.
     assert stat.S_IMODE(home.stat().st_mode) == 0o701
     assert any(str(home) in n for n in notes)
@@ -261,11 +310,13 @@ def test_plan_by_hand_initialises_serves_migrates_and_survives_a_crash(scratch: 
     spec = spec_for(scratch / "data")
     first = plan(spec)
     first.prepare_filesystem()
-    assert first.initdb_argv is not None
-    initdb = _run(first.initdb_argv, first)
-    out, _ = initdb.communicate(timeout=120)
-    assert initdb.returncode == 0
-    assert out == b""  # initdb's chatter went to stderr, not to MCP's stdout
+    assert first.initdb_argv is not None and first.sync_argv is not None
+    for argv in (first.initdb_argv, first.sync_argv):
+        step = _run(argv, first)
+        step.communicate(timeout=120)
+        assert step.returncode == 0
+    assert plan(spec).initdb_argv is not None  # not in place yet: still a fresh start
+    Path(first.pgdata_new).rename(first.pgdata)
 
     for round_, p in enumerate([first, None]):
         p = p or plan(spec)
@@ -350,7 +401,7 @@ def test_supervisor_with_no_url_runs_the_embedded_postgres(scratch: Path) -> Non
     assert events(proc.stderr, "migrated")
     password = (data_dir / "postgres.password").read_text().strip()
     assert password not in proc.stderr
-    assert postgres_processes(pgdata) == []
+    wait_until_gone(pgdata)  # the keeper stops it once its last user has gone
 
     # Second start: the data is reused (no initdb, the row is still there); a SIGTERM
     # while the child runs still takes PostgreSQL down with everything else.
@@ -384,10 +435,7 @@ def test_supervisor_with_no_url_runs_the_embedded_postgres(scratch: Path) -> Non
     assert sup.returncode == 143, err
     assert out == ""
     assert password not in err
-    deadline = time.monotonic() + 2
-    while postgres_processes(pgdata) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert postgres_processes(pgdata) == []
+    wait_until_gone(pgdata)
 
 
 def test_supervisor_with_a_broken_data_dir_says_why_and_starts_nothing(scratch: Path) -> None:
