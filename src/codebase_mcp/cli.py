@@ -368,12 +368,14 @@ class ProgressPrinter:
 
 
 async def _run_index(settings: Settings, path: str, force: bool, show: bool) -> int:
+    from codebase_mcp import paths
     from codebase_mcp.engine import Engine
 
     printer = ProgressPrinter(sys.stderr, show)
     started = time.monotonic()
     async with Engine(settings) as engine:
-        job = await engine.start_index(path, force=force, progress=printer)
+        # A path from the command line is the OS's (bytes); the engine takes text form.
+        job = await engine.start_index(paths.to_text(path), force=force, progress=printer)
 
         async def work(_: anyio.CancelScope) -> JobInfo:
             return await engine.wait_job(job.id)
@@ -392,16 +394,19 @@ async def _run_index(settings: Settings, path: str, force: bool, show: bool) -> 
 
 
 async def _run_search(settings: Settings, args: argparse.Namespace) -> int:
+    from codebase_mcp import paths
     from codebase_mcp.engine import Engine
 
     if not args.query.strip():
         raise UsageError("QUERY must not be empty")
+    # A repository path from the command line is the OS's; the engine takes text form.
+    repository = paths.to_text(args.repository) if args.repository else None
     async with Engine(settings) as engine:
 
         async def work(_: anyio.CancelScope) -> SearchResponse:
             return await engine.search(
                 args.query,
-                repository=args.repository,
+                repository=repository,
                 language=args.language,
                 path_glob=args.path_glob,
                 limit=args.limit,

@@ -11,6 +11,11 @@ the root down to the file's directory (plus ``.git/info/exclude``), with git's s
 a deeper file overrides a shallower one, the last matching line wins, ``!`` re-includes,
 and a file inside an excluded directory cannot be re-included.
 
+Paths: the walk works on the operating system's names (bytes on Linux, surrogate-escaped
+in str) and matches ignore rules against them; every path it hands out or records
+(``SourceFile.rel_path``, the skip list) is in the text form of ``codebase_mcp.paths``,
+so that any name the OS allows can be stored, shown and mapped back to the file.
+
 Symlinks: a link to a file inside the root is followed (indexed under the link's path); a
 link leading outside the root, a broken link, and any link to a directory are skipped
 (a directory inside the root is indexed under its real path anyway, and never following
@@ -30,6 +35,7 @@ from pathlib import Path
 
 import pathspec
 
+from codebase_mcp import paths
 from codebase_mcp.languages import detect_language, detect_language_from_shebang
 
 DEFAULT_MAX_FILE_BYTES = 1 << 20
@@ -133,15 +139,16 @@ class SkipReason(enum.StrEnum):
 @dataclass
 class DiscoveryStats:
     """Skips seen by a walk. ``skipped`` lists each pruned path once (an ignored directory
-    counts once, not once per file inside it)."""
+    counts once, not once per file inside it), in the text form of ``codebase_mcp.paths``."""
 
     files: int = 0
     bytes: int = 0
     skipped: list[tuple[str, SkipReason]] = field(default_factory=list)
     counts: Counter[SkipReason] = field(default_factory=Counter)
 
-    def skip(self, rel_path: str, reason: SkipReason) -> None:
-        self.skipped.append((rel_path, reason))
+    def skip(self, os_rel_path: str, reason: SkipReason) -> None:
+        """Record a skip; the path is the walk's own (OS) form, recorded as text."""
+        self.skipped.append((paths.to_text(os_rel_path), reason))
         self.counts[reason] += 1
 
 
@@ -178,7 +185,8 @@ class SourceFile:
     """A candidate file found by ``discover_files``.
 
     ``rel_path`` is POSIX-style relative to the root (the link's path for a followed
-    symlink); ``abs_path`` is the absolute path to open, a plain string (building a
+    symlink), in the text form of ``codebase_mcp.paths`` (what is stored and shown);
+    ``abs_path`` is the operating system's absolute path to open, a plain string (building a
     ``Path`` per file was a third of the walk's time; ``path`` gives one). ``size`` and
     ``mtime_ns`` come from the stat done during the walk.
     """
@@ -220,11 +228,11 @@ class PathNotAllowedError(ValueError):
     """A path outside every allowed root."""
 
     def __init__(self, path: str | os.PathLike[str], roots: Sequence[Path]) -> None:
-        self.path = str(path)
+        self.path = paths.to_text(os.fspath(path))
         self.roots = tuple(roots)
-        allowed = ", ".join(str(r) for r in self.roots) or "(none configured)"
+        allowed = ", ".join(paths.to_text(str(r)) for r in self.roots) or "(none configured)"
         super().__init__(
-            f"path {self.path!r} is not under an allowed root; allowed roots: {allowed}"
+            f"path '{self.path}' is not under an allowed root; allowed roots: {allowed}"
         )
 
 
@@ -306,7 +314,8 @@ def discover_files(
     exclude: Iterable[str] = (),
     stats: DiscoveryStats | None = None,
 ) -> Iterator[SourceFile]:
-    """Yield the indexable candidate files under ``root`` in a stable (sorted) order.
+    """Yield the indexable candidate files under ``root`` (an operating-system path) in
+    a stable (sorted) order.
 
     ``exclude``: extra gitignore-style patterns relative to the root (a caller's setting);
     they win over everything else. Pass a ``DiscoveryStats`` to collect skip reasons.
@@ -418,7 +427,8 @@ class _Walk:
             return None
         self.stats.files += 1
         self.stats.bytes += st.st_size
-        return SourceFile(rel, path, st.st_size, st.st_mtime_ns, detect_language(rel))
+        text = paths.to_text(rel)
+        return SourceFile(text, path, st.st_size, st.st_mtime_ns, detect_language(text))
 
     def _symlink(
         self, entry: os.DirEntry[str], rel: str, chain: Sequence[_IgnoreFile]

@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 import structlog
 
-from codebase_mcp import db, tokens, vector_index
+from codebase_mcp import db, paths, tokens, vector_index
 from codebase_mcp.config import Settings
 from codebase_mcp.discover import resolve_under_roots
 from codebase_mcp.embed import Embedder, create_embedder
@@ -280,13 +280,18 @@ class Engine:
     async def start_index(
         self, path: str, force: bool = False, progress: ProgressCallback | None = None
     ) -> JobInfo:
-        """Start indexing `path` in the background and return its job at once. If a job for
-        the same repository is queued or running, that job is returned instead.
+        """Start indexing `path` (the text form of codebase_mcp.paths) in the background
+        and return its job at once. If a job for the same repository is queued or running,
+        that job is returned instead.
         Raises discover.PathNotAllowedError for paths outside CODEBASE_ROOTS."""
-        resolved = resolve_under_roots(path, self.settings.roots)
+        try:
+            os_path = paths.to_os(path)
+        except paths.PathTextError as exc:
+            raise EngineError(f"path: {exc}") from None
+        resolved = resolve_under_roots(os_path, self.settings.roots)
         if not resolved.is_dir():
-            raise EngineError(f"{path!r} is not a directory")
-        return await self.jobs.start(str(resolved), force, progress)
+            raise EngineError(f"{paths.to_text(os_path)} is not a directory")
+        return await self.jobs.start(paths.to_text(str(resolved)), force, progress)
 
     async def wait_job(self, job_id: str) -> JobInfo:
         """Wait until the job has finished (any final state) and return it (callers bound

@@ -23,7 +23,7 @@ import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from codebase_mcp import db, vector_index
+from codebase_mcp import db, paths, vector_index
 from codebase_mcp.chunk import ChunkOptions, chunk_source
 from codebase_mcp.discover import (
     DiscoveryStats,
@@ -307,7 +307,11 @@ class IndexRun:
 
         stats = DiscoveryStats()
         discovered: list[SourceFile] = await anyio.to_thread.run_sync(
-            lambda: list(discover_files(self.root, max_file_bytes=self.max_file_bytes, stats=stats))
+            lambda: list(
+                discover_files(
+                    paths.to_os(self.root), max_file_bytes=self.max_file_bytes, stats=stats
+                )
+            )
         )
         # Only stored files need a hash to decide: a new file is indexed anyway (its
         # chunking process hashes it as it reads it), and `force` indexes everything.

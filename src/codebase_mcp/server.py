@@ -225,7 +225,12 @@ def _add_index_tools(mcp: FastMCP[AppState], state: AppState) -> None:
     @mcp.tool(annotations={"readOnlyHint": False, "idempotentHint": True, "openWorldHint": False})
     async def index_repository(
         path: Annotated[
-            str, Field(description="Directory of the repository; must be under CODEBASE_ROOTS")
+            str,
+            Field(
+                description="Directory of the repository; must be under CODEBASE_ROOTS. "
+                "Paths are UTF-8 text with \\\\ for a backslash and \\xHH for any other "
+                "byte that is not UTF-8 (as list_repositories and search_code show them)"
+            ),
         ],
         ctx: Context,
         force: Annotated[

@@ -270,3 +270,24 @@ async def test_the_progress_line_shows_what_the_job_does_at_once() -> None:
     lines = out.getvalue().splitlines()
     assert len(lines) == 2, lines
     assert lines[1].endswith("chunks 40  building the vector index (40 vectors)")
+
+
+def test_names_from_the_terminal(pg_url: str, fake_ollama: FakeOllama, tmp_path: Path) -> None:
+    migrate(pg_url)
+    repo = os.fsdecode(os.fsencode(tmp_path) + b"/r\xe9po")  # as a shell hands it over
+    os.mkdir(repo)
+    Path(repo, os.fsdecode(b"caf\xe9.py")).write_text("def cafe_latin():\n    return 1\n")
+    env = _env(
+        REGISTRY_DATABASE_URL=pg_url,
+        OLLAMA_BASE_URL=fake_ollama.url,
+        CODEBASE_ROOTS=str(tmp_path),
+        CODEBASE_INDEX_WORKERS="1",
+    )
+    proc = _run(["index", "--no-progress", repo], env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"completed: {tmp_path}/r\\xe9po\n"), proc.stdout
+
+    proc = _run(["search", "cafe_latin", "-r", repo], env, tmp_path)  # the terminal's bytes
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(" 1. caf\\xe9.py:1-2"), proc.stdout
+    assert f"in {tmp_path}/r\\xe9po" in proc.stdout
