@@ -150,15 +150,33 @@ def format_progress(p: Progress) -> str:
     return f"{line}  {p.message}" if p.message else line
 
 
+# How the summary names each skip reason (discover.SkipReason values).
+SKIP_LABELS = {
+    "too_large": "too large (over CODEBASE_MAX_FILE_SIZE)",
+    "binary": "binary",
+    "undecodable": "undecodable text",
+    "unreadable": "unreadable",
+    "failed": "failed (see errors)",
+    "broken_symlink": "broken symlinks",
+    "symlink_outside_root": "symlinks leading outside the repository",
+    "symlink_directory": "symlinks to directories",
+    "not_regular": "not regular files",
+}
+
+
 def format_summary(job: JobInfo, elapsed: float) -> str:
     rate = job.files_done / elapsed if elapsed > 0 else 0.0
     lines = [
         f"{job.state}: {job.repository}",
-        f"  files: {job.files_done}/{job.files_total} processed, {job.files_skipped} unchanged, "
+        f"  files: {job.files_done}/{job.files_total} processed, {job.files_unchanged} unchanged, "
         f"{job.files_deleted} deleted",
         f"  chunks: {job.chunks_done}",
         f"  time: {elapsed:.1f} s ({rate:.0f} files/s)",
     ]
+    if job.skipped:
+        counts = sorted(job.skipped.items(), key=lambda item: (-item[1], item[0]))
+        reasons = ", ".join(f"{n} {SKIP_LABELS.get(r, r)}" for r, n in counts)
+        lines.append(f"  skipped: {sum(job.skipped.values())} file(s): {reasons}")
     if job.errors:
         lines.append(f"  errors: {len(job.errors)} file(s) could not be indexed")
         lines.extend(f"    {e.path}: {e.error}" for e in job.errors[:10])

@@ -2,7 +2,7 @@
 
 ``discover_files(root)`` walks a tree with ``os.scandir``, pruning ignored directories
 without descending, and yields a ``SourceFile`` (metadata only, from one ``stat``) per
-candidate. Content checks that need the bytes (binary, UTF-8) happen in
+candidate. Content checks that need the bytes (binary, decoding) happen in
 ``SourceFile.load()``, which the indexer calls anyway to hash the file: one read per file.
 
 Ignore rules, in order: the built-in lists below (VCS and dependency/build directories,
@@ -35,11 +35,10 @@ from pathlib import Path
 
 import pathspec
 
-from codebase_mcp import paths
+from codebase_mcp import decoding, paths
 from codebase_mcp.languages import detect_language, detect_language_from_shebang
 
 DEFAULT_MAX_FILE_BYTES = 1 << 20
-BINARY_SNIFF_BYTES = 8192
 
 IGNORED_DIR_NAMES: frozenset[str] = frozenset(
     {
@@ -127,13 +126,14 @@ class SkipReason(enum.StrEnum):
     GITIGNORED = "gitignored"
     EXCLUDED = "excluded"
     BINARY = "binary"
-    NOT_UTF8 = "not_utf8"
+    UNDECODABLE = "undecodable"
     TOO_LARGE = "too_large"
     SYMLINK_OUTSIDE_ROOT = "symlink_outside_root"
     SYMLINK_DIRECTORY = "symlink_directory"
     BROKEN_SYMLINK = "broken_symlink"
     NOT_REGULAR = "not_regular"
     UNREADABLE = "unreadable"
+    FAILED = "failed"  # reading or chunking raised an error (the job's errors say which)
 
 
 @dataclass
@@ -160,7 +160,8 @@ def content_hash(data: bytes) -> str:
 
 @dataclass(frozen=True, slots=True)
 class FileContent:
-    """A file's bytes, their UTF-8 text and hash, and its language (refined by shebang)."""
+    """A file's bytes, their text (see decode_source) and hash, and its language (refined
+    by shebang)."""
 
     data: bytes
     text: str
@@ -168,16 +169,15 @@ class FileContent:
     language: str | None
 
 
-def decode_source(data: bytes) -> str | SkipReason:
-    """The text of a file's bytes, or why it is not indexable text (pure)."""
-    if b"\0" in data[:BINARY_SNIFF_BYTES]:
+def decode_source(data: bytes, language: str | None = None) -> str | SkipReason:
+    """The text of a file's bytes, or why it is not indexable text (pure; the rules are
+    in codebase_mcp.decoding)."""
+    text = decoding.decode(data, language)
+    if text == "binary":
         return SkipReason.BINARY
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return SkipReason.NOT_UTF8
-    # A BOM is an encoding marker, not content.
-    return text.removeprefix("\ufeff")
+    if text == "undecodable":
+        return SkipReason.UNDECODABLE
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,12 +215,12 @@ class SourceFile:
             return SkipReason.UNREADABLE
         if max_file_bytes is not None and len(data) > max_file_bytes:
             return SkipReason.TOO_LARGE
-        text = decode_source(data)
-        if isinstance(text, SkipReason):
-            return text
         language = self.language
         if language is None and data.startswith(b"#!"):
             language = detect_language_from_shebang(data[:200])
+        text = decode_source(data, language)
+        if isinstance(text, SkipReason):
+            return text
         return FileContent(data, text, content_hash(data), language)
 
 
@@ -319,7 +319,7 @@ def discover_files(
 
     ``exclude``: extra gitignore-style patterns relative to the root (a caller's setting);
     they win over everything else. Pass a ``DiscoveryStats`` to collect skip reasons.
-    Files still need ``load()`` for the binary/UTF-8 checks and the hash. Unreadable
+    Files still need ``load()`` for the binary and decoding checks and the hash. Unreadable
     directories are reported and skipped.
     """
     patterns = [p for p in exclude if p.strip()]

@@ -14,6 +14,7 @@ import asyncio
 import multiprocessing.context
 import os
 import signal
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,6 +47,14 @@ FILE_BATCH = 32
 WRITERS = 2
 # Cap on collected per-file errors kept in a job record.
 MAX_ERRORS = 200
+# Skips a job counts (JobInfo.skipped): files one could expect indexed. Ignore rules
+# (built-in lists, .gitignore, excludes) are a choice, not a skip, and prune whole
+# directories: they are not counted.
+COUNTED_SKIPS = frozenset(SkipReason) - {
+    SkipReason.IGNORED_BUILTIN,
+    SkipReason.GITIGNORED,
+    SkipReason.EXCLUDED,
+}
 
 
 # --- worker side (runs in the chunking processes; must stay picklable) ----------------
@@ -64,8 +73,8 @@ class PreparedFile:
 @dataclass(frozen=True, slots=True)
 class SkippedFile:
     path: str
-    reason: str
-    error: bool  # True: a failure worth reporting; False: binary/too large etc.
+    reason: SkipReason
+    error: str | None = None  # a failure worth naming in the job's errors
 
 
 def prepare_file(source: SourceFile, max_bytes: int) -> PreparedFile | SkippedFile:
@@ -73,7 +82,8 @@ def prepare_file(source: SourceFile, max_bytes: int) -> PreparedFile | SkippedFi
     try:
         loaded = source.load(max_bytes)
         if isinstance(loaded, SkipReason):
-            return SkippedFile(source.rel_path, loaded.value, loaded == SkipReason.UNREADABLE)
+            error = "unreadable" if loaded is SkipReason.UNREADABLE else None
+            return SkippedFile(source.rel_path, loaded, error)
         chunks = chunk_source(loaded.text, loaded.language, ChunkOptions())
         rows = [
             (
@@ -95,7 +105,7 @@ def prepare_file(source: SourceFile, max_bytes: int) -> PreparedFile | SkippedFi
             for i, c in enumerate(chunks)
         ]
     except Exception as exc:  # one bad file must not stop the job
-        return SkippedFile(source.rel_path, f"{type(exc).__name__}: {exc}", True)
+        return SkippedFile(source.rel_path, SkipReason.FAILED, f"{type(exc).__name__}: {exc}")
     return PreparedFile(
         source.rel_path, loaded.language, loaded.content_hash, len(loaded.data), rows
     )
@@ -228,22 +238,30 @@ class JobControl(Protocol):
 class Counters:
     files_total: int = 0
     files_done: int = 0
-    files_skipped: int = 0
+    files_unchanged: int = 0
     files_deleted: int = 0
     chunks_total: int = 0
     chunks_done: int = 0
     errors: list[FileError] = field(default_factory=list)
+    skipped: Counter[str] = field(default_factory=Counter)
 
     def add_error(self, path: str, error: str) -> None:
         if len(self.errors) < MAX_ERRORS:
             self.errors.append(FileError(path, error))
 
+    def skip(self, path: str, reason: SkipReason, error: str | None = None) -> None:
+        if reason in COUNTED_SKIPS:
+            self.skipped[reason.value] += 1
+        if error is not None:
+            self.add_error(path, error)
+
     def snapshot(self) -> dict[str, Any]:
         return {
             "files_total": self.files_total,
             "files_done": self.files_done,
-            "files_skipped": self.files_skipped,
+            "files_unchanged": self.files_unchanged,
             "files_deleted": self.files_deleted,
+            "skipped": dict(self.skipped),
             "chunks_total": self.chunks_total,
             "chunks_done": self.chunks_done,
             "errors": tuple(self.errors),
@@ -313,6 +331,8 @@ class IndexRun:
                 )
             )
         )
+        for path, reason in stats.skipped:
+            c.skip(path, reason, "unreadable" if reason is SkipReason.UNREADABLE else None)
         # Only stored files need a hash to decide: a new file is indexed anyway (its
         # chunking process hashes it as it reads it), and `force` indexes everything.
         to_hash = [] if force else [s for s in discovered if s.rel_path in stored]
@@ -330,7 +350,7 @@ class IndexRun:
             async with self.pool.acquire() as conn:
                 c.files_deleted = await db.delete_files(conn, repo.id, plan.deleted)
         c.files_total = len(discovered)
-        c.files_done = c.files_skipped = plan.unchanged
+        c.files_done = c.files_unchanged = plan.unchanged
         await self.job.report(**c.snapshot())
 
         bulk = False
@@ -447,8 +467,8 @@ class IndexRun:
         except EmbedderError as exc:
             # Keep indexing for lexical search; these files get embedded on a later run.
             self.embedder_error = str(exc)
-            self.counters.add_error("*", f"embedding stopped: {exc}")
             log.warning("embedder failed; storing chunks for lexical search only", error=str(exc))
+            self.counters.add_error("*", f"embedding stopped: {exc}")
             return None
 
     async def _write(
@@ -477,8 +497,7 @@ class IndexRun:
             if rows:
                 await db.replace_files(conn, repository_id, rows, chunk_rows)
         for s in batch.skipped:
-            if s.error:
-                c.add_error(s.path, s.reason)
+            c.skip(s.path, s.reason, s.error)
         c.files_done += len(batch.files) + len(batch.skipped)
         c.chunks_done += sum(len(f.chunks) for f in batch.files)
 

@@ -67,8 +67,9 @@ def job_to_dict(job: JobInfo) -> dict[str, Any]:
         "finished": job.state.finished,
         "files_done": job.files_done,
         "files_total": job.files_total,
-        "files_skipped": job.files_skipped,
+        "files_unchanged": job.files_unchanged,
         "files_deleted": job.files_deleted,
+        "files_skipped": dict(job.skipped),
         "chunks_done": job.chunks_done,
         "chunks_total": job.chunks_total,
         "errors": [{"path": e.path, "error": e.error} for e in job.errors],
@@ -234,7 +235,8 @@ def _add_index_tools(mcp: FastMCP[AppState], state: AppState) -> None:
         ],
         ctx: Context,
         force: Annotated[
-            bool, Field(description="Re-embed every file, not only the changed ones")
+            bool,
+            Field(description="Re-embed every file, not only the changed ones"),
         ] = False,
         wait: Annotated[
             bool,
@@ -268,7 +270,9 @@ def _add_index_tools(mcp: FastMCP[AppState], state: AppState) -> None:
         job_id: Annotated[str, Field(description="The id index_repository returned")],
     ) -> dict[str, Any]:
         """State of an indexing job (queued, running, completed, failed, cancelled,
-        interrupted) with files and chunks done and total, and per-file errors."""
+        interrupted) with files and chunks done and total, files unchanged, files skipped
+        by reason (too_large, binary, undecodable, unreadable, ...), per-file errors and a
+        message (e.g. the embedder was unavailable)."""
         engine = state.require_engine()
         try:
             job = await engine.job_status(job_id.strip())

@@ -116,7 +116,7 @@ def test_format_results_and_summary() -> None:
         files_total=3,
         files_done=3,
         chunks_done=7,
-        files_skipped=1,
+        files_unchanged=1,
         errors=(FileError("a.bin", "unreadable"),),
         finished_at=datetime.now(UTC),
     )
@@ -272,11 +272,14 @@ async def test_the_progress_line_shows_what_the_job_does_at_once() -> None:
     assert lines[1].endswith("chunks 40  building the vector index (40 vectors)")
 
 
-def test_names_from_the_terminal(pg_url: str, fake_ollama: FakeOllama, tmp_path: Path) -> None:
+def test_names_from_the_terminal_and_skips(
+    pg_url: str, fake_ollama: FakeOllama, tmp_path: Path
+) -> None:
     migrate(pg_url)
     repo = os.fsdecode(os.fsencode(tmp_path) + b"/r\xe9po")  # as a shell hands it over
     os.mkdir(repo)
     Path(repo, os.fsdecode(b"caf\xe9.py")).write_text("def cafe_latin():\n    return 1\n")
+    Path(repo, "logo.png").write_bytes(b"\x89PNG\r\n")
     env = _env(
         REGISTRY_DATABASE_URL=pg_url,
         OLLAMA_BASE_URL=fake_ollama.url,
@@ -286,6 +289,8 @@ def test_names_from_the_terminal(pg_url: str, fake_ollama: FakeOllama, tmp_path:
     proc = _run(["index", "--no-progress", repo], env, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"completed: {tmp_path}/r\\xe9po\n"), proc.stdout
+    assert "skipped: 1 file(s): 1 binary" in proc.stdout
+    assert "could not be indexed" not in proc.stdout
 
     proc = _run(["search", "cafe_latin", "-r", repo], env, tmp_path)  # the terminal's bytes
     assert proc.returncode == 0, proc.stderr

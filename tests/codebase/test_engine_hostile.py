@@ -1,10 +1,11 @@
 """What a hostile user throws at the engine, against a real PostgreSQL and the local
 Ollama-API server: file and directory names that are not UTF-8 (or hold backslashes,
-newlines, emoji)."""
+newlines, emoji), sources in legacy encodings, files skipped for every reason."""
 
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import anyio
@@ -82,13 +83,13 @@ async def test_any_file_name_is_indexed_shown_as_text_and_maps_back_to_its_file(
             assert [r.path for r in found.results] == ["caf\\xe9.py"], given
 
         again = await index_and_wait(engine, repo_text)
-        assert (again.files_skipped, again.files_deleted) == (len(WEIRD), 0)
+        assert (again.files_unchanged, again.files_deleted) == (len(WEIRD), 0)
 
         os.unlink(repo + b"/caf\xe9.py")
         os.unlink(repo + b"/a\\b.py")
         third = await index_and_wait(engine, repo_text)
         assert third.state is JobState.COMPLETED, third
-        assert (third.files_skipped, third.files_deleted) == (len(WEIRD) - 2, 2)
+        assert (third.files_unchanged, third.files_deleted) == (len(WEIRD) - 2, 2)
         for function in ("latin_name", "backslash_name"):
             found = await engine.search(function, mode="lexical")
             assert all(r.symbol != function for r in found.results)
@@ -96,3 +97,67 @@ async def test_any_file_name_is_indexed_shown_as_text_and_maps_back_to_its_file(
         removed = await engine.remove_repository(repo_text)
         assert removed.path == repo_text
         assert await engine.list_repositories() == []
+
+
+LEGACY_PY = ('# -*- coding: latin-1 -*-\ndef legacy_greeting():\n    return "Grüße, été"\n').encode(
+    "latin-1"
+)
+CP1252_C = (
+    "/* “smart” quotes \u2013 5 €, dernière mise à jour */\n"
+    "int cp1252_function(void) { return 0; }\n"
+).encode("cp1252")
+
+
+def write_skips_repo(base: Path) -> Path:
+    repo = base / "skips"
+    repo.mkdir()
+    (repo / "legacy.py").write_bytes(LEGACY_PY)
+    (repo / "quotes.c").write_bytes(CP1252_C)
+    (repo / "wide.py").write_bytes("def utf16_function():\n    return 'é'\n".encode("utf-16"))
+    (repo / "plain.py").write_text("def plain_function():\n    return 1\n")
+    (repo / "huge.txt").write_text("word " * 5000)  # over CODEBASE_MAX_FILE_SIZE below
+    (repo / "logo.png").write_bytes(b"\x89PNG\r\n")  # binary by name
+    (repo / "blob.py").write_bytes(b"def x():\x00\x01\x02")  # binary by content
+    noise = random.Random(7).randbytes(4000).replace(b"\x00", b"\x01")
+    (repo / "noise.txt").write_bytes(noise)  # no encoding makes text of it
+    (repo / "dangling.py").symlink_to(repo / "nowhere.py")
+    os.mkfifo(repo / "pipe.py")
+    (repo / ".gitignore").write_text("ignored.py\n")
+    (repo / "ignored.py").write_text("def ignored_function():\n    pass\n")
+    return repo
+
+
+async def test_legacy_encodings_are_indexed_and_skips_are_counted_by_reason(
+    pg_url: str, fake_ollama: FakeOllama, tmp_path: Path
+) -> None:
+    await migrate_async(pg_url)
+    repo = write_skips_repo(tmp_path)
+    settings = settings_for(pg_url, fake_ollama, tmp_path, CODEBASE_MAX_FILE_SIZE="10000")
+    async with open_engine(settings) as engine:
+        job = await index_and_wait(engine, repo)
+        assert job.state is JobState.COMPLETED, job
+        expected = {
+            "too_large": 1,
+            "binary": 2,
+            "undecodable": 1,
+            "broken_symlink": 1,
+            "not_regular": 1,
+        }
+        assert dict(job.skipped) == expected  # ignore rules are a choice, not a skip
+        assert job.errors == ()
+
+        legacy = (await engine.search("legacy_greeting", mode="lexical")).results[0]
+        assert (legacy.path, legacy.symbol) == ("legacy.py", "legacy_greeting")
+        assert "Grüße, été" in legacy.snippet  # the cookie's encoding, not a guess
+        c_file = (await engine.search("cp1252_function", mode="lexical")).results[0]
+        assert c_file.path == "quotes.c"
+        assert "“smart” quotes \u2013 5 €, dernière mise à jour" in c_file.snippet
+        wide = (await engine.search("utf16_function", mode="lexical")).results[0]
+        assert wide.path == "wide.py"
+
+        # the same counts on every run: skipped files are looked at again, never stored
+        again = await index_and_wait(engine, repo)
+        assert dict(again.skipped) == expected
+        assert again.files_unchanged == 5  # the four sources and .gitignore
+        status = await engine.job_status(again.id)  # as the jobs table has it
+        assert dict(status.skipped) == expected

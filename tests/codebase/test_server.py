@@ -242,3 +242,25 @@ def test_progress_messages_say_what_a_running_job_does() -> None:
     )
     failed = replace(running, state=JobState.FAILED, message="boom")
     assert progress_message(failed) == "failed: 10/10 files, 40/40 chunks"
+
+
+@pytest.mark.anyio
+async def test_status_counts_unchanged_files_and_skips_by_reason(
+    served: tuple[Client[Any], FastMCP[AppState], AppState], repo: Path
+) -> None:
+    client, _, _ = served
+    (repo / "logo.png").write_bytes(b"\x89PNG\r\n")
+    (repo / "legacy.py").write_bytes("def legacy():\n    return 'été'\n".encode("latin-1"))
+    first = await wait_done(
+        client, (await call(client, "index_repository", path=str(repo)))["job_id"]
+    )
+    assert first["files_skipped"] == {"binary": 1}
+    assert first["files_unchanged"] == 0
+    assert first["errors"] == []
+    again = await wait_done(
+        client, (await call(client, "index_repository", path=str(repo)))["job_id"]
+    )
+    assert again["files_unchanged"] == again["files_total"] == 5
+    assert again["files_skipped"] == {"binary": 1}
+    found = await call(client, "search_code", query="legacy")
+    assert found["results"][0]["path"] == "legacy.py"
