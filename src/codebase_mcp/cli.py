@@ -74,6 +74,7 @@ def exit_code_for(exc: BaseException) -> int:
 
 def _exit_code(exc: BaseException, seen: set[int]) -> int:
     from codebase_mcp.discover import PathNotAllowedError
+    from codebase_mcp.validate import InvalidArgumentError
 
     if id(exc) in seen:  # exception chains can loop through groups
         return FAILURE
@@ -82,7 +83,7 @@ def _exit_code(exc: BaseException, seen: set[int]) -> int:
         return _exit_code(exc.exceptions[0], seen)
     if isinstance(exc, ConfigError):
         return CONFIG
-    if isinstance(exc, UsageError | PathNotAllowedError):
+    if isinstance(exc, UsageError | PathNotAllowedError | InvalidArgumentError):
         return USAGE
     sqlstate = getattr(exc, "sqlstate", None)
     if isinstance(sqlstate, str):
@@ -107,7 +108,7 @@ def error_message(exc: BaseException) -> str:
     if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         return error_message(exc.exceptions[0])
     text = str(exc).strip() or type(exc).__name__
-    if isinstance(exc, EngineError | ValueError | ServeError):
+    if isinstance(exc, EngineError | ValueError | ServeError | UsageError):
         return text
     return f"{type(exc).__name__}: {text}"
 
@@ -273,7 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit", "-n", type=_limit, default=10, help="number of results, 1-100 (default: 10)"
     )
     search.add_argument("--language", "-l", default=None, help="only this language")
-    search.add_argument("--repository", "-r", default=None, help="only this repository path")
+    search.add_argument(
+        "--repository",
+        "-r",
+        default=None,
+        help="only this repository: its path as results show it, or its directory's name "
+        "when no other indexed repository has that name",
+    )
     search.add_argument("--path-glob", "-g", default=None, help="only paths matching this glob")
     search.add_argument("--json", action="store_true", help="print JSON instead of text")
     return parser
@@ -385,6 +392,29 @@ class ProgressPrinter:
             self._shown = False
 
 
+def cli_text(name: str, value: str) -> str:
+    """A text argument (not a path): the terminal's bytes must be UTF-8."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        byte = ord(value[exc.start]) - 0xDC00
+        shown = f"byte 0x{byte:02x}" if 0x80 <= byte <= 0xFF else f"U+{byte + 0xDC00:04X}"
+        raise UsageError(f"{name} is not valid UTF-8 ({shown} at position {exc.start})") from None
+    return value
+
+
+def cli_repository(value: str) -> str:
+    """--repository in the text form search results show (`caf\\xe9`), or raw bytes from
+    the terminal (a shell-completed path that is not UTF-8), which only the OS's form has."""
+    from codebase_mcp import paths
+
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return paths.to_text(value)
+    return value
+
+
 async def _run_index(settings: Settings, path: str, force: bool, show: bool) -> int:
     from codebase_mcp import paths
     from codebase_mcp.engine import Engine
@@ -412,21 +442,22 @@ async def _run_index(settings: Settings, path: str, force: bool, show: bool) -> 
 
 
 async def _run_search(settings: Settings, args: argparse.Namespace) -> int:
-    from codebase_mcp import paths
     from codebase_mcp.engine import Engine
 
-    if not args.query.strip():
+    query = cli_text("QUERY", args.query)
+    if not query.strip():
         raise UsageError("QUERY must not be empty")
-    # A repository path from the command line is the OS's; the engine takes text form.
-    repository = paths.to_text(args.repository) if args.repository else None
+    repository = cli_repository(args.repository) if args.repository else None
+    language = cli_text("--language", args.language) if args.language else None
+    path_glob = cli_text("--path-glob", args.path_glob) if args.path_glob else None
     async with Engine(settings) as engine:
 
         async def work(_: anyio.CancelScope) -> SearchResponse:
             return await engine.search(
-                args.query,
+                query,
                 repository=repository,
-                language=args.language,
-                path_glob=args.path_glob,
+                language=language,
+                path_glob=path_glob,
                 limit=args.limit,
             )
 

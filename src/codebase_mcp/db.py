@@ -196,6 +196,10 @@ async def list_repositories(conn: Conn) -> list[RepositoryInfo]:
     return [_repo_info(r) for r in rows]
 
 
+async def repository_paths(conn: Conn) -> list[str]:
+    return [r["path"] for r in await conn.fetch("SELECT path FROM repositories ORDER BY path")]
+
+
 async def repository_info(conn: Conn, path: str) -> RepositoryInfo | None:
     row = await conn.fetchrow(_REPO_SUMMARY + " WHERE r.path = $1 GROUP BY r.id", path)
     return None if row is None else _repo_info(row)

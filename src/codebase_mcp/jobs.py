@@ -111,6 +111,10 @@ class JobManager:
     def running(self) -> int:
         return len(self._active)
 
+    def active_repositories(self) -> list[str]:
+        """Repositories with a job running in this process."""
+        return list(self._active)
+
     async def start(
         self, repository: str, force: bool, progress: ProgressCallback | None
     ) -> JobInfo:

@@ -7,7 +7,6 @@ says so (mode "lexical" and a notice).
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,13 +39,20 @@ MAX_LIMIT = 100
 # --- pure parts -----------------------------------------------------------------------
 
 
+class GlobError(ValueError):
+    """A path glob that is not well formed; the message says where and why."""
+
+
 def glob_to_regex(glob: str) -> str:
     """A PostgreSQL regular expression (ARE) for a path glob, anchored at both ends.
 
     `*` stays within a path segment, `**` crosses segments (`**/` also matches nothing),
-    `?` is one character, `[...]` a class. A glob without `/` matches the file name at any
-    depth (as in .gitignore). Every other character is literal: escaped with `\\`, which
-    in an ARE makes any non-alphanumeric character literal.
+    `?` is one character, `[...]` a class (`[!...]` or `[^...]` negated; a `]` right
+    after the opening `[` or `[!` is a member; `a-z` a range). A glob without `/`
+    matches the file name at any depth (as in .gitignore). Every other character is
+    literal: escaped with `\\`, which in an ARE makes any non-alphanumeric character
+    literal. Raises GlobError for a class that is never closed or a reversed range
+    (PostgreSQL would reject the expression).
     """
     pattern = glob.strip().lstrip("/")
     anchored_anywhere = "/" not in pattern
@@ -62,22 +68,14 @@ def glob_to_regex(glob: str) -> str:
             out.append(".*")
             i += 2
             continue
+        if ch == "[":
+            regex, i = _glob_class(pattern, i)
+            out.append(regex)
+            continue
         if ch == "*":
             out.append("[^/]*")
         elif ch == "?":
             out.append("[^/]")
-        elif ch == "[":
-            end = pattern.find("]", i + 2)
-            if end == -1:
-                out.append("\\[")
-            else:
-                body = pattern[i + 1 : end]
-                negate = body.startswith(("!", "^"))
-                body = body[1:] if negate else body
-                safe = "".join(c if c.isalnum() or c == "-" else "\\" + c for c in body)
-                out.append("[" + ("^" if negate else "") + safe + "]")
-                i = end + 1
-                continue
         elif ch.isalnum():
             out.append(ch)
         else:
@@ -85,6 +83,42 @@ def glob_to_regex(glob: str) -> str:
         i += 1
     prefix = "(.*/)?" if anchored_anywhere else ""
     return "^" + prefix + "".join(out) + "$"
+
+
+def _glob_class(pattern: str, start: int) -> tuple[str, int]:
+    """The ARE bracket expression for the class opening at `start`, and the index after
+    it. Members are escaped; a negated class never matches `/` (as `*` does not)."""
+    i = start + 1
+    negate = pattern.startswith(("!", "^"), i)
+    if negate:
+        i += 1
+    close = pattern.find("]", i + 1)  # a `]` in first place is a member
+    if close == -1:
+        raise GlobError(
+            f"the character class {pattern[start : start + 20]!r} is never closed (a ] right "
+            "after [ or [! is a member; write [[] for a literal [)"
+        )
+    body = pattern[i:close]
+    members: list[str] = []
+    j = 0
+    while j < len(body):
+        if j + 2 < len(body) and body[j + 1] == "-":
+            low, high = body[j], body[j + 2]
+            if low > high:
+                raise GlobError(
+                    f"the range {low}-{high} in {pattern[start : close + 1]} is reversed "
+                    f"(write {high}-{low})"
+                )
+            members.append(_class_member(low) + "-" + _class_member(high))
+            j += 3
+        else:
+            members.append(_class_member(body[j]))
+            j += 1
+    return "[" + ("^/" if negate else "") + "".join(members) + "]", close + 1
+
+
+def _class_member(ch: str) -> str:
+    return ch if ch.isalnum() else "\\" + ch
 
 
 _LANGUAGE_ALIASES = {"c#": "csharp", "cs": "csharp", "golang": "go", "shell": "bash", "sh": "bash"}
@@ -117,6 +151,9 @@ def rrf_fuse(
 
 @dataclass(frozen=True)
 class Filters:
+    """`repository`: an indexed repository's exact path (the engine resolves what users
+    type); `path_glob`: see glob_to_regex."""
+
     repository: str | None = None
     language: str | None = None
     path_glob: str | None = None
@@ -132,14 +169,11 @@ class Filters:
             return f"${first_param + len(params) - 1}"
 
         if self.repository:
-            repo = self.repository.rstrip("/") or "/"
-            if "/" in repo:
-                candidates = list(dict.fromkeys([repo, os.path.realpath(repo)]))
-                match = f"path = ANY({param(candidates)}::text[])"
-            else:  # a bare name: the repository directory's name
-                match = f"(path = {param(repo)} OR path LIKE {param('%/' + repo)})"
             # only $n placeholders are interpolated; values travel as parameters
-            in_repo = f"c.repository_id IN (SELECT id FROM repositories WHERE {match})"  # noqa: S608
+            in_repo = (
+                "c.repository_id IN (SELECT id FROM repositories "  # noqa: S608
+                f"WHERE path = {param(self.repository)})"
+            )
             parts.append(in_repo)
         if self.language:
             parts.append(f"c.language = {param(normalize_language(self.language))}")

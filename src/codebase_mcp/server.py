@@ -248,7 +248,8 @@ def _add_index_tools(mcp: FastMCP[AppState], state: AppState) -> None:
         ] = False,
     ) -> dict[str, Any]:
         """Index (or incrementally update) a repository. Returns the job at once, or the
-        job already running for that repository."""
+        job already running for that repository. A directory that contains an indexed
+        repository, or lies inside one, is refused (its files would be found twice)."""
         engine = state.require_engine()
         woken = Wakeup()
 
@@ -293,7 +294,11 @@ def _add_query_tools(mcp: FastMCP[AppState], state: AppState) -> None:
             ),
         ],
         repository: Annotated[
-            str | None, Field(description="Only this repository (its indexed path)")
+            str | None,
+            Field(
+                description="Only this repository: its indexed path, or its directory's "
+                "name when no other indexed repository has that name"
+            ),
         ] = None,
         language: Annotated[
             str | None, Field(description="Only this language, e.g. python, go, rust")
@@ -332,7 +337,13 @@ def _add_query_tools(mcp: FastMCP[AppState], state: AppState) -> None:
 
     @mcp.tool(annotations={"readOnlyHint": False, "destructiveHint": True, "openWorldHint": False})
     async def remove_repository(
-        path: Annotated[str, Field(description="The repository's indexed path")],
+        path: Annotated[
+            str,
+            Field(
+                description="The repository's indexed path, or its directory's name when no "
+                "other indexed repository has that name"
+            ),
+        ],
     ) -> dict[str, Any]:
         """Remove a repository with its files and chunks from the index."""
         engine = state.require_engine()

@@ -1,6 +1,7 @@
 """What a hostile user throws at the engine, against a real PostgreSQL and the local
 Ollama-API server: file and directory names that are not UTF-8 (or hold backslashes,
-newlines, emoji), sources in legacy encodings, files skipped for every reason."""
+newlines, emoji), sources in legacy encodings, files skipped for every reason, repository
+filters that look like patterns, overlapping repositories."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ import anyio
 import pytest
 
 from codebase_mcp import paths
-from codebase_mcp.engine import JobState
+from codebase_mcp.engine import EngineError, JobState, RepositoryNotFoundError
+from codebase_mcp.validate import InvalidArgumentError
 from tests.codebase.fixtures_engine import (
     index_and_wait,
     migrate_async,
     open_engine,
     settings_for,
+    write_repo,
 )
 from tests.support.fake_ollama import FakeOllama
 
@@ -77,8 +80,8 @@ async def test_any_file_name_is_indexed_shown_as_text_and_maps_back_to_its_file(
             globbed = await engine.search(function, path_glob=glob, mode="lexical")
             assert [r.path for r in globbed.results] == [text]
 
-        # the repository by its path
-        for given in (repo_text, repo_text + "/"):
+        # the repository by its name (text form) and by its path
+        for given in ("r\\xe9po", "r\\xE9po", repo_text, repo_text + "/"):
             found = await engine.search("latin_name", repository=given, mode="lexical")
             assert [r.path for r in found.results] == ["caf\\xe9.py"], given
 
@@ -161,3 +164,56 @@ async def test_legacy_encodings_are_indexed_and_skips_are_counted_by_reason(
         assert again.files_unchanged == 5  # the four sources and .gitignore
         status = await engine.job_status(again.id)  # as the jobs table has it
         assert dict(status.skipped) == expected
+
+
+async def test_repository_filter_matches_exactly_a_path_or_an_unambiguous_name(
+    pg_url: str, fake_ollama: FakeOllama, tmp_path: Path
+) -> None:
+    await migrate_async(pg_url)
+    first = write_repo(tmp_path / "a", "flask")
+    second = write_repo(tmp_path / "b", "flask")
+    httpx = write_repo(tmp_path, "httpx")
+    (tmp_path / "link").symlink_to(first)
+    async with open_engine(settings_for(pg_url, fake_ollama, tmp_path)) as engine:
+        for repo in (first, second, httpx):
+            assert (await index_and_wait(engine, repo)).state is JobState.COMPLETED
+
+        by_name = await engine.search("checksum", repository="httpx", limit=50)
+        assert {r.repository for r in by_name.results} == {str(httpx)}
+        for given in (str(first), f"{first}/", str(tmp_path / "link")):
+            found = await engine.search("checksum", repository=given, limit=50)
+            assert {r.repository for r in found.results} == {str(first)}, given
+
+        with pytest.raises(InvalidArgumentError, match="2 indexed repositories are named") as e:
+            await engine.search("checksum", repository="flask")
+        assert str(first) in str(e.value) and str(second) in str(e.value)
+        # no pattern matching: SQL wildcards, a part of a name, a path's tail
+        for given in ("%", "_ttpx", "ttpx", "%/httpx", "b/flask"):
+            with pytest.raises(RepositoryNotFoundError, match="no indexed repository") as e:
+                await engine.search("checksum", repository=given)
+            assert str(httpx) in str(e.value)  # names what is indexed
+        with pytest.raises(InvalidArgumentError, match="named"):
+            await engine.remove_repository("flask")
+        assert len(await engine.list_repositories()) == 3
+
+
+async def test_overlapping_repositories_are_refused_with_the_overlap_named(
+    pg_url: str, fake_ollama: FakeOllama, tmp_path: Path
+) -> None:
+    await migrate_async(pg_url)
+    one, two = write_repo(tmp_path, "one"), write_repo(tmp_path, "two")
+    async with open_engine(settings_for(pg_url, fake_ollama, tmp_path)) as engine:
+        for repo in (one, two):
+            assert (await index_and_wait(engine, repo)).state is JobState.COMPLETED
+        with pytest.raises(EngineError, match="contains 2 indexed repositories") as e:
+            await engine.start_index(str(tmp_path))
+        assert str(one) in str(e.value) and str(two) in str(e.value)
+        with pytest.raises(EngineError, match=f"inside the indexed repository {one}") as e:
+            await engine.start_index(str(one / "app"))
+        assert "path_glob 'app/**'" in str(e.value)
+        assert [r.path for r in await engine.list_repositories()] == [str(one), str(two)]
+        # every hit once
+        hits = (await engine.search("parse_date", limit=50)).results
+        assert len({(r.repository, r.path, r.start_line) for r in hits}) == len(hits)
+        # the same repository again is no overlap
+        assert (await index_and_wait(engine, one)).state is JobState.COMPLETED
