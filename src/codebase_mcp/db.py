@@ -162,8 +162,9 @@ async def upsert_repository(conn: Conn, path: str) -> RepositoryRow:
 
 
 async def mark_repository_indexed(
-    conn: Conn, repository_id: int, model: str, dimensions: int
+    conn: Conn, repository_id: int, model: str | None, dimensions: int | None
 ) -> None:
+    """`model` and `dimensions` describe the vectors the repository holds (None: none)."""
     await conn.execute(
         "UPDATE repositories SET last_indexed_at = now(), embedding_model = $2, "
         "embedding_dimensions = $3 WHERE id = $1",
@@ -229,9 +230,15 @@ async def stored_files(conn: Conn, repository_id: int) -> dict[str, StoredFile]:
     return {r["path"]: StoredFile(r["id"], r["content_hash"], r["embedded"]) for r in rows}
 
 
-async def count_embedded_files(conn: Conn) -> int:
-    """Files with vectors in the HNSW index, over every repository."""
-    return int(await conn.fetchval("SELECT count(*) FROM files WHERE embedded"))
+async def count_embedded_files(conn: Conn, repository_id: int | None = None) -> int:
+    """Files with vectors in the HNSW index, over every repository or in one."""
+    if repository_id is None:
+        return int(await conn.fetchval("SELECT count(*) FROM files WHERE embedded"))
+    return int(
+        await conn.fetchval(
+            "SELECT count(*) FROM files WHERE embedded AND repository_id = $1", repository_id
+        )
+    )
 
 
 async def delete_files(conn: Conn, repository_id: int, paths: Sequence[str]) -> int:

@@ -34,7 +34,7 @@ from codebase_mcp.errors import (
     SchemaError,
     first_cause,
 )
-from codebase_mcp.index import IndexRun, make_executor, warm_worker
+from codebase_mcp.index import IndexRun, embedder_notice, make_executor, warm_worker
 from codebase_mcp.jobs import JobManager, Outcome, RunningJob
 from codebase_mcp.models import (
     FileError,
@@ -271,12 +271,7 @@ class Engine:
                 if broken is not None:
                     broken.shutdown(wait=False, cancel_futures=True)
             raise
-        message = None
-        if result.embedder_error:
-            message = (
-                f"embedder unavailable ({result.embedder_error}); files were stored for "
-                "full-text search and get embedded when the repository is indexed again"
-            )
+        message = embedder_notice(result.embedder_error) if result.embedder_error else None
         return Outcome(stopped=result.stopped, message=message)
 
     # --- jobs ---------------------------------------------------------------------------
@@ -286,7 +281,7 @@ class Engine:
     ) -> JobInfo:
         """Start indexing `path` (the text form of codebase_mcp.paths) in the background
         and return its job at once. If a job for the same repository is queued or running,
-        that job is returned instead.
+        that job is returned instead (see JobManager.start for `force`).
         Raises discover.PathNotAllowedError for paths outside CODEBASE_ROOTS, EngineError
         for a path that is not a directory or overlaps an indexed repository."""
         os_path = validate.path("path", path)
@@ -391,11 +386,10 @@ class Engine:
 
     async def remove_repository(self, path: str) -> RepositoryInfo:
         """Delete a repository with its files and chunks; raises RepositoryNotFoundError.
-        A job running for it is cancelled first."""
+        Jobs running or queued for it are cancelled first."""
         found = await self._find_repository(path, "path")
-        running = self.jobs.active_for(found)
-        if running is not None:
-            await self.jobs.cancel(running.info.id)
+        for job in self.jobs.jobs_for(found):
+            await self.jobs.cancel(job.info.id)
         async with self.pool.acquire() as conn:
             info = await db.repository_info(conn, found)
             await db.delete_repository(conn, found)

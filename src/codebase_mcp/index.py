@@ -216,6 +216,14 @@ def plan_changes(
     return Plan(changed, unchanged, deleted)
 
 
+def embedder_notice(error: str) -> str:
+    """The job's message when the embedder failed during a run."""
+    return (
+        f"embedder unavailable ({error}); files were stored for full-text search and get "
+        "embedded when the repository is indexed again"
+    )
+
+
 def embedding_text(path: str, symbol: str | None, text: str) -> str:
     """What the model sees for a chunk: where it lives helps it match descriptions."""
     header = f"{path} {symbol}" if symbol else path
@@ -311,6 +319,7 @@ class IndexRun:
         self.bulk_min_files = bulk_min_files
         self.counters = Counters()
         self.embedder_error: str | None = None if embedder is not None else "no embedder"
+        self.stored_vectors = False  # this run embedded something
 
     async def run(self) -> IndexResult:
         c = self.counters
@@ -374,14 +383,22 @@ class IndexRun:
         if not stopped:
             async with self.pool.acquire() as conn:
                 await db.mark_repository_indexed(
-                    conn, repo.id, model or repo.embedding_model or "", self._dims()
+                    conn, repo.id, *await self._vectors_held(conn, repo)
                 )
         return IndexResult(
             c, stopped, self.embedder_error if self.embedder_error != "no embedder" else None
         )
 
-    def _dims(self) -> int:
-        return self.embedder.dimensions if self.embedder else 0
+    async def _vectors_held(
+        self, conn: db.Conn, repo: db.RepositoryRow
+    ) -> tuple[str | None, int | None]:
+        """The model and size of the vectors the repository holds after this run: none
+        (lexical only), this run's model, or the one it held before."""
+        if not await db.count_embedded_files(conn, repo.id):
+            return None, None
+        if self.stored_vectors and self.embedder is not None:
+            return self.embedder.model, self.embedder.dimensions
+        return repo.embedding_model, repo.embedding_dimensions
 
     async def _process(
         self, repository_id: int, changed: list[SourceFile], stored: dict[str, db.StoredFile]
@@ -463,13 +480,16 @@ class IndexRun:
         if self.embedder is None or self.embedder_error is not None:
             return None
         try:
-            return await self.embedder.embed_documents(texts)
+            vectors = await self.embedder.embed_documents(texts)
         except EmbedderError as exc:
             # Keep indexing for lexical search; these files get embedded on a later run.
+            # A job-level notice: no file is at fault.
             self.embedder_error = str(exc)
             log.warning("embedder failed; storing chunks for lexical search only", error=str(exc))
-            self.counters.add_error("*", f"embedding stopped: {exc}")
+            await self.job.report(message=embedder_notice(self.embedder_error))
             return None
+        self.stored_vectors = True
+        return vectors
 
     async def _write(
         self, repository_id: int, batch: _Embedded, stored: dict[str, db.StoredFile]

@@ -236,7 +236,11 @@ def _add_index_tools(mcp: FastMCP[AppState], state: AppState) -> None:
         ctx: Context,
         force: Annotated[
             bool,
-            Field(description="Re-embed every file, not only the changed ones"),
+            Field(
+                description="Re-index and re-embed every file, not only the changed ones. If "
+                "a job without force runs for the repository, a forced job is queued to "
+                "start when it ends, and returned"
+            ),
         ] = False,
         wait: Annotated[
             bool,

@@ -1,7 +1,8 @@
 """What a hostile user throws at the engine, against a real PostgreSQL and the local
 Ollama-API server: file and directory names that are not UTF-8 (or hold backslashes,
 newlines, emoji), sources in legacy encodings, files skipped for every reason, repository
-filters that look like patterns, overlapping repositories."""
+filters that look like patterns, overlapping repositories, an embedder that is down, and
+`force` while a job runs."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from tests.codebase.fixtures_engine import (
     migrate_async,
     open_engine,
     settings_for,
+    wait_for_progress,
+    write_modules,
     write_repo,
 )
 from tests.support.fake_ollama import FakeOllama
@@ -217,3 +220,76 @@ async def test_overlapping_repositories_are_refused_with_the_overlap_named(
         assert len({(r.repository, r.path, r.start_line) for r in hits}) == len(hits)
         # the same repository again is no overlap
         assert (await index_and_wait(engine, one)).state is JobState.COMPLETED
+
+
+async def test_an_embedder_outage_is_a_job_notice_and_no_model_is_claimed(
+    pg_url: str, fake_ollama: FakeOllama, tmp_path: Path
+) -> None:
+    await migrate_async(pg_url)
+    repo = write_repo(tmp_path)
+    async with open_engine(settings_for(pg_url, fake_ollama, tmp_path)) as engine:
+        fake_ollama.fail_embed = True
+        job = await index_and_wait(engine, repo)
+        assert job.state is JobState.COMPLETED
+        assert job.errors == ()  # no file is at fault
+        assert job.message is not None and job.message.startswith("embedder unavailable")
+        (info,) = await engine.list_repositories()
+        assert (info.embedding_model, info.embedding_dimensions) == (None, None)
+
+        fake_ollama.fail_embed = False
+        assert (await index_and_wait(engine, repo)).message is None
+        (info,) = await engine.list_repositories()
+        assert (info.embedding_model, info.embedding_dimensions) == ("nomic-embed-text", 768)
+
+    other = write_repo(tmp_path, "lexical")
+    settings = settings_for(pg_url, fake_ollama, tmp_path)
+    async with open_engine(settings, embedder=None, use_embedder=False) as engine:
+        job = await index_and_wait(engine, other)
+        assert job.errors == () and job.message is None
+        infos = {i.path: i for i in await engine.list_repositories()}
+        assert infos[str(other)].embedding_model is None
+        # unchanged files keep their vectors: the model stays named
+        await index_and_wait(engine, repo)
+        infos = {i.path: i for i in await engine.list_repositories()}
+        assert infos[str(repo)].embedding_model == "nomic-embed-text"
+
+
+async def test_force_while_a_job_runs_queues_a_forced_job_after_it(
+    pg_url: str, fake_ollama: FakeOllama, tmp_path: Path
+) -> None:
+    await migrate_async(pg_url)
+    repo = write_modules(tmp_path, "mods", 40)
+    settings = settings_for(pg_url, fake_ollama, tmp_path, CODEBASE_FILE_BATCH_SIZE="4")
+    async with open_engine(settings) as engine:
+        fake_ollama.embed_delay = 0.2
+        first = await engine.start_index(str(repo))
+        await wait_for_progress(engine, first.id)
+        forced = await engine.start_index(str(repo), force=True)
+        assert forced.id != first.id
+        assert (forced.state, forced.force) == (JobState.QUEUED, True)
+        assert forced.message is not None and "starts when it ends" in forced.message
+        assert (await engine.start_index(str(repo), force=True)).id == forced.id
+        assert (await engine.start_index(str(repo))).id == first.id
+        fake_ollama.embed_delay = 0.0
+
+        with anyio.fail_after(60):
+            done_first = await engine.wait_job(first.id)
+            done_forced = await engine.wait_job(forced.id)
+        assert done_first.state is JobState.COMPLETED
+        assert done_forced.state is JobState.COMPLETED, done_forced
+        assert done_forced.message is None
+        assert done_forced.files_unchanged == 0  # everything again
+        assert done_first.finished_at is not None and done_forced.started_at is not None
+        assert done_forced.started_at >= done_first.finished_at
+
+        # a queued job cancelled before its turn never runs; the running one goes on
+        more = write_modules(tmp_path, "more", 40)
+        fake_ollama.embed_delay = 0.2
+        third = await engine.start_index(str(more))
+        await wait_for_progress(engine, third.id)
+        queued = await engine.start_index(str(more), force=True)
+        cancelled = await engine.cancel_job(queued.id)
+        assert cancelled.state is JobState.CANCELLED and cancelled.started_at is None
+        fake_ollama.embed_delay = 0.0
+        with anyio.fail_after(60):
+            assert (await engine.wait_job(third.id)).state is JobState.COMPLETED
