@@ -83,6 +83,7 @@ def exit_code_for(exc: BaseException) -> int:
 
 def _exit_code(exc: BaseException, seen: set[int]) -> int:
     from codebase_mcp.discover import PathNotAllowedError
+    from codebase_mcp.validate import InvalidArgumentError
 
     if id(exc) in seen:  # exception chains can loop through groups
         return FAILURE
@@ -91,7 +92,7 @@ def _exit_code(exc: BaseException, seen: set[int]) -> int:
         return _exit_code(exc.exceptions[0], seen)
     if isinstance(exc, ConfigError):
         return CONFIG
-    if isinstance(exc, UsageError | PathNotAllowedError):
+    if isinstance(exc, UsageError | PathNotAllowedError | InvalidArgumentError):
         return USAGE
     sqlstate = getattr(exc, "sqlstate", None)
     if isinstance(sqlstate, str):
@@ -116,7 +117,7 @@ def error_message(exc: BaseException) -> str:
     if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         return error_message(exc.exceptions[0])
     text = str(exc).strip() or type(exc).__name__
-    if isinstance(exc, EngineError | ValueError | ServeError):
+    if isinstance(exc, EngineError | ValueError | ServeError | UsageError):
         return text
     return f"{type(exc).__name__}: {text}"
 
@@ -159,15 +160,33 @@ def format_progress(p: Progress) -> str:
     return f"{line}  {p.message}" if p.message else line
 
 
+# How the summary names each skip reason (discover.SkipReason values).
+SKIP_LABELS = {
+    "too_large": "too large (over CODEBASE_MAX_FILE_SIZE)",
+    "binary": "binary",
+    "undecodable": "undecodable text",
+    "unreadable": "unreadable",
+    "failed": "failed (see errors)",
+    "broken_symlink": "broken symlinks",
+    "symlink_outside_root": "symlinks leading outside the repository",
+    "symlink_directory": "symlinks to directories",
+    "not_regular": "not regular files",
+}
+
+
 def format_summary(job: JobInfo, elapsed: float) -> str:
     rate = job.files_done / elapsed if elapsed > 0 else 0.0
     lines = [
         f"{job.state}: {job.repository}",
-        f"  files: {job.files_done}/{job.files_total} processed, {job.files_skipped} unchanged, "
+        f"  files: {job.files_done}/{job.files_total} processed, {job.files_unchanged} unchanged, "
         f"{job.files_deleted} deleted",
         f"  chunks: {job.chunks_done}",
         f"  time: {elapsed:.1f} s ({rate:.0f} files/s)",
     ]
+    if job.skipped:
+        counts = sorted(job.skipped.items(), key=lambda item: (-item[1], item[0]))
+        reasons = ", ".join(f"{n} {SKIP_LABELS.get(r, r)}" for r, n in counts)
+        lines.append(f"  skipped: {sum(job.skipped.values())} file(s): {reasons}")
     if job.errors:
         lines.append(f"  errors: {len(job.errors)} file(s) could not be indexed")
         lines.extend(f"    {e.path}: {e.error}" for e in job.errors[:10])
@@ -264,7 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit", "-n", type=_limit, default=10, help="number of results, 1-100 (default: 10)"
     )
     search.add_argument("--language", "-l", default=None, help="only this language")
-    search.add_argument("--repository", "-r", default=None, help="only this repository path")
+    search.add_argument(
+        "--repository",
+        "-r",
+        default=None,
+        help="only this repository: its path as results show it, or its directory's name "
+        "when no other indexed repository has that name",
+    )
     search.add_argument("--path-glob", "-g", default=None, help="only paths matching this glob")
     search.add_argument("--json", action="store_true", help="print JSON instead of text")
     return parser
@@ -405,13 +430,38 @@ class ProgressPrinter:
             self._shown = False
 
 
+def cli_text(name: str, value: str) -> str:
+    """A text argument (not a path): the terminal's bytes must be UTF-8."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        byte = ord(value[exc.start]) - 0xDC00
+        shown = f"byte 0x{byte:02x}" if 0x80 <= byte <= 0xFF else f"U+{byte + 0xDC00:04X}"
+        raise UsageError(f"{name} is not valid UTF-8 ({shown} at position {exc.start})") from None
+    return value
+
+
+def cli_repository(value: str) -> str:
+    """--repository in the text form search results show (`caf\\xe9`), or raw bytes from
+    the terminal (a shell-completed path that is not UTF-8), which only the OS's form has."""
+    from codebase_mcp import paths
+
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return paths.to_text(value)
+    return value
+
+
 async def _run_index(settings: Settings, path: str, force: bool, show: bool) -> int:
+    from codebase_mcp import paths
     from codebase_mcp.engine import Engine
 
     printer = ProgressPrinter(sys.stderr, show)
     started = time.monotonic()
     async with Engine(settings) as engine:
-        job = await engine.start_index(path, force=force, progress=printer)
+        # A path from the command line is the OS's (bytes); the engine takes text form.
+        job = await engine.start_index(paths.to_text(path), force=force, progress=printer)
 
         async def work(_: anyio.CancelScope) -> JobInfo:
             return await engine.wait_job(job.id)
@@ -432,16 +482,20 @@ async def _run_index(settings: Settings, path: str, force: bool, show: bool) -> 
 async def _run_search(settings: Settings, args: argparse.Namespace) -> int:
     from codebase_mcp.engine import Engine
 
-    if not args.query.strip():
+    query = cli_text("QUERY", args.query)
+    if not query.strip():
         raise UsageError("QUERY must not be empty")
+    repository = cli_repository(args.repository) if args.repository else None
+    language = cli_text("--language", args.language) if args.language else None
+    path_glob = cli_text("--path-glob", args.path_glob) if args.path_glob else None
     async with Engine(settings) as engine:
 
         async def work(_: anyio.CancelScope) -> SearchResponse:
             return await engine.search(
-                args.query,
-                repository=args.repository,
-                language=args.language,
-                path_glob=args.path_glob,
+                query,
+                repository=repository,
+                language=language,
+                path_glob=path_glob,
                 limit=args.limit,
             )
 

@@ -32,7 +32,7 @@ else:  # asyncpg's classes are generic only in the stubs
     Pool = asyncpg.Pool
 
 # The alembic head this code expects (a test checks it against migrations/).
-SCHEMA_HEAD = "0005"
+SCHEMA_HEAD = "0006"
 
 _HEADER = struct.Struct(">HH")
 _BIG_ENDIAN = sys.byteorder == "big"
@@ -170,8 +170,9 @@ async def upsert_repository(conn: Conn, path: str) -> RepositoryRow:
 
 
 async def mark_repository_indexed(
-    conn: Conn, repository_id: int, model: str, dimensions: int
+    conn: Conn, repository_id: int, model: str | None, dimensions: int | None
 ) -> None:
+    """`model` and `dimensions` describe the vectors the repository holds (None: none)."""
     await conn.execute(
         "UPDATE repositories SET last_indexed_at = now(), embedding_model = $2, "
         "embedding_dimensions = $3 WHERE id = $1",
@@ -204,6 +205,10 @@ async def list_repositories(conn: Conn) -> list[RepositoryInfo]:
     return [_repo_info(r) for r in rows]
 
 
+async def repository_paths(conn: Conn) -> list[str]:
+    return [r["path"] for r in await conn.fetch("SELECT path FROM repositories ORDER BY path")]
+
+
 async def repository_info(conn: Conn, path: str) -> RepositoryInfo | None:
     row = await conn.fetchrow(_REPO_SUMMARY + " WHERE r.path = $1 GROUP BY r.id", path)
     return None if row is None else _repo_info(row)
@@ -233,9 +238,15 @@ async def stored_files(conn: Conn, repository_id: int) -> dict[str, StoredFile]:
     return {r["path"]: StoredFile(r["id"], r["content_hash"], r["embedded"]) for r in rows}
 
 
-async def count_embedded_files(conn: Conn) -> int:
-    """Files with vectors in the HNSW index, over every repository."""
-    return int(await conn.fetchval("SELECT count(*) FROM files WHERE embedded"))
+async def count_embedded_files(conn: Conn, repository_id: int | None = None) -> int:
+    """Files with vectors in the HNSW index, over every repository or in one."""
+    if repository_id is None:
+        return int(await conn.fetchval("SELECT count(*) FROM files WHERE embedded"))
+    return int(
+        await conn.fetchval(
+            "SELECT count(*) FROM files WHERE embedded AND repository_id = $1", repository_id
+        )
+    )
 
 
 async def delete_files(conn: Conn, repository_id: int, paths: Sequence[str]) -> int:
@@ -441,9 +452,9 @@ async def replace_files(
 
 # --- jobs -----------------------------------------------------------------------------
 
-_JOB_COLUMNS = """id, repository_path, state, force, files_total, files_done, files_skipped,
-    files_deleted, chunks_total, chunks_done, errors, message, created_at, started_at,
-    finished_at"""
+_JOB_COLUMNS = """id, repository_path, state, force, files_total, files_done, files_unchanged,
+    files_deleted, skipped, chunks_total, chunks_done, errors, message, created_at,
+    started_at, finished_at"""
 
 # Built from constants only.
 _INSERT_JOB = (
@@ -457,6 +468,9 @@ def job_from_row(row: asyncpg.Record) -> JobInfo:
     errors = row["errors"]
     if isinstance(errors, str):
         errors = json.loads(errors)
+    skipped = row["skipped"]
+    if isinstance(skipped, str):
+        skipped = json.loads(skipped)
     return JobInfo(
         id=str(row["id"]),
         repository=row["repository_path"],
@@ -464,8 +478,9 @@ def job_from_row(row: asyncpg.Record) -> JobInfo:
         force=row["force"],
         files_total=row["files_total"],
         files_done=row["files_done"],
-        files_skipped=row["files_skipped"],
+        files_unchanged=row["files_unchanged"],
         files_deleted=row["files_deleted"],
+        skipped={str(k): int(v) for k, v in skipped.items()},
         chunks_total=row["chunks_total"],
         chunks_done=row["chunks_done"],
         errors=tuple(FileError(e["path"], e["error"]) for e in errors),
@@ -498,16 +513,17 @@ async def insert_job(conn: Conn, repository_path: str, force: bool, owner: str) 
 async def save_job(conn: Conn, job: JobInfo) -> None:
     await conn.execute(
         """
-        UPDATE jobs SET state = $2, files_total = $3, files_done = $4, files_skipped = $5,
+        UPDATE jobs SET state = $2, files_total = $3, files_done = $4, files_unchanged = $5,
             files_deleted = $6, chunks_total = $7, chunks_done = $8, errors = $9::jsonb,
-            message = $10, started_at = $11, finished_at = $12, updated_at = now()
+            message = $10, started_at = $11, finished_at = $12, skipped = $13::jsonb,
+            updated_at = now()
         WHERE id = $1
         """,
         uuid.UUID(job.id),
         job.state.value,
         job.files_total,
         job.files_done,
-        job.files_skipped,
+        job.files_unchanged,
         job.files_deleted,
         job.chunks_total,
         job.chunks_done,
@@ -515,6 +531,7 @@ async def save_job(conn: Conn, job: JobInfo) -> None:
         job.message,
         job.started_at,
         job.finished_at,
+        json.dumps(dict(job.skipped)),
     )
 
 

@@ -2,7 +2,7 @@
 
 ``discover_files(root)`` walks a tree with ``os.scandir``, pruning ignored directories
 without descending, and yields a ``SourceFile`` (metadata only, from one ``stat``) per
-candidate. Content checks that need the bytes (binary, UTF-8) happen in
+candidate. Content checks that need the bytes (binary, decoding) happen in
 ``SourceFile.load()``, which the indexer calls anyway to hash the file: one read per file.
 
 Ignore rules, in order: the built-in lists below (VCS and dependency/build directories,
@@ -10,6 +10,11 @@ lock files, minified bundles, well-known binary extensions), then every ``.gitig
 the root down to the file's directory (plus ``.git/info/exclude``), with git's semantics:
 a deeper file overrides a shallower one, the last matching line wins, ``!`` re-includes,
 and a file inside an excluded directory cannot be re-included.
+
+Paths: the walk works on the operating system's names (bytes on Linux, surrogate-escaped
+in str) and matches ignore rules against them; every path it hands out or records
+(``SourceFile.rel_path``, the skip list) is in the text form of ``codebase_mcp.paths``,
+so that any name the OS allows can be stored, shown and mapped back to the file.
 
 Symlinks: a link to a file inside the root is followed (indexed under the link's path); a
 link leading outside the root, a broken link, and any link to a directory are skipped
@@ -30,10 +35,10 @@ from pathlib import Path
 
 import pathspec
 
+from codebase_mcp import decoding, paths
 from codebase_mcp.languages import detect_language, detect_language_from_shebang
 
 DEFAULT_MAX_FILE_BYTES = 1 << 20
-BINARY_SNIFF_BYTES = 8192
 
 IGNORED_DIR_NAMES: frozenset[str] = frozenset(
     {
@@ -121,27 +126,29 @@ class SkipReason(enum.StrEnum):
     GITIGNORED = "gitignored"
     EXCLUDED = "excluded"
     BINARY = "binary"
-    NOT_UTF8 = "not_utf8"
+    UNDECODABLE = "undecodable"
     TOO_LARGE = "too_large"
     SYMLINK_OUTSIDE_ROOT = "symlink_outside_root"
     SYMLINK_DIRECTORY = "symlink_directory"
     BROKEN_SYMLINK = "broken_symlink"
     NOT_REGULAR = "not_regular"
     UNREADABLE = "unreadable"
+    FAILED = "failed"  # reading or chunking raised an error (the job's errors say which)
 
 
 @dataclass
 class DiscoveryStats:
     """Skips seen by a walk. ``skipped`` lists each pruned path once (an ignored directory
-    counts once, not once per file inside it)."""
+    counts once, not once per file inside it), in the text form of ``codebase_mcp.paths``."""
 
     files: int = 0
     bytes: int = 0
     skipped: list[tuple[str, SkipReason]] = field(default_factory=list)
     counts: Counter[SkipReason] = field(default_factory=Counter)
 
-    def skip(self, rel_path: str, reason: SkipReason) -> None:
-        self.skipped.append((rel_path, reason))
+    def skip(self, os_rel_path: str, reason: SkipReason) -> None:
+        """Record a skip; the path is the walk's own (OS) form, recorded as text."""
+        self.skipped.append((paths.to_text(os_rel_path), reason))
         self.counts[reason] += 1
 
 
@@ -153,7 +160,8 @@ def content_hash(data: bytes) -> str:
 
 @dataclass(frozen=True, slots=True)
 class FileContent:
-    """A file's bytes, their UTF-8 text and hash, and its language (refined by shebang)."""
+    """A file's bytes, their text (see decode_source) and hash, and its language (refined
+    by shebang)."""
 
     data: bytes
     text: str
@@ -161,16 +169,15 @@ class FileContent:
     language: str | None
 
 
-def decode_source(data: bytes) -> str | SkipReason:
-    """The text of a file's bytes, or why it is not indexable text (pure)."""
-    if b"\0" in data[:BINARY_SNIFF_BYTES]:
+def decode_source(data: bytes, language: str | None = None) -> str | SkipReason:
+    """The text of a file's bytes, or why it is not indexable text (pure; the rules are
+    in codebase_mcp.decoding)."""
+    text = decoding.decode(data, language)
+    if text == "binary":
         return SkipReason.BINARY
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return SkipReason.NOT_UTF8
-    # A BOM is an encoding marker, not content.
-    return text.removeprefix("\ufeff")
+    if text == "undecodable":
+        return SkipReason.UNDECODABLE
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +185,8 @@ class SourceFile:
     """A candidate file found by ``discover_files``.
 
     ``rel_path`` is POSIX-style relative to the root (the link's path for a followed
-    symlink); ``abs_path`` is the absolute path to open, a plain string (building a
+    symlink), in the text form of ``codebase_mcp.paths`` (what is stored and shown);
+    ``abs_path`` is the operating system's absolute path to open, a plain string (building a
     ``Path`` per file was a third of the walk's time; ``path`` gives one). ``size`` and
     ``mtime_ns`` come from the stat done during the walk.
     """
@@ -207,12 +215,12 @@ class SourceFile:
             return SkipReason.UNREADABLE
         if max_file_bytes is not None and len(data) > max_file_bytes:
             return SkipReason.TOO_LARGE
-        text = decode_source(data)
-        if isinstance(text, SkipReason):
-            return text
         language = self.language
         if language is None and data.startswith(b"#!"):
             language = detect_language_from_shebang(data[:200])
+        text = decode_source(data, language)
+        if isinstance(text, SkipReason):
+            return text
         return FileContent(data, text, content_hash(data), language)
 
 
@@ -220,11 +228,11 @@ class PathNotAllowedError(ValueError):
     """A path outside every allowed root."""
 
     def __init__(self, path: str | os.PathLike[str], roots: Sequence[Path]) -> None:
-        self.path = str(path)
+        self.path = paths.to_text(os.fspath(path))
         self.roots = tuple(roots)
-        allowed = ", ".join(str(r) for r in self.roots) or "(none configured)"
+        allowed = ", ".join(paths.to_text(str(r)) for r in self.roots) or "(none configured)"
         super().__init__(
-            f"path {self.path!r} is not under an allowed root; allowed roots: {allowed}"
+            f"path '{self.path}' is not under an allowed root; allowed roots: {allowed}"
         )
 
 
@@ -306,11 +314,12 @@ def discover_files(
     exclude: Iterable[str] = (),
     stats: DiscoveryStats | None = None,
 ) -> Iterator[SourceFile]:
-    """Yield the indexable candidate files under ``root`` in a stable (sorted) order.
+    """Yield the indexable candidate files under ``root`` (an operating-system path) in
+    a stable (sorted) order.
 
     ``exclude``: extra gitignore-style patterns relative to the root (a caller's setting);
     they win over everything else. Pass a ``DiscoveryStats`` to collect skip reasons.
-    Files still need ``load()`` for the binary/UTF-8 checks and the hash. Unreadable
+    Files still need ``load()`` for the binary and decoding checks and the hash. Unreadable
     directories are reported and skipped.
     """
     patterns = [p for p in exclude if p.strip()]
@@ -418,7 +427,8 @@ class _Walk:
             return None
         self.stats.files += 1
         self.stats.bytes += st.st_size
-        return SourceFile(rel, path, st.st_size, st.st_mtime_ns, detect_language(rel))
+        text = paths.to_text(rel)
+        return SourceFile(text, path, st.st_size, st.st_mtime_ns, detect_language(text))
 
     def _symlink(
         self, entry: os.DirEntry[str], rel: str, chain: Sequence[_IgnoreFile]

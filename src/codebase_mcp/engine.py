@@ -16,9 +16,10 @@ from types import TracebackType
 from typing import Any
 
 import anyio
+import asyncpg
 import structlog
 
-from codebase_mcp import db, tokens, vector_index
+from codebase_mcp import db, paths, tokens, validate, vector_index
 from codebase_mcp.config import Settings
 from codebase_mcp.discover import resolve_under_roots
 from codebase_mcp.embed import Embedder, create_embedder
@@ -34,7 +35,7 @@ from codebase_mcp.errors import (
     first_cause,
 )
 from codebase_mcp.filters import Filters
-from codebase_mcp.index import IndexRun, make_executor, warm_worker
+from codebase_mcp.index import IndexRun, embedder_notice, make_executor, warm_worker
 from codebase_mcp.jobs import JobManager, Outcome, RunningJob
 from codebase_mcp.models import (
     FileError,
@@ -108,6 +109,9 @@ class Engine:
         self._health_cache: tuple[float, dict[str, Any]] | None = None
         self._warming: list[Future[int]] = []
         self._maintenance: asyncio.Task[None] | None = None
+        # Held from the overlap check until the job exists, so that two calls cannot
+        # both pass it for overlapping paths.
+        self._admission = asyncio.Lock()
         self._closed = False
 
     @classmethod
@@ -268,12 +272,7 @@ class Engine:
                 if broken is not None:
                     broken.shutdown(wait=False, cancel_futures=True)
             raise
-        message = None
-        if result.embedder_error:
-            message = (
-                f"embedder unavailable ({result.embedder_error}); files were stored for "
-                "full-text search and get embedded when the repository is indexed again"
-            )
+        message = embedder_notice(result.embedder_error) if result.embedder_error else None
         return Outcome(stopped=result.stopped, message=message)
 
     # --- jobs ---------------------------------------------------------------------------
@@ -281,13 +280,28 @@ class Engine:
     async def start_index(
         self, path: str, force: bool = False, progress: ProgressCallback | None = None
     ) -> JobInfo:
-        """Start indexing `path` in the background and return its job at once. If a job for
-        the same repository is queued or running, that job is returned instead.
-        Raises discover.PathNotAllowedError for paths outside CODEBASE_ROOTS."""
-        resolved = resolve_under_roots(path, self.settings.roots)
+        """Start indexing `path` (the text form of codebase_mcp.paths) in the background
+        and return its job at once. If a job for the same repository is queued or running,
+        that job is returned instead (see JobManager.start for `force`).
+        Raises discover.PathNotAllowedError for paths outside CODEBASE_ROOTS, EngineError
+        for a path that is not a directory or overlaps an indexed repository."""
+        os_path = validate.path("path", path)
+        resolved = resolve_under_roots(os_path, self.settings.roots)
+        shown = paths.to_text(os_path)
+        if not resolved.exists():
+            raise validate.InvalidArgumentError(f"path: {shown} does not exist")
         if not resolved.is_dir():
-            raise EngineError(f"{path!r} is not a directory")
-        return await self.jobs.start(str(resolved), force, progress)
+            raise validate.InvalidArgumentError(f"path: {shown} is not a directory")
+        repository = paths.to_text(str(resolved))
+        async with self._admission:
+            async with self.pool.acquire() as conn:
+                indexed = await db.repository_paths(conn)
+            containing, inside = validate.overlaps(
+                repository, [*indexed, *self.jobs.active_repositories()]
+            )
+            if containing or inside:
+                raise validate.overlap_error(repository, containing, inside)
+            return await self.jobs.start(repository, force, progress)
 
     async def wait_job(self, job_id: str) -> JobInfo:
         """Wait until the job has finished (any final state) and return it (callers bound
@@ -296,11 +310,11 @@ class Engine:
 
     async def cancel_job(self, job_id: str) -> JobInfo:
         """Stop a running job at its next safe point; it ends `cancelled`."""
-        return await self.jobs.cancel(job_id)
+        return await self.jobs.cancel(validate.name("job_id", job_id))
 
     async def job_status(self, job_id: str) -> JobInfo:
         """Raises JobNotFoundError for an unknown id."""
-        return await self.jobs.status(job_id)
+        return await self.jobs.status(validate.name("job_id", job_id))
 
     # --- search -------------------------------------------------------------------------
 
@@ -314,18 +328,28 @@ class Engine:
         *,
         mode: SearchMode | None = None,
     ) -> SearchResponse:
-        """Hybrid search (mode None); `mode` forces one retrieval."""
-        query = query.strip()
-        if not query:
-            raise EngineError("the search query is empty")
-        if limit < 1:
-            raise EngineError("limit must be at least 1")
+        """Hybrid search (mode None); `mode` forces one retrieval. `repository` is an
+        indexed repository's path or its directory's name (exactly; see
+        validate.pick_repository)."""
+        query = validate.query(query)
+        limit = validate.limit(limit)
+        filters = Filters(
+            repository=await self._find_repository(repository) if repository else None,
+            language=validate.name("language", language) if language else None,
+            path_glob=validate.path_glob(path_glob) if path_glob else None,
+        )
         vector: list[float] | None = None
         notice: str | None = None
         if mode != "lexical":
             vector, notice = await self._query_vector(query)
-        filters = Filters(repository=repository, language=language, path_glob=path_glob)
-        return await run_search(self.pool, query, vector, filters, limit, want=mode, notice=notice)
+        try:
+            return await run_search(
+                self.pool, query, vector, filters, limit, want=mode, notice=notice
+            )
+        except asyncpg.InvalidRegularExpressionError as exc:  # a net: globs are checked
+            raise validate.InvalidArgumentError(
+                f"path_glob: PostgreSQL cannot use this pattern ({exc})"
+            ) from None
 
     async def _query_vector(self, query: str) -> tuple[list[float] | None, str | None]:
         if self._embedder is None:
@@ -349,21 +373,29 @@ class Engine:
         async with self.pool.acquire() as conn:
             return await db.list_repositories(conn)
 
+    async def _find_repository(self, given: str, argument: str = "repository") -> str:
+        """The indexed repository `given` names: its path (as indexed, or one that resolves
+        to it) or its directory's name when no other repository has that name."""
+        name = validate.repository_name(argument, given)
+        real: str | None = None
+        if "/" in name:
+            os_path = validate.path(argument, name)
+            real = paths.to_text(await anyio.to_thread.run_sync(os.path.realpath, os_path))
+        async with self.pool.acquire() as conn:
+            known = await db.repository_paths(conn)
+        return validate.pick_repository(name, known, real)
+
     async def remove_repository(self, path: str) -> RepositoryInfo:
         """Delete a repository with its files and chunks; raises RepositoryNotFoundError.
-        A job running for it is cancelled first."""
-        real = await anyio.to_thread.run_sync(os.path.realpath, path)
-        candidates = list(dict.fromkeys([path.rstrip("/") or "/", real]))
+        Jobs running or queued for it are cancelled first."""
+        found = await self._find_repository(path, "path")
+        for job in self.jobs.jobs_for(found):
+            await self.jobs.cancel(job.info.id)
         async with self.pool.acquire() as conn:
-            infos = [await db.repository_info(conn, p) for p in candidates]
-        info = next((i for i in infos if i is not None), None)
+            info = await db.repository_info(conn, found)
+            await db.delete_repository(conn, found)
         if info is None:
-            raise RepositoryNotFoundError(f"no indexed repository at {path!r}")
-        running = self.jobs.active_for(info.path)
-        if running is not None:
-            await self.jobs.cancel(running.info.id)
-        async with self.pool.acquire() as conn:
-            await db.delete_repository(conn, info.path)
+            raise RepositoryNotFoundError(f"no indexed repository at {found}")
         return info
 
     # --- health -------------------------------------------------------------------------

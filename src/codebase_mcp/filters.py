@@ -5,20 +5,26 @@ Every retrieval applies them inside its own query, so each stays a one-table ind
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
 from codebase_mcp.languages import detect_language
 
 
+class GlobError(ValueError):
+    """A path glob that is not well formed; the message says where and why."""
+
+
 def glob_to_regex(glob: str) -> str:
     """A PostgreSQL regular expression (ARE) for a path glob, anchored at both ends.
 
     `*` stays within a path segment, `**` crosses segments (`**/` also matches nothing),
-    `?` is one character, `[...]` a class. A glob without `/` matches the file name at any
-    depth (as in .gitignore). Every other character is literal: escaped with `\\`, which
-    in an ARE makes any non-alphanumeric character literal.
+    `?` is one character, `[...]` a class (`[!...]` or `[^...]` negated; a `]` right
+    after the opening `[` or `[!` is a member; `a-z` a range). A glob without `/`
+    matches the file name at any depth (as in .gitignore). Every other character is
+    literal: escaped with `\\`, which in an ARE makes any non-alphanumeric character
+    literal. Raises GlobError for a class that is never closed or a reversed range
+    (PostgreSQL would reject the expression).
     """
     pattern = glob.strip().lstrip("/")
     anchored_anywhere = "/" not in pattern
@@ -34,22 +40,14 @@ def glob_to_regex(glob: str) -> str:
             out.append(".*")
             i += 2
             continue
+        if ch == "[":
+            regex, i = _glob_class(pattern, i)
+            out.append(regex)
+            continue
         if ch == "*":
             out.append("[^/]*")
         elif ch == "?":
             out.append("[^/]")
-        elif ch == "[":
-            end = pattern.find("]", i + 2)
-            if end == -1:
-                out.append("\\[")
-            else:
-                body = pattern[i + 1 : end]
-                negate = body.startswith(("!", "^"))
-                body = body[1:] if negate else body
-                safe = "".join(c if c.isalnum() or c == "-" else "\\" + c for c in body)
-                out.append("[" + ("^" if negate else "") + safe + "]")
-                i = end + 1
-                continue
         elif ch.isalnum():
             out.append(ch)
         else:
@@ -57,6 +55,42 @@ def glob_to_regex(glob: str) -> str:
         i += 1
     prefix = "(.*/)?" if anchored_anywhere else ""
     return "^" + prefix + "".join(out) + "$"
+
+
+def _glob_class(pattern: str, start: int) -> tuple[str, int]:
+    """The ARE bracket expression for the class opening at `start`, and the index after
+    it. Members are escaped; a negated class never matches `/` (as `*` does not)."""
+    i = start + 1
+    negate = pattern.startswith(("!", "^"), i)
+    if negate:
+        i += 1
+    close = pattern.find("]", i + 1)  # a `]` in first place is a member
+    if close == -1:
+        raise GlobError(
+            f"the character class {pattern[start : start + 20]!r} is never closed (a ] right "
+            "after [ or [! is a member; write [[] for a literal [)"
+        )
+    body = pattern[i:close]
+    members: list[str] = []
+    j = 0
+    while j < len(body):
+        if j + 2 < len(body) and body[j + 1] == "-":
+            low, high = body[j], body[j + 2]
+            if low > high:
+                raise GlobError(
+                    f"the range {low}-{high} in {pattern[start : close + 1]} is reversed "
+                    f"(write {high}-{low})"
+                )
+            members.append(_class_member(low) + "-" + _class_member(high))
+            j += 3
+        else:
+            members.append(_class_member(body[j]))
+            j += 1
+    return "[" + ("^/" if negate else "") + "".join(members) + "]", close + 1
+
+
+def _class_member(ch: str) -> str:
+    return ch if ch.isalnum() else "\\" + ch
 
 
 _LANGUAGE_ALIASES = {"c#": "csharp", "cs": "csharp", "golang": "go", "shell": "bash", "sh": "bash"}
@@ -73,6 +107,9 @@ def normalize_language(name: str) -> str:
 
 @dataclass(frozen=True)
 class Filters:
+    """`repository`: an indexed repository's exact path (the engine resolves what users
+    type); `path_glob`: see glob_to_regex."""
+
     repository: str | None = None
     language: str | None = None
     path_glob: str | None = None
@@ -82,16 +119,9 @@ class Filters:
         none)."""
         if not self.repository:
             return "true", []
-        repo = self.repository.rstrip("/") or "/"
-        params: list[Any]
-        if "/" in repo:
-            candidates = list(dict.fromkeys([repo, os.path.realpath(repo)]))
-            match, params = f"path = ANY(${first_param}::text[])", [candidates]
-        else:  # a bare name: the repository directory's name
-            match = f"(path = ${first_param} OR path LIKE ${first_param + 1})"
-            params = [repo, "%/" + repo]
         # only $n placeholders are interpolated; values travel as parameters
-        return f"{column} IN (SELECT id FROM repositories WHERE {match})", params  # noqa: S608
+        sql = f"{column} IN (SELECT id FROM repositories WHERE path = ${first_param})"  # noqa: S608
+        return sql, [self.repository]
 
     def sql(self, first_param: int) -> tuple[str, list[Any]]:
         """` AND ...` conditions on chunks c alone (path and repository_id live there

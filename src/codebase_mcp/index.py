@@ -14,6 +14,7 @@ import asyncio
 import multiprocessing.context
 import os
 import signal
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from codebase_mcp import db, vector_index
+from codebase_mcp import db, paths, vector_index
 from codebase_mcp.chunk import ChunkOptions, chunk_source
 from codebase_mcp.discover import (
     DiscoveryStats,
@@ -46,6 +47,14 @@ FILE_BATCH = 32
 WRITERS = 2
 # Cap on collected per-file errors kept in a job record.
 MAX_ERRORS = 200
+# Skips a job counts (JobInfo.skipped): files one could expect indexed. Ignore rules
+# (built-in lists, .gitignore, excludes) are a choice, not a skip, and prune whole
+# directories: they are not counted.
+COUNTED_SKIPS = frozenset(SkipReason) - {
+    SkipReason.IGNORED_BUILTIN,
+    SkipReason.GITIGNORED,
+    SkipReason.EXCLUDED,
+}
 
 
 # --- worker side (runs in the chunking processes; must stay picklable) ----------------
@@ -64,8 +73,8 @@ class PreparedFile:
 @dataclass(frozen=True, slots=True)
 class SkippedFile:
     path: str
-    reason: str
-    error: bool  # True: a failure worth reporting; False: binary/too large etc.
+    reason: SkipReason
+    error: str | None = None  # a failure worth naming in the job's errors
 
 
 def prepare_file(source: SourceFile, max_bytes: int) -> PreparedFile | SkippedFile:
@@ -73,7 +82,8 @@ def prepare_file(source: SourceFile, max_bytes: int) -> PreparedFile | SkippedFi
     try:
         loaded = source.load(max_bytes)
         if isinstance(loaded, SkipReason):
-            return SkippedFile(source.rel_path, loaded.value, loaded == SkipReason.UNREADABLE)
+            error = "unreadable" if loaded is SkipReason.UNREADABLE else None
+            return SkippedFile(source.rel_path, loaded, error)
         chunks = chunk_source(loaded.text, loaded.language, ChunkOptions())
         rows = []
         for i, c in enumerate(chunks):
@@ -95,7 +105,7 @@ def prepare_file(source: SourceFile, max_bytes: int) -> PreparedFile | SkippedFi
                 )
             )
     except Exception as exc:  # one bad file must not stop the job
-        return SkippedFile(source.rel_path, f"{type(exc).__name__}: {exc}", True)
+        return SkippedFile(source.rel_path, SkipReason.FAILED, f"{type(exc).__name__}: {exc}")
     return PreparedFile(
         source.rel_path, loaded.language, loaded.content_hash, len(loaded.data), rows
     )
@@ -206,6 +216,14 @@ def plan_changes(
     return Plan(changed, unchanged, deleted)
 
 
+def embedder_notice(error: str) -> str:
+    """The job's message when the embedder failed during a run."""
+    return (
+        f"embedder unavailable ({error}); files were stored for full-text search and get "
+        "embedded when the repository is indexed again"
+    )
+
+
 def embedding_text(path: str, symbol: str | None, text: str) -> str:
     """What the model sees for a chunk: where it lives helps it match descriptions."""
     header = f"{path} {symbol}" if symbol else path
@@ -228,22 +246,30 @@ class JobControl(Protocol):
 class Counters:
     files_total: int = 0
     files_done: int = 0
-    files_skipped: int = 0
+    files_unchanged: int = 0
     files_deleted: int = 0
     chunks_total: int = 0
     chunks_done: int = 0
     errors: list[FileError] = field(default_factory=list)
+    skipped: Counter[str] = field(default_factory=Counter)
 
     def add_error(self, path: str, error: str) -> None:
         if len(self.errors) < MAX_ERRORS:
             self.errors.append(FileError(path, error))
 
+    def skip(self, path: str, reason: SkipReason, error: str | None = None) -> None:
+        if reason in COUNTED_SKIPS:
+            self.skipped[reason.value] += 1
+        if error is not None:
+            self.add_error(path, error)
+
     def snapshot(self) -> dict[str, Any]:
         return {
             "files_total": self.files_total,
             "files_done": self.files_done,
-            "files_skipped": self.files_skipped,
+            "files_unchanged": self.files_unchanged,
             "files_deleted": self.files_deleted,
+            "skipped": dict(self.skipped),
             "chunks_total": self.chunks_total,
             "chunks_done": self.chunks_done,
             "errors": tuple(self.errors),
@@ -293,6 +319,7 @@ class IndexRun:
         self.bulk_min_files = bulk_min_files
         self.counters = Counters()
         self.embedder_error: str | None = None if embedder is not None else "no embedder"
+        self.stored_vectors = False  # this run embedded something
 
     async def run(self) -> IndexResult:
         c = self.counters
@@ -307,8 +334,14 @@ class IndexRun:
 
         stats = DiscoveryStats()
         discovered: list[SourceFile] = await anyio.to_thread.run_sync(
-            lambda: list(discover_files(self.root, max_file_bytes=self.max_file_bytes, stats=stats))
+            lambda: list(
+                discover_files(
+                    paths.to_os(self.root), max_file_bytes=self.max_file_bytes, stats=stats
+                )
+            )
         )
+        for path, reason in stats.skipped:
+            c.skip(path, reason, "unreadable" if reason is SkipReason.UNREADABLE else None)
         # Only stored files need a hash to decide: a new file is indexed anyway (its
         # chunking process hashes it as it reads it), and `force` indexes everything.
         to_hash = [] if force else [s for s in discovered if s.rel_path in stored]
@@ -326,7 +359,7 @@ class IndexRun:
             async with self.pool.acquire() as conn:
                 c.files_deleted = await db.delete_files(conn, repo.id, plan.deleted)
         c.files_total = len(discovered)
-        c.files_done = c.files_skipped = plan.unchanged
+        c.files_done = c.files_unchanged = plan.unchanged
         await self.job.report(**c.snapshot())
 
         bulk = False
@@ -352,14 +385,22 @@ class IndexRun:
         if not stopped:
             async with self.pool.acquire() as conn:
                 await db.mark_repository_indexed(
-                    conn, repo.id, model or repo.embedding_model or "", self._dims()
+                    conn, repo.id, *await self._vectors_held(conn, repo)
                 )
         return IndexResult(
             c, stopped, self.embedder_error if self.embedder_error != "no embedder" else None
         )
 
-    def _dims(self) -> int:
-        return self.embedder.dimensions if self.embedder else 0
+    async def _vectors_held(
+        self, conn: db.Conn, repo: db.RepositoryRow
+    ) -> tuple[str | None, int | None]:
+        """The model and size of the vectors the repository holds after this run: none
+        (lexical only), this run's model, or the one it held before."""
+        if not await db.count_embedded_files(conn, repo.id):
+            return None, None
+        if self.stored_vectors and self.embedder is not None:
+            return self.embedder.model, self.embedder.dimensions
+        return repo.embedding_model, repo.embedding_dimensions
 
     async def _process(
         self, repository_id: int, changed: list[SourceFile], stored: dict[str, db.StoredFile]
@@ -441,13 +482,16 @@ class IndexRun:
         if self.embedder is None or self.embedder_error is not None:
             return None
         try:
-            return await self.embedder.embed_documents(texts)
+            vectors = await self.embedder.embed_documents(texts)
         except EmbedderError as exc:
             # Keep indexing for lexical search; these files get embedded on a later run.
+            # A job-level notice: no file is at fault.
             self.embedder_error = str(exc)
-            self.counters.add_error("*", f"embedding stopped: {exc}")
             log.warning("embedder failed; storing chunks for lexical search only", error=str(exc))
+            await self.job.report(message=embedder_notice(self.embedder_error))
             return None
+        self.stored_vectors = True
+        return vectors
 
     async def _write(
         self, repository_id: int, batch: _Embedded, stored: dict[str, db.StoredFile]
@@ -473,8 +517,7 @@ class IndexRun:
             async with self.pool.acquire() as conn, conn.transaction():
                 await db.replace_files(conn, repository_id, rows, chunk_rows, forget=gone)
         for s in batch.skipped:
-            if s.error:
-                c.add_error(s.path, s.reason)
+            c.skip(s.path, s.reason, s.error)
         c.files_done += len(batch.files) + len(batch.skipped)
         c.chunks_done += sum(len(f.chunks) for f in batch.files)
 

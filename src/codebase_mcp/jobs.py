@@ -61,6 +61,7 @@ class RunningJob:
         self.info = info
         self.pool = pool
         self.stop_state: JobState | None = None
+        self.stopping = asyncio.Event()
         self.done = asyncio.Event()
         self.scope = anyio.CancelScope()
         self.callbacks: list[ProgressCallback] = []
@@ -73,6 +74,7 @@ class RunningJob:
     def request_stop(self, state: JobState) -> None:
         if self.stop_state is None:
             self.stop_state = state
+            self.stopping.set()
 
     async def report(self, **changes: Any) -> None:
         """Record progress: in memory, in the jobs table, and to progress callbacks."""
@@ -103,6 +105,8 @@ class JobManager:
         self.owner = owner
         self.runner = runner
         self._active: dict[str, RunningJob] = {}  # by repository path
+        # A forced job asked for while a job without force runs: it starts when that ends.
+        self._queued: dict[str, RunningJob] = {}
         self._by_id: dict[str, RunningJob] = {}
         self._lock = asyncio.Lock()
         self._closed = False
@@ -111,33 +115,84 @@ class JobManager:
     def running(self) -> int:
         return len(self._active)
 
+    def active_repositories(self) -> list[str]:
+        """Repositories with a job running or queued in this process."""
+        return list(self._active.keys() | self._queued.keys())
+
+    def jobs_for(self, repository: str) -> list[RunningJob]:
+        """The repository's queued job (first: cancelled first, it never starts) and its
+        running job."""
+        found = (self._queued.get(repository), self._active.get(repository))
+        return [job for job in found if job is not None]
+
     async def start(
         self, repository: str, force: bool, progress: ProgressCallback | None
     ) -> JobInfo:
+        """Start a job for the repository, or return the one that covers the request:
+        the running job; with `force` while a job without it runs, a forced job queued
+        to start when that one ends (created once, returned to every such call)."""
         async with self._lock:
             if self._closed:
                 raise EngineError("the engine is shutting down; no new jobs")
-            job = self._active.get(repository)
-            if job is None:
-                async with self.pool.acquire() as conn:
-                    info = await db.insert_job(conn, repository, force, self.owner)
-                    resumed = await db.last_interrupted_job(conn, repository, info.id)
-                if resumed is not None:
-                    info = replace(info, message=f"resumes interrupted job {resumed}")
-                job = RunningJob(info, self.pool)
-                self._active[repository] = job
-                self._by_id[info.id] = job
-                job.task = asyncio.get_running_loop().create_task(self._run(job))
+            active = self._active.get(repository)
+            queued = self._queued.get(repository)
+            if force and active is not None and not active.info.force:
+                job = queued or await self._launch(repository, True, after=active)
+            else:
+                job = active or queued or await self._launch(repository, force, after=None)
             if progress is not None:
                 job.callbacks.append(progress)
             return job.info
 
-    async def _run(self, job: RunningJob) -> None:
+    async def _launch(self, repository: str, force: bool, after: RunningJob | None) -> RunningJob:
+        async with self.pool.acquire() as conn:
+            info = await db.insert_job(conn, repository, force, self.owner)
+            if after is not None:
+                info = replace(
+                    info,
+                    message=f"queued: a job without force ({after.info.id}) runs for this "
+                    "repository; this forced job starts when it ends",
+                )
+                await db.save_job(conn, info)
+            else:
+                resumed = await db.last_interrupted_job(conn, repository, info.id)
+                if resumed is not None:
+                    info = replace(info, message=f"resumes interrupted job {resumed}")
+        job = RunningJob(info, self.pool)
+        (self._active if after is None else self._queued)[repository] = job
+        self._by_id[info.id] = job
+        job.task = asyncio.get_running_loop().create_task(self._run(job, after))
+        return job
+
+    async def _take_turn(self, job: RunningJob, after: RunningJob) -> bool:
+        """Wait until `after` has ended, then become the repository's active job; False
+        when a stop came first."""
+        waits = [
+            asyncio.ensure_future(after.done.wait()),
+            asyncio.ensure_future(job.stopping.wait()),
+        ]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        if job.stop_requested:
+            return False
+        repository = job.info.repository
+        del self._queued[repository]
+        self._active[repository] = job
+        return True
+
+    async def _run(self, job: RunningJob, after: RunningJob | None = None) -> None:
         outcome: Outcome | None = None
         error: str | None = None
         try:
             with job.scope:
-                await job.report(state=JobState.RUNNING, started_at=db.now_utc())
+                if after is not None and not await self._take_turn(job, after):
+                    outcome = Outcome(stopped=True)
+                    return
+                changes: dict[str, Any] = {"message": None} if after is not None else {}
+                await job.report(state=JobState.RUNNING, started_at=db.now_utc(), **changes)
                 outcome = await self.runner(job)
         except Exception as exc:
             cause = first_cause(exc)
@@ -156,7 +211,9 @@ class JobManager:
                 except Exception as exc:  # the database may be gone at shutdown
                     log.warning("could not record the job's end", job=job.info.id, error=str(exc))
                 await job._notify(state.value)
-            self._active.pop(job.info.repository, None)
+            for table in (self._active, self._queued):
+                if table.get(job.info.repository) is job:
+                    del table[job.info.repository]
             job.done.set()
             self._forget_finished()
             log.info(
@@ -210,7 +267,7 @@ class JobManager:
         """Ask every job to stop at its next safe point; after `grace` seconds cancel what
         is left (its open batch rolls back). All end `interrupted`."""
         self._closed = True
-        jobs = list(self._active.values())
+        jobs = [*self._queued.values(), *self._active.values()]
         for job in jobs:
             job.request_stop(JobState.INTERRUPTED)
         with anyio.move_on_after(max(grace, 0.0)):

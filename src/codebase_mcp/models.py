@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -39,8 +39,11 @@ class JobInfo:
     files_done: int = 0
     chunks_total: int = 0
     chunks_done: int = 0
-    files_skipped: int = 0  # unchanged since the last index: no parsing, no embedding
+    files_unchanged: int = 0  # unchanged since the last index: no parsing, no embedding
     files_deleted: int = 0
+    # Files not indexed, by reason (discover.SkipReason values: too_large, binary,
+    # undecodable, unreadable, ...), whether skipped at discovery or on reading.
+    skipped: Mapping[str, int] = field(default_factory=dict)
     errors: tuple[FileError, ...] = ()
     message: str | None = None  # why a job failed or was interrupted; what it does now
     force: bool = False

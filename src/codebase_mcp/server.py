@@ -67,8 +67,9 @@ def job_to_dict(job: JobInfo) -> dict[str, Any]:
         "finished": job.state.finished,
         "files_done": job.files_done,
         "files_total": job.files_total,
-        "files_skipped": job.files_skipped,
+        "files_unchanged": job.files_unchanged,
         "files_deleted": job.files_deleted,
+        "files_skipped": dict(job.skipped),
         "chunks_done": job.chunks_done,
         "chunks_total": job.chunks_total,
         "errors": [{"path": e.path, "error": e.error} for e in job.errors],
@@ -225,11 +226,21 @@ def _add_index_tools(mcp: FastMCP[AppState], state: AppState) -> None:
     @mcp.tool(annotations={"readOnlyHint": False, "idempotentHint": True, "openWorldHint": False})
     async def index_repository(
         path: Annotated[
-            str, Field(description="Directory of the repository; must be under CODEBASE_ROOTS")
+            str,
+            Field(
+                description="Directory of the repository; must be under CODEBASE_ROOTS. "
+                "Paths are UTF-8 text with \\\\ for a backslash and \\xHH for any other "
+                "byte that is not UTF-8 (as list_repositories and search_code show them)"
+            ),
         ],
         ctx: Context,
         force: Annotated[
-            bool, Field(description="Re-embed every file, not only the changed ones")
+            bool,
+            Field(
+                description="Re-index and re-embed every file, not only the changed ones. If "
+                "a job without force runs for the repository, a forced job is queued to "
+                "start when it ends, and returned"
+            ),
         ] = False,
         wait: Annotated[
             bool,
@@ -241,7 +252,8 @@ def _add_index_tools(mcp: FastMCP[AppState], state: AppState) -> None:
         ] = False,
     ) -> dict[str, Any]:
         """Index (or incrementally update) a repository. Returns the job at once, or the
-        job already running for that repository."""
+        job already running for that repository. A directory that contains an indexed
+        repository, or lies inside one, is refused (its files would be found twice)."""
         engine = state.require_engine()
         woken = Wakeup()
 
@@ -263,7 +275,9 @@ def _add_index_tools(mcp: FastMCP[AppState], state: AppState) -> None:
         job_id: Annotated[str, Field(description="The id index_repository returned")],
     ) -> dict[str, Any]:
         """State of an indexing job (queued, running, completed, failed, cancelled,
-        interrupted) with files and chunks done and total, and per-file errors."""
+        interrupted) with files and chunks done and total, files unchanged, files skipped
+        by reason (too_large, binary, undecodable, unreadable, ...), per-file errors and a
+        message (e.g. the embedder was unavailable)."""
         engine = state.require_engine()
         try:
             job = await engine.job_status(job_id.strip())
@@ -284,7 +298,11 @@ def _add_query_tools(mcp: FastMCP[AppState], state: AppState) -> None:
             ),
         ],
         repository: Annotated[
-            str | None, Field(description="Only this repository (its indexed path)")
+            str | None,
+            Field(
+                description="Only this repository: its indexed path, or its directory's "
+                "name when no other indexed repository has that name"
+            ),
         ] = None,
         language: Annotated[
             str | None, Field(description="Only this language, e.g. python, go, rust")
@@ -323,7 +341,13 @@ def _add_query_tools(mcp: FastMCP[AppState], state: AppState) -> None:
 
     @mcp.tool(annotations={"readOnlyHint": False, "destructiveHint": True, "openWorldHint": False})
     async def remove_repository(
-        path: Annotated[str, Field(description="The repository's indexed path")],
+        path: Annotated[
+            str,
+            Field(
+                description="The repository's indexed path, or its directory's name when no "
+                "other indexed repository has that name"
+            ),
+        ],
     ) -> dict[str, Any]:
         """Remove a repository with its files and chunks from the index."""
         engine = state.require_engine()

@@ -116,7 +116,7 @@ def test_format_results_and_summary() -> None:
         files_total=3,
         files_done=3,
         chunks_done=7,
-        files_skipped=1,
+        files_unchanged=1,
         errors=(FileError("a.bin", "unreadable"),),
         finished_at=datetime.now(UTC),
     )
@@ -270,3 +270,42 @@ async def test_the_progress_line_shows_what_the_job_does_at_once() -> None:
     lines = out.getvalue().splitlines()
     assert len(lines) == 2, lines
     assert lines[1].endswith("chunks 40  building the vector index (40 vectors)")
+
+
+def test_names_from_the_terminal_skips_and_usage_errors(
+    pg_url: str, fake_ollama: FakeOllama, tmp_path: Path
+) -> None:
+    migrate(pg_url)
+    repo = os.fsdecode(os.fsencode(tmp_path) + b"/r\xe9po")  # as a shell hands it over
+    os.mkdir(repo)
+    Path(repo, os.fsdecode(b"caf\xe9.py")).write_text("def cafe_latin():\n    return 1\n")
+    Path(repo, "logo.png").write_bytes(b"\x89PNG\r\n")
+    env = _env(
+        REGISTRY_DATABASE_URL=pg_url,
+        OLLAMA_BASE_URL=fake_ollama.url,
+        CODEBASE_ROOTS=str(tmp_path),
+        CODEBASE_INDEX_WORKERS="1",
+    )
+    proc = _run(["index", "--no-progress", repo], env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"completed: {tmp_path}/r\\xe9po\n"), proc.stdout
+    assert "skipped: 1 file(s): 1 binary" in proc.stdout
+    assert "could not be indexed" not in proc.stdout
+
+    for given in (repo, "r\\xe9po"):  # the terminal's bytes, or the text results show
+        proc = _run(["search", "cafe_latin", "-r", given], env, tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.startswith(" 1. caf\\xe9.py:1-2"), proc.stdout
+        assert f"in {tmp_path}/r\\xe9po" in proc.stdout
+
+    for args, code, message in [
+        (["search", os.fsdecode(b"caf\xe9")], 2, "QUERY is not valid UTF-8 (byte 0xe9"),
+        (["search", "x", "-g", "[z-a]"], 2, "path_glob: the range z-a"),
+        (["search", "x", "-r", "%"], 1, "no indexed repository named '%'"),
+        (["index", str(tmp_path / "missing")], 2, "does not exist"),
+        (["index", str(tmp_path)], 1, "contains 1 indexed repository"),
+    ]:
+        proc = _run(args, env, tmp_path)
+        assert proc.returncode == code, (args, proc.stderr)
+        assert message in proc.stderr, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr and "Error:" not in proc.stderr

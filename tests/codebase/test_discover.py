@@ -190,7 +190,7 @@ def test_oversize_files_are_skipped(tmp_path: Path) -> None:
     assert "big.txt" in files
 
 
-def test_load_skips_binary_and_non_utf8_and_hashes_the_bytes(tmp_path: Path) -> None:
+def test_load_skips_binary_decodes_legacy_text_and_hashes_the_bytes(tmp_path: Path) -> None:
     write(tmp_path, "nul.py", b"x = 1\n\x00\x01\x02 binary")
     write(tmp_path, "latin1.txt", "caf\u00e9\n".encode("latin-1"))
     write(tmp_path, "ok.py", "s = 'caf\u00e9'\n")
@@ -198,7 +198,7 @@ def test_load_skips_binary_and_non_utf8_and_hashes_the_bytes(tmp_path: Path) -> 
     write(tmp_path, "tool", "#!/usr/bin/env python3\nprint(1)\n")
     files = {f.rel_path: f for f in discover_files(tmp_path)}
     assert files["nul.py"].load() == SkipReason.BINARY
-    assert files["latin1.txt"].load() == SkipReason.NOT_UTF8
+    assert isinstance(files["latin1.txt"].load(), FileContent)  # a legacy encoding, guessed
 
     loaded = files["ok.py"].load()
     assert isinstance(loaded, FileContent)
@@ -305,7 +305,7 @@ def test_decode_source_is_a_pure_decision() -> None:
     assert decode_source(b"a\x00b") == SkipReason.BINARY
     # only the first 8 KiB are sniffed for NUL; later NULs still decode as UTF-8 text
     assert decode_source(b"a" * 9000 + b"\x00") == "a" * 9000 + "\x00"
-    assert decode_source(b"\xff\xfe") == SkipReason.NOT_UTF8
+    assert decode_source(b"\xff\xfe\x00") == SkipReason.UNDECODABLE  # a UTF-16 mark that lies
 
 
 # ---- allowed roots ----------------------------------------------------------------------

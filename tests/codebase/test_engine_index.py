@@ -130,7 +130,7 @@ async def test_reindex_embeds_only_the_changed_file_and_drops_deleted_ones(
         unchanged = await index_and_wait(engine, repo)
         assert unchanged.state is JobState.COMPLETED
         assert unchanged.files_total == 8
-        assert unchanged.files_skipped == 7  # the binary file is looked at again, never stored
+        assert unchanged.files_unchanged == 7  # the binary file is looked at again, never stored
         assert fake_ollama.embedded_texts == []
 
         (repo / "app" / "net.py").write_text(
@@ -139,7 +139,7 @@ async def test_reindex_embeds_only_the_changed_file_and_drops_deleted_ones(
         (repo / "src" / "lib.rs").unlink()
         job = await index_and_wait(engine, repo)
         assert job.state is JobState.COMPLETED
-        assert job.files_skipped == 5
+        assert job.files_unchanged == 5
         assert job.files_deleted == 1
         assert len(fake_ollama.embedded_texts) == job.chunks_done == 1
         assert "close_connection" in fake_ollama.embedded_texts[0]
@@ -154,7 +154,7 @@ async def test_reindex_embeds_only_the_changed_file_and_drops_deleted_ones(
 
         fake_ollama.embedded_texts.clear()
         forced = await index_and_wait(engine, repo, force=True)
-        assert forced.files_skipped == 0
+        assert forced.files_unchanged == 0
         (info,) = await engine.list_repositories()
         assert len(fake_ollama.embedded_texts) == forced.chunks_done == info.chunks
 
@@ -201,7 +201,7 @@ async def test_embedder_down_while_indexing_stores_for_lexical_and_embeds_later(
         fake_ollama.embedded_texts.clear()
         again = await index_and_wait(engine, repo)
         assert again.state is JobState.COMPLETED and again.message is None
-        assert again.files_skipped == 0  # every file still lacked its embeddings
+        assert again.files_unchanged == 0  # every file still lacked its embeddings
         assert len(fake_ollama.embedded_texts) == again.chunks_done > 0
         response = await engine.search("parse date")
         assert response.mode == "hybrid"

@@ -76,7 +76,7 @@ async def test_cancel_stops_between_batches_and_a_new_index_finishes_the_rest(
         fake_ollama.embedded_texts.clear()
         rest = await index_and_wait(engine, repo)
         assert rest.state is JobState.COMPLETED
-        assert rest.files_skipped == files
+        assert rest.files_unchanged == files
         assert len(fake_ollama.embedded_texts) == rest.chunks_done == 2 * FILES - chunks
         assert (await consistency(pg_url))[:2] == (FILES, 2 * FILES)
 
@@ -107,7 +107,7 @@ async def test_shutdown_marks_the_job_interrupted_and_the_next_index_resumes_it(
         with anyio.fail_after(60):
             done = await engine.wait_job(resumed.id)
         assert done.state is JobState.COMPLETED
-        assert done.files_skipped == files
+        assert done.files_unchanged == files
         assert len(fake_ollama.embedded_texts) == 2 * FILES - chunks
     assert (await consistency(pg_url))[:2] == (FILES, 2 * FILES)
 
@@ -180,7 +180,7 @@ async def test_two_replicas_indexing_one_repository_take_turns(
     assert [j.state for j in done] == [JobState.COMPLETED, JobState.COMPLETED]
     # whoever came second found everything indexed: each chunk was embedded once
     assert len(fake_ollama.embedded_texts) == 2 * FILES
-    assert sorted(j.files_skipped for j in done) == [0, FILES]
+    assert sorted(j.files_unchanged for j in done) == [0, FILES]
     assert (await consistency(pg_url)) == (FILES, 2 * FILES, 0)
 
 

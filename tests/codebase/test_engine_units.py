@@ -20,7 +20,7 @@ from codebase_mcp.errors import (
     EmbedderUnavailableError,
     ModelMissingError,
 )
-from codebase_mcp.filters import glob_to_regex, normalize_language
+from codebase_mcp.filters import GlobError, glob_to_regex, normalize_language
 from codebase_mcp.index import plan_changes
 from codebase_mcp.jobs import Outcome, final_state
 from codebase_mcp.models import JobState
@@ -166,6 +166,12 @@ async def test_binary_vectors_read_back_as_postgresql_would_write_them(
         ("[ab]*.rs", ["a1.rs", "b.rs"], ["c.rs"]),
         ("app/%", ["app/%"], ["app/x"]),  # SQL wildcards are literal
         ("a.b(c)+", ["a.b(c)+"], ["aXb(c)+", "a.bcc"]),
+        ("[!a]b", ["cb", "x/cb"], ["ab", "x//b"]),  # a negated class never matches /
+        ("[]]x", ["]x"], ["ax"]),  # ] first in a class is a member
+        ("[!]]x", ["ax"], ["]x"]),
+        ("[a-c-]", ["a", "b", "-"], ["d"]),
+        ("[[]id].tsx", ["[id].tsx"], ["i.tsx"]),
+        ("caf\\xe9.py", ["caf\\xe9.py"], ["caf\u00e9.py"]),  # the text form of a name
     ],
 )
 def test_glob_to_regex(glob: str, matches: list[str], misses: list[str]) -> None:
@@ -175,6 +181,32 @@ def test_glob_to_regex(glob: str, matches: list[str], misses: list[str]) -> None
         assert pattern.match(path), (glob, path)
     for path in misses:
         assert not pattern.match(path), (glob, path)
+
+
+@pytest.mark.parametrize(
+    ("glob", "message"),
+    [
+        ("[z-a]", "the range z-a in [z-a] is reversed"),
+        ("[!]", "the character class '[!]' is never closed"),
+        ("[]", "is never closed"),
+        ("src/[", "is never closed"),
+        ("*.[ch", "is never closed"),
+    ],
+)
+def test_malformed_globs_are_refused_before_postgresql_sees_them(glob: str, message: str) -> None:
+    with pytest.raises(GlobError, match=re.escape(message)):
+        glob_to_regex(glob)
+
+
+@pytest.mark.anyio
+async def test_postgresql_accepts_every_glob_translation(pg_url: str) -> None:
+    conn = await asyncpg.connect(pg_url)
+    try:
+        globs = ["*.py", "[]]x", "[!]]x", "[a-c-]", "[%_]", "a[\\]b", "**/[!.]*/**", "[[]"]
+        for glob in globs:
+            await conn.fetchval("SELECT 'x' ~ $1", glob_to_regex(glob))
+    finally:
+        await conn.close()
 
 
 def test_plan_mode() -> None:

@@ -159,6 +159,7 @@ async def test_five_replicas_migrating_at_once_run_it_once(pg_url: str, tmp_path
     assert logs.count("Running upgrade 0002 -> 0003") == 1, logs
     assert logs.count("Running upgrade 0003 -> 0004") == 1, logs
     assert logs.count("Running upgrade 0004 -> 0005") == 1, logs
+    assert logs.count("Running upgrade 0005 -> 0006") == 1, logs
     state = await schema(pg_url)
     assert state["versions"] == [db.SCHEMA_HEAD]
     assert state["tables"] == TABLES

@@ -242,3 +242,75 @@ def test_progress_messages_say_what_a_running_job_does() -> None:
     )
     failed = replace(running, state=JobState.FAILED, message="boom")
     assert progress_message(failed) == "failed: 10/10 files, 40/40 chunks"
+
+
+HOSTILE: list[tuple[str, dict[str, Any], str]] = [
+    ("search_code", {"query": "x", "path_glob": "[z-a]"}, "path_glob: the range z-a"),
+    ("search_code", {"query": "x", "path_glob": "[!]"}, "path_glob: the character class"),
+    ("search_code", {"query": "x", "path_glob": "src/["}, "is never closed"),
+    ("search_code", {"query": "x", "path_glob": "a\x00b"}, "path_glob: contains a NUL"),
+    ("search_code", {"query": "x", "path_glob": "*" * 5000}, "path_glob: too long"),
+    ("search_code", {"query": "x\x00y"}, "query: contains a NUL"),
+    ("search_code", {"query": "x", "repository": "%"}, "no indexed repository named '%'"),
+    ("search_code", {"query": "x", "repository": "/r\x00"}, "repository: contains a NUL"),
+    ("search_code", {"query": "x", "repository": "\udce9"}, "unpaired surrogate (U+DCE9)"),
+    ("search_code", {"query": "x", "language": "py\x00"}, "language: contains a NUL"),
+    ("search_code", {"query": "x", "language": "x" * 5000}, "language: too long"),
+    ("search_code", {"query": "x", "limit": 10**30}, "limit"),
+    ("index_repository", {"path": "{root}/missing"}, "/missing does not exist"),
+    ("index_repository", {"path": "{root}/re\x00po"}, "path: contains a NUL"),
+    ("index_repository", {"path": "{root}/repo/cart.ts"}, "is not a directory"),
+    ("index_repository", {"path": "\ud800"}, "path: contains an unpaired surrogate"),
+    ("index_repository", {"path": "{root}\\repo"}, "path: a backslash at position"),
+    ("index_repository", {"path": "x" * 100_000}, "path: too long"),
+    ("index_repository", {"path": "{root}"}, "contains 1 indexed repository"),
+    ("index_repository", {"path": "{root}/repo/pkg"}, "inside the indexed repository"),
+    ("get_indexing_status", {"job_id": "\x00"}, "job_id: contains a NUL"),
+    ("get_indexing_status", {"job_id": "j" * 100_000}, "job_id: too long"),
+    ("remove_repository", {"path": "{root}/r\x00"}, "path: contains a NUL"),
+    ("remove_repository", {"path": "_epo"}, "no indexed repository named '_epo'"),
+]
+
+
+@pytest.mark.anyio
+async def test_hostile_arguments_get_validation_errors_never_a_crash(
+    served: tuple[Client[Any], FastMCP[AppState], AppState],
+    repo: Path,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    client, _, _ = served
+    await wait_done(client, (await call(client, "index_repository", path=str(repo)))["job_id"])
+    for tool, args, expected in HOSTILE:
+        args = {
+            k: v.replace("{root}", str(tmp_path)) if isinstance(v, str) else v
+            for k, v in args.items()
+        }
+        text = await error_of(client, tool, **args)
+        assert expected in text, (tool, args, text)
+        assert "unexpectedly" not in text, (tool, args, text)
+    logged = capfd.readouterr().err
+    assert "tool failed" not in logged  # _tool_error logs only what it did not expect
+    assert "Traceback" not in logged
+
+
+@pytest.mark.anyio
+async def test_status_counts_unchanged_files_and_skips_by_reason(
+    served: tuple[Client[Any], FastMCP[AppState], AppState], repo: Path
+) -> None:
+    client, _, _ = served
+    (repo / "logo.png").write_bytes(b"\x89PNG\r\n")
+    (repo / "legacy.py").write_bytes("def legacy():\n    return 'été'\n".encode("latin-1"))
+    first = await wait_done(
+        client, (await call(client, "index_repository", path=str(repo)))["job_id"]
+    )
+    assert first["files_skipped"] == {"binary": 1}
+    assert first["files_unchanged"] == 0
+    assert first["errors"] == []
+    again = await wait_done(
+        client, (await call(client, "index_repository", path=str(repo)))["job_id"]
+    )
+    assert again["files_unchanged"] == again["files_total"] == 5
+    assert again["files_skipped"] == {"binary": 1}
+    found = await call(client, "search_code", query="legacy")
+    assert found["results"][0]["path"] == "legacy.py"
