@@ -1,9 +1,9 @@
 """Hybrid fusion of the vector and the lexical lists (pure functions).
 
 Each list is (id, score) pairs, best first. `fuse` combines them by the scores themselves,
-normalised per list (each list's best is 1, its cut-off 0), weighted by how much the
-query looks like a name (lean lexical) or like a question (lean vector). `rrf` is the
-rank-only alternative the benchmark compares it with.
+normalised per list (each list's best is 1), weighted by how much the query looks like a
+name (lean lexical) or like a question (lean vector). `rrf` is the rank-only alternative
+the benchmark compares it with.
 """
 
 from __future__ import annotations
@@ -47,22 +47,30 @@ def vector_weight(query: str) -> float:
     return VECTOR_WEIGHT_MIXED
 
 
-def normalise(scored: Scored) -> dict[int, float]:
-    """Scores scaled so that the list's best is 1 and its last 0 (a one-item list: 1)."""
+# How a list's scores are brought to one scale: "max" divides by the best (relative
+# strengths survive, as cosine similarities and BM25 scores are both ratio scales);
+# "minmax" also sends the list's last to 0.
+NORMALISATION = "max"
+
+
+def normalise(scored: Scored, method: str = NORMALISATION) -> dict[int, float]:
+    """Scores scaled so that the list's best is 1 (see NORMALISATION)."""
     if not scored:
         return {}
     top = max(s for _, s in scored)
-    bottom = min(s for _, s in scored)
+    bottom = min(s for _, s in scored) if method == "minmax" else 0.0
     span = top - bottom
     if span <= 0:
         return {i: 1.0 for i, _ in scored}
-    return {i: (s - bottom) / span for i, s in scored}
+    return {i: max(0.0, (s - bottom) / span) for i, s in scored}
 
 
-def fuse(vector: Scored, lexical: Scored, vector_share: float) -> list[tuple[int, float]]:
+def fuse(
+    vector: Scored, lexical: Scored, vector_share: float, method: str = NORMALISATION
+) -> list[tuple[int, float]]:
     """Weighted sum of the normalised scores; an id missing from a list scores 0 there.
     Best first, ties broken by the vector list's order, then the lexical list's."""
-    v, lex = normalise(vector), normalise(lexical)
+    v, lex = normalise(vector, method), normalise(lexical, method)
     order = {i: n for n, (i, _) in enumerate([*vector, *lexical])}
     scores = {
         i: vector_share * v.get(i, 0.0) + (1.0 - vector_share) * lex.get(i, 0.0) for i in order

@@ -1,7 +1,8 @@
 """What a result list looks like once the retrievals have spoken (pure functions).
 
 - Tests, docs and generated files that mention a name weigh less than code that defines
-  it, unless the query asks for tests or docs.
+  it, unless the query asks for tests or docs; a definition whose name the query spells
+  weighs more.
 - Adjacent chunks of one definition (an oversized function split at statement
   boundaries) become one result.
 - A file yields at most MAX_PER_FILE results, so that one file cannot fill the list.
@@ -12,8 +13,8 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from codebase_mcp.tokens import words
@@ -23,6 +24,10 @@ Role = Literal["code", "test", "docs", "generated"]
 MAX_PER_FILE = 3
 # How much a result of each role keeps of its score when the query does not ask for it.
 ROLE_WEIGHTS: dict[Role, float] = {"code": 1.0, "test": 0.75, "docs": 0.8, "generated": 0.6}
+# A code definition named as the query spells a name (url_for, UrlFor) gains this much.
+NAME_BONUS = 1.25
+# Chunk kinds that are not definitions (chunk.py): code between definitions, windows.
+_NOT_DEFINITIONS = frozenset({"gap", "window"})
 
 _TEST_DIRS = frozenset({"test", "tests", "testing", "__tests__", "spec", "specs", "testdata"})
 _DOC_DIRS = frozenset({"doc", "docs", "documentation"})
@@ -81,13 +86,44 @@ class Ranked:
     score: float
 
 
-def weigh_roles(items: Sequence[Ranked], query: str) -> list[Ranked]:
-    """Scale each score by its file's role, unless the query asks for that role."""
+@dataclass(frozen=True)
+class Shaping:
+    """How results are weighed and grouped (the benchmark's fusion study varies these)."""
+
+    role_weights: Mapping[Role, float] = field(default_factory=lambda: dict(ROLE_WEIGHTS))
+    name_bonus: float = NAME_BONUS
+    max_per_file: int | None = MAX_PER_FILE
+    merge: bool = True
+
+
+def _squashed(name: str) -> str:
+    return name.replace("_", "").lower()
+
+
+def spelled_names(query: str) -> frozenset[str]:
+    """The identifiers a query spells, case and underscores aside (url_for -> urlfor)."""
+    return frozenset(_squashed(token) for token in re.findall(r"\w+", query))
+
+
+def names_definition(item: Ranked, names: frozenset[str]) -> bool:
+    """The item defines (in code) a name the query spells."""
+    if not names or not item.symbol or item.kind in _NOT_DEFINITIONS:
+        return False
+    return _squashed(re.split(r"[.:#]", item.symbol)[-1]) in names
+
+
+def weigh(items: Sequence[Ranked], query: str, shaping: Shaping | None = None) -> list[Ranked]:
+    """Scale each score by its file's role (unless the query asks for that role), and a
+    code definition of a name the query spells by the name bonus."""
+    shaping = shaping or Shaping()
     wanted = wanted_roles(query)
+    names = spelled_names(query)
     out = []
     for item in items:
         role = path_role(item.path)
-        factor = 1.0 if role in wanted else ROLE_WEIGHTS[role]
+        factor = 1.0 if role in wanted else shaping.role_weights[role]
+        if role == "code" and names_definition(item, names):
+            factor *= shaping.name_bonus
         out.append(item if factor == 1.0 else replace(item, score=item.score * factor))
     return out
 
@@ -167,7 +203,14 @@ def cap_per_file(items: Sequence[Ranked], cap: int = MAX_PER_FILE) -> list[Ranke
     return out
 
 
-def finish(items: Sequence[Ranked], query: str, limit: int) -> list[Ranked]:
-    """The list a client sees: roles weighed, best first, pieces merged, files capped."""
-    weighed = sorted(weigh_roles(items, query), key=lambda r: (-r.score, r.key))
-    return cap_per_file(merge_adjacent(weighed))[:limit]
+def finish(
+    items: Sequence[Ranked], query: str, limit: int, shaping: Shaping | None = None
+) -> list[Ranked]:
+    """The list a client sees: weighed, best first, pieces merged, files capped."""
+    shaping = shaping or Shaping()
+    shaped = sorted(weigh(items, query, shaping), key=lambda r: (-r.score, r.key))
+    if shaping.merge:
+        shaped = merge_adjacent(shaped)
+    if shaping.max_per_file is not None:
+        shaped = cap_per_file(shaped, shaping.max_per_file)
+    return shaped[:limit]
