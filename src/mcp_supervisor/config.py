@@ -76,6 +76,10 @@ class SupervisorSettings(BaseSettings):
     dependency_timeout: float = Field(60.0, gt=0, validation_alias=_env("dependency_timeout"))
     backoff_cap: float = Field(2.0, gt=0, le=60, validation_alias=_env("backoff_cap"))
     migration_timeout: float = Field(300.0, gt=0, validation_alias=_env("migration_timeout"))
+    # The server's migrations: named by the server's own variable, never imported from it.
+    alembic_ini: str | None = Field(
+        None, validation_alias=_env("alembic_ini", "CODEBASE_MCP_ALEMBIC_INI")
+    )
     pull_model: bool = Field(True, validation_alias=_env("pull_model"))
     data_dir: str = Field(default_factory=default_data_dir, validation_alias=_env("data_dir"))
     database_url: str | None = Field(
@@ -124,6 +128,11 @@ class SupervisorSettings(BaseSettings):
             return tuple(dict.fromkeys(items))
         return value
 
+    @field_validator("alembic_ini")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
+
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str | None) -> str | None:
@@ -166,6 +175,7 @@ class SupervisorSettings(BaseSettings):
             dependency_timeout=self.dependency_timeout,
             backoff_cap=self.backoff_cap,
             migration_timeout=self.migration_timeout,
+            alembic_ini=self.alembic_ini,
             pull_model=self.pull_model,
             data_dir=self.data_dir,
             database_url=self.database_url,

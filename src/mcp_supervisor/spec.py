@@ -35,6 +35,7 @@ class RunSpec:
     dependency_timeout: float = 60.0
     backoff_cap: float = 2.0
     migration_timeout: float = 300.0
+    alembic_ini: str | None = None  # None: found beside migrations/ (migrate.find_alembic_ini)
     pull_model: bool = True
     data_dir: str = ""
     # The database URL may hold a password: it never goes into a log line (see redact_url).
