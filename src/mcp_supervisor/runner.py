@@ -13,11 +13,14 @@ import functools
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 
 from mcp_supervisor import exitcodes, heartbeat, notify, policy, process, restart, signals
 from mcp_supervisor.log import configure_logging, get_logger
@@ -500,9 +503,10 @@ async def supervise(spec: RunSpec, *, hard_exit: bool = False) -> int:
         sup.env_extra.update(notifier.child_env())
     except OSError as exc:
         log.warning("no notify socket: readiness and watchdog are off", error=str(exc))
+    _start_fault_watcher(sup, anyio.lowlevel.current_token())
     with anyio.open_signal_receiver(*signals.catchable()) as receiver:
         # Handlers are in place: what arrived while we started is delivered now.
-        signals.unblock_all()
+        signals.unblock_handled()
         async with anyio.create_task_group() as tg:
             tg.start_soon(sup.signal_loop, receiver)
             tg.start_soon(_grace_timer, sup)
@@ -517,6 +521,33 @@ async def supervise(spec: RunSpec, *, hard_exit: bool = False) -> int:
             sys.stderr.flush()
             os._exit(code)
     return code
+
+
+def _start_fault_watcher(sup: Supervisor, token: anyio.lowlevel.EventLoopToken) -> None:
+    """A daemon thread waits for the fault signals (blocked everywhere): one sent with kill
+    goes to the event loop like any other signal; one from the kernel crashes us."""
+
+    def watch() -> None:
+        while True:
+            signum, code, sender = signals.wait_fault()
+            if not signals.sent_by_a_process(code):
+                sup.log.critical(
+                    "fault signal from the kernel: crashing",
+                    signal=signals.name(signum),
+                    si_code=code,
+                )
+                signals.crash()
+            try:
+                anyio.from_thread.run_sync(_on_fault_signal, sup, signum, sender, token=token)
+            except RuntimeError:
+                return  # the event loop has ended: we are exiting
+
+    threading.Thread(target=watch, name="fault-signals", daemon=True).start()
+
+
+def _on_fault_signal(sup: Supervisor, signum: int, sender: int) -> None:
+    sup.log.info("fault signal sent by another process", signal=signals.name(signum), sender=sender)
+    sup.on_signal(signum)
 
 
 async def _grace_timer(sup: Supervisor) -> None:
@@ -538,6 +569,9 @@ def main(argv: list[str] | None = None, *, hard_exit: bool = False) -> int:
     if len(args) != 2 or args[0] != "--spec-fd" or not args[1].isdigit():
         print("mcp-supervisor: the runner is started by mcp-supervisor itself", file=sys.stderr)
         return exitcodes.USAGE
+    # Blocked already when cli.main started us; a runner started directly must hold the
+    # faults from the start too, or one sent with kill before the watcher runs kills us.
+    signals.block_all()
     spec = RunSpec.read_from_fd(int(args[1]))
     # Stray prints in this process must never reach the MCP stream on fd 1.
     sys.stdout = sys.stderr
