@@ -131,6 +131,8 @@ class Supervisor:
         )
         self.log.debug("forwarding signal", signal=signals.name(signum), target=target)
         process.signal_pid(target, signum)
+        if policy.resume_after(signum):
+            process.signal_pid(target, signal.SIGCONT)
 
     def _begin_stop(self, signum: int) -> None:
         if self.stop_signal is None:
@@ -466,6 +468,7 @@ class Supervisor:
         if term is not None:
             for pid in pids:
                 process.signal_pid(pid, term)
+                process.signal_pid(pid, signal.SIGCONT)  # a stopped one would not act on it
         while pids and time.monotonic() < deadline:
             await anyio.sleep(0.02)
             self._reap()

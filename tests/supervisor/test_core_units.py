@@ -112,6 +112,12 @@ def test_fault_signals_are_read_with_their_sender_not_handled() -> None:
     assert not signals.sent_by_a_process(0x80)  # SI_KERNEL
 
 
+def test_only_a_stop_signal_is_followed_by_sigcont() -> None:
+    assert policy.resume_after(signal.SIGTERM) and policy.resume_after(signal.SIGINT)
+    assert policy.resume_after(signal.SIGQUIT)
+    assert not policy.resume_after(signal.SIGTSTP) and not policy.resume_after(signal.SIGHUP)
+
+
 def test_redaction() -> None:
     assert redact_url("postgresql://me:hunter2@db:5432/x") == "postgresql://me:***@db:5432/x"
     assert redact_url("no url here") == "no url here"

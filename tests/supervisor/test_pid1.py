@@ -136,6 +136,39 @@ def test_a_real_fault_still_crashes_the_supervisor(pid1: bool, tmp_path: Path) -
     assert not log.exists(), "a signal reached the child"
 
 
+@pytest.mark.parametrize("pid1", MODES)
+def test_a_stopped_child_is_resumed_to_act_on_the_stop_signal(pid1: bool) -> None:
+    """SIGTSTP stops the child; the SIGTERM after it is followed by SIGCONT (as systemd
+    does), so the child dies of the SIGTERM (143) instead of the grace window's SIGKILL."""
+    grace = 5.0
+    sup = Supervised(["sleep", "1000"], pid1=pid1, options=["--grace-period", str(grace)])
+    try:
+        sup.wait_handlers()
+        deadline = time.monotonic() + 10
+        while not children(sup.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        child = children(sup.pid)[0]
+        sup.send(signal.SIGTSTP)
+        while _state(child) != "T" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _state(child) == "T", "the forwarded SIGTSTP did not stop the child"
+        started = time.monotonic()
+        sup.send(signal.SIGTERM)
+        code = sup.wait()
+        elapsed = time.monotonic() - started
+    finally:
+        sup.kill()
+    assert code == 143, f"exit {code} after {elapsed:.1f} s"
+    assert elapsed < grace
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
 def _run_exit_code(code: int, pid1: bool) -> int:
     sup = Supervised(["sh", "-c", f"exit {code}"], pid1=pid1, options=["--log-level", "warning"])
     return sup.wait()
