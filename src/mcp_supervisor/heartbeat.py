@@ -85,7 +85,8 @@ def write_atomic(path: str, data: Mapping[str, Any]) -> None:
 
 
 def remove(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
+    """Best effort: gone already, or never written (its directory could not be made)."""
+    with contextlib.suppress(OSError):
         os.unlink(path)  # noqa: PTH108
 
 
