@@ -138,7 +138,10 @@ def _parser() -> Any:
     )
     h = p.add_argument_group("health")
     h.add_argument(
-        "--heartbeat-file", metavar="PATH", help="default /tmp/mcp-supervisor/heartbeat.json"
+        "--heartbeat-file",
+        metavar="PATH",
+        help="default: heartbeat.json in a directory of this instance's own, under "
+        "$XDG_RUNTIME_DIR/mcp-supervisor or ${TMPDIR:-/tmp}/mcp-supervisor",
     )
     h.add_argument("--heartbeat-interval", type=float, metavar="SECONDS", help="default 5")
     h.add_argument(

@@ -94,11 +94,9 @@ class SupervisorSettings(BaseSettings):
         validation_alias=_env("ollama_embedding_model", "OLLAMA_EMBEDDING_MODEL"),
     )
 
-    heartbeat_file: str = Field(
-        "/tmp/mcp-supervisor/heartbeat.json",  # noqa: S108 - a runtime file, like /run
-        min_length=1,
-        validation_alias=_env("heartbeat_file"),
-    )
+    # None: a runtime directory of the instance's own (runtime.py); a path is this
+    # instance's alone too: a second supervisor given the same directory is refused.
+    heartbeat_file: str | None = Field(None, validation_alias=_env("heartbeat_file"))
     heartbeat_interval: float = Field(
         5.0, gt=0, le=3600, validation_alias=_env("heartbeat_interval")
     )
@@ -128,7 +126,7 @@ class SupervisorSettings(BaseSettings):
             return tuple(dict.fromkeys(items))
         return value
 
-    @field_validator("alembic_ini")
+    @field_validator("heartbeat_file", "alembic_ini")
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value.strip() or None if value is not None else None

@@ -107,6 +107,8 @@ class Heartbeat:
     ) -> None:
         self.spec = spec
         self.state = state
+        if spec.heartbeat_file is None:
+            raise ValueError("no heartbeat path: the runtime directory is claimed first")
         self.path = spec.heartbeat_file
         self._clock = clock
         self._wake = anyio.Event()

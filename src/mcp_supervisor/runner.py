@@ -22,7 +22,16 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 
-from mcp_supervisor import exitcodes, heartbeat, notify, policy, process, restart, signals
+from mcp_supervisor import (
+    exitcodes,
+    heartbeat,
+    notify,
+    policy,
+    process,
+    restart,
+    runtime,
+    signals,
+)
 from mcp_supervisor.log import configure_logging, get_logger
 from mcp_supervisor.spec import RunSpec
 from mcp_supervisor.state import Phase, SupervisorState
@@ -496,34 +505,70 @@ async def supervise(spec: RunSpec, *, hard_exit: bool = False) -> int:
     state = SupervisorState()
     configure_logging(spec, state=state)
     log = get_logger()
-    if os.getpid() != 1 and not process.become_subreaper():
-        log.warning("not PID 1 and PR_SET_CHILD_SUBREAPER refused: orphans will escape")
-    sup = Supervisor(spec, state)
-    beat = heartbeat.Heartbeat(spec, state)
-    sup.on_change = beat.poke
-    notifier = notify.NotifyServer(spec, state, on_change=beat.poke, on_miss=sup.on_watchdog_miss)
+    claim = _claim_runtime(spec)
+    if claim is None:
+        return exitcodes.CONFIG
     try:
-        sup.env_extra.update(notifier.child_env())
-    except OSError as exc:
-        log.warning("no notify socket: readiness and watchdog are off", error=str(exc))
-    _start_fault_watcher(sup, anyio.lowlevel.current_token())
-    with anyio.open_signal_receiver(*signals.catchable()) as receiver:
-        # Handlers are in place: what arrived while we started is delivered now.
-        signals.unblock_handled()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(sup.signal_loop, receiver)
-            tg.start_soon(_grace_timer, sup)
-            tg.start_soon(beat.run)  # removes the heartbeat when cancelled at the end
-            if notifier.address is not None:
-                tg.start_soon(notifier.serve)
-            code = await sup.run()
-            tg.cancel_scope.cancel()
-        log.info("exiting", exit_code=code)
-        if hard_exit:
-            # Still inside the receiver: putting 31 signal handlers back is wasted work.
-            sys.stderr.flush()
-            os._exit(code)
+        spec = dataclasses.replace(spec, heartbeat_file=claim.heartbeat_file)
+        if os.getpid() != 1 and not process.become_subreaper():
+            log.warning("not PID 1 and PR_SET_CHILD_SUBREAPER refused: orphans will escape")
+        sup = Supervisor(spec, state)
+        beat = heartbeat.Heartbeat(spec, state)
+        sup.on_change = beat.poke
+        notifier = notify.NotifyServer(
+            spec, state, on_change=beat.poke, on_miss=sup.on_watchdog_miss
+        )
+        try:
+            sup.env_extra.update(notifier.child_env())
+        except OSError as exc:
+            log.warning("no notify socket: readiness and watchdog are off", error=str(exc))
+        log.info(
+            "runtime directory",
+            directory=claim.directory,
+            heartbeat=claim.heartbeat_file,
+            notify_socket=notifier.address,
+        )
+        _start_fault_watcher(sup, anyio.lowlevel.current_token())
+        with anyio.open_signal_receiver(*signals.catchable()) as receiver:
+            # Handlers are in place: what arrived while we started is delivered now.
+            signals.unblock_handled()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(sup.signal_loop, receiver)
+                tg.start_soon(_grace_timer, sup)
+                tg.start_soon(beat.run)  # removes the heartbeat when cancelled at the end
+                if notifier.address is not None:
+                    tg.start_soon(notifier.serve)
+                code = await sup.run()
+                tg.cancel_scope.cancel()
+            claim.release()
+            log.info("exiting", exit_code=code)
+            if hard_exit:
+                # Still inside the receiver: putting 31 signal handlers back is wasted work.
+                sys.stderr.flush()
+                os._exit(code)
+    finally:
+        claim.release()
     return code
+
+
+def _claim_runtime(spec: RunSpec) -> runtime.Claim | None:
+    """This instance's runtime directory, locked for its lifetime; None (exit 78) when a
+    configured one belongs to another live supervisor."""
+    log = get_logger()
+    try:
+        return runtime.claim(spec.heartbeat_file)
+    except runtime.InUse as exc:
+        log.error(
+            f"invalid configuration: MCP_SUPERVISOR_HEARTBEAT_FILE: {exc}",
+            exit_code=exitcodes.CONFIG,
+        )
+        return None
+    except OSError as exc:
+        # A read-only /tmp, say: serve anyway. The heartbeat cannot be written there
+        # either, and the probe will say so, which is the truth.
+        path = runtime.unclaimed_heartbeat_file(os.environ, os.getpid(), os.geteuid())
+        log.error("no runtime directory of our own", error=str(exc), heartbeat=path)
+        return runtime.Claim(os.path.dirname(path), path, -1, owned=False)  # noqa: PTH120
 
 
 def _start_fault_watcher(sup: Supervisor, token: anyio.lowlevel.EventLoopToken) -> None:
