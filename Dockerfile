@@ -121,12 +121,14 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     FASTMCP_CHECK_FOR_UPDATES=off \
     CODEBASE_ROOTS=/workspace \
-    CODEBASE_MCP_ALEMBIC_INI=/app/alembic.ini \
-    MCP_SUPERVISOR_HEARTBEAT_FILE=/tmp/mcp-supervisor/heartbeat.json
+    CODEBASE_MCP_ALEMBIC_INI=/app/alembic.ini
 
 USER 1000:1000
 EXPOSE 8000
 
+# No heartbeat path is set: the supervisor (PID 1) keeps it in a directory of its own under
+# /tmp/mcp-supervisor, and `--check` (run by docker exec in the same PID namespace) finds it
+# there, while a second supervisor started with docker exec gets a directory of its own.
 # The heartbeat is written every 5 s and is stale after 15 s: a 10 s interval with 3 retries
 # reports a dead server within ~30 s; start-period covers waiting for PostgreSQL, Ollama
 # (a model pull can take longer: failures inside it then only count after it) and migrations.

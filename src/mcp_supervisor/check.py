@@ -1,10 +1,12 @@
 """`mcp-supervisor --check [--ready] [--heartbeat-file PATH]`: the container's health probe.
 
-Reads the heartbeat the supervisor writes and exits 0 when healthy, 1 otherwise, printing
-one line that says why (Docker keeps it in `docker inspect`). It runs every few seconds in
-every container, so it imports only what a bare interpreter has already loaded plus the C
-half of `json` (the `json` package pulls in `re` and `enum`, which cost more than the
-whole interpreter start here). Never a traceback: every failure is a reason and exit 1.
+Reads the heartbeat the supervisor writes (given no path, it finds the one meant in the
+supervisors' runtime directories: `runtime.find_heartbeat`) and exits 0 when healthy, 1
+otherwise, printing one line that says why (Docker keeps it in `docker inspect`). It runs
+every few seconds in every container, so it imports only what a bare interpreter has
+already loaded plus the C half of `json` (the `json` package pulls in `re` and `enum`,
+which cost more than the whole interpreter start here) and, to find the heartbeat,
+`fcntl`. Never a traceback: every failure is a reason and exit 1.
 """
 
 import os
@@ -17,7 +19,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-DEFAULT_HEARTBEAT_FILE = "/tmp/mcp-supervisor/heartbeat.json"  # noqa: S108 - the runtime dir
 ENV_FILE = "MCP_SUPERVISOR_HEARTBEAT_FILE"
 ENV_MAX_AGE = "MCP_SUPERVISOR_HEARTBEAT_MAX_AGE"
 MAX_BYTES = 1 << 20  # a heartbeat is ~600 bytes; anything huge is not ours
@@ -138,8 +139,15 @@ def read_heartbeat(path: str) -> object:
 
 def probe(argv: list[str]) -> tuple[bool, str]:
     ready, path = parse_args(argv)
-    path = path or os.environ.get(ENV_FILE) or DEFAULT_HEARTBEAT_FILE
     max_age = max_age_override(os.environ)
+    path = path or os.environ.get(ENV_FILE)
+    if not path:
+        # Each supervisor has a runtime directory of its own: find the one meant here.
+        from mcp_supervisor.runtime import find_heartbeat
+
+        path, why = find_heartbeat(os.environ, os.geteuid())
+        if path is None:
+            return False, why
     heartbeat = read_heartbeat(path)
     if not isinstance(heartbeat, dict):
         return False, f"corrupt heartbeat at {path}: not a JSON object"

@@ -121,6 +121,12 @@ def _parser() -> Any:
     )
     d.add_argument("--migration-timeout", type=float, metavar="SECONDS", help="default 300")
     d.add_argument(
+        "--alembic-ini",
+        metavar="PATH",
+        help="the server's alembic.ini (env CODEBASE_MCP_ALEMBIC_INI; default: ./alembic.ini, "
+        "the source checkout's or /app's, beside migrations/)",
+    )
+    d.add_argument(
         "--database-url",
         metavar="URL",
         help="PostgreSQL URL (env REGISTRY_DATABASE_URL); unset: embedded PostgreSQL",
@@ -132,7 +138,10 @@ def _parser() -> Any:
     )
     h = p.add_argument_group("health")
     h.add_argument(
-        "--heartbeat-file", metavar="PATH", help="default /tmp/mcp-supervisor/heartbeat.json"
+        "--heartbeat-file",
+        metavar="PATH",
+        help="default: heartbeat.json in a directory of this instance's own, under "
+        "$XDG_RUNTIME_DIR/mcp-supervisor or ${TMPDIR:-/tmp}/mcp-supervisor",
     )
     h.add_argument("--heartbeat-interval", type=float, metavar="SECONDS", help="default 5")
     h.add_argument(
@@ -177,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             "migrate",
             "dependency_timeout",
             "migration_timeout",
+            "alembic_ini",
             "database_url",
             "data_dir",
             "heartbeat_file",

@@ -76,6 +76,10 @@ class SupervisorSettings(BaseSettings):
     dependency_timeout: float = Field(60.0, gt=0, validation_alias=_env("dependency_timeout"))
     backoff_cap: float = Field(2.0, gt=0, le=60, validation_alias=_env("backoff_cap"))
     migration_timeout: float = Field(300.0, gt=0, validation_alias=_env("migration_timeout"))
+    # The server's migrations: named by the server's own variable, never imported from it.
+    alembic_ini: str | None = Field(
+        None, validation_alias=_env("alembic_ini", "CODEBASE_MCP_ALEMBIC_INI")
+    )
     pull_model: bool = Field(True, validation_alias=_env("pull_model"))
     data_dir: str = Field(default_factory=default_data_dir, validation_alias=_env("data_dir"))
     database_url: str | None = Field(
@@ -90,11 +94,9 @@ class SupervisorSettings(BaseSettings):
         validation_alias=_env("ollama_embedding_model", "OLLAMA_EMBEDDING_MODEL"),
     )
 
-    heartbeat_file: str = Field(
-        "/tmp/mcp-supervisor/heartbeat.json",  # noqa: S108 - a runtime file, like /run
-        min_length=1,
-        validation_alias=_env("heartbeat_file"),
-    )
+    # None: a runtime directory of the instance's own (runtime.py); a path is this
+    # instance's alone too: a second supervisor given the same directory is refused.
+    heartbeat_file: str | None = Field(None, validation_alias=_env("heartbeat_file"))
     heartbeat_interval: float = Field(
         5.0, gt=0, le=3600, validation_alias=_env("heartbeat_interval")
     )
@@ -123,6 +125,11 @@ class SupervisorSettings(BaseSettings):
                 return ()
             return tuple(dict.fromkeys(items))
         return value
+
+    @field_validator("heartbeat_file", "alembic_ini")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
 
     @field_validator("database_url")
     @classmethod
@@ -166,6 +173,7 @@ class SupervisorSettings(BaseSettings):
             dependency_timeout=self.dependency_timeout,
             backoff_cap=self.backoff_cap,
             migration_timeout=self.migration_timeout,
+            alembic_ini=self.alembic_ini,
             pull_model=self.pull_model,
             data_dir=self.data_dir,
             database_url=self.database_url,

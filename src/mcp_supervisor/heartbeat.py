@@ -85,7 +85,8 @@ def write_atomic(path: str, data: Mapping[str, Any]) -> None:
 
 
 def remove(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
+    """Best effort: gone already, or never written (its directory could not be made)."""
+    with contextlib.suppress(OSError):
         os.unlink(path)  # noqa: PTH108
 
 
@@ -106,6 +107,8 @@ class Heartbeat:
     ) -> None:
         self.spec = spec
         self.state = state
+        if spec.heartbeat_file is None:
+            raise ValueError("no heartbeat path: the runtime directory is claimed first")
         self.path = spec.heartbeat_file
         self._clock = clock
         self._wake = anyio.Event()

@@ -48,15 +48,39 @@ def asyncpg_url(url: str) -> str:
     return urlunsplit(("postgresql+asyncpg", *parts[1:]))
 
 
-def find_alembic_ini() -> Path:
-    """The project's alembic.ini (see codebase_mcp.config.find_alembic_ini)."""
-    from codebase_mcp.config import find_alembic_ini as find
+class AlembicIniNotFound(Exception):
+    """No alembic.ini where the setting or the usual places say (invalid configuration)."""
 
-    return find()
+
+def find_alembic_ini(configured: str | Path | None = None) -> Path:
+    """The server's alembic.ini: the setting (CODEBASE_MCP_ALEMBIC_INI, --alembic-ini),
+    else the first of ./alembic.ini, the source checkout's and /app's (where the image
+    keeps it) that has migrations/env.py beside it. Looked up here, not asked of the
+    server's package: the supervisor is a generic PID 1 and imports nothing of it."""
+    if configured:
+        path = Path(configured)
+        if not path.is_file():
+            raise AlembicIniNotFound(
+                f"CODEBASE_MCP_ALEMBIC_INI (--alembic-ini): {path} does not exist"
+            )
+        return path
+    candidates = [
+        Path.cwd() / "alembic.ini",
+        Path(__file__).resolve().parents[2] / "alembic.ini",
+        Path("/app/alembic.ini"),
+    ]
+    for path in candidates:
+        if path.is_file() and (path.parent / "migrations" / "env.py").is_file():
+            return path
+    raise AlembicIniNotFound(
+        "alembic.ini not found (looked in "
+        + ", ".join(str(p) for p in candidates)
+        + "); set CODEBASE_MCP_ALEMBIC_INI"
+    )
 
 
 async def upgrade_head(
-    url: str, *, time_limit: float, alembic_ini: Path | None = None
+    url: str, *, time_limit: float, alembic_ini: str | Path | None = None
 ) -> MigrationResult:
     """Upgrade the database at `url` to head within `time_limit` seconds.
 
@@ -67,7 +91,7 @@ async def upgrade_head(
     from sqlalchemy.ext.asyncio import create_async_engine
 
     password = urlsplit(url).password
-    ini = alembic_ini or find_alembic_ini()
+    ini = find_alembic_ini(alembic_ini)
     engine = create_async_engine(asyncpg_url(url), poolclass=pool.NullPool)
     backend_pid: int | None = None
     try:

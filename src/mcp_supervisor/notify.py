@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import stat
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -131,6 +132,8 @@ def overdue(state: SupervisorState, watchdog: Watchdog, now: float) -> bool:
 
 def socket_path(spec: RunSpec) -> str:
     """Next to the heartbeat, in the supervisor's runtime directory."""
+    if spec.heartbeat_file is None:
+        raise ValueError("no runtime directory: it is claimed first")
     directory = os.path.dirname(spec.heartbeat_file) or "."  # noqa: PTH120
     return os.path.join(directory, SOCKET_NAME)  # noqa: PTH118
 
@@ -175,6 +178,26 @@ def _inode(path: str | None) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+def _stale_socket(path: str) -> bool:
+    """A socket file nobody receives on any more (connecting is refused). A live one, or
+    anything else at the path, is not ours to remove."""
+    try:
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            return False
+    except FileNotFoundError:
+        return False
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False  # cannot tell (e.g. no permission): leave it
+    finally:
+        probe.close()
+    return False
+
+
 def _bind(path: str) -> tuple[socket.socket, str]:
     """A datagram socket at `path`, or in the abstract namespace when the path cannot be
     used (too long, read-only directory). Returns the socket and its NOTIFY_SOCKET value."""
@@ -185,9 +208,9 @@ def _bind(path: str) -> tuple[socket.socket, str]:
         if len(os.fsencode(path)) <= _UNIX_PATH_MAX:
             try:
                 os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)  # noqa: PTH103, PTH120
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)  # a socket left by an earlier run  # noqa: PTH108
-                sock.bind(path)
+                if _stale_socket(path):
+                    os.unlink(path)  # left by a supervisor that is gone  # noqa: PTH108
+                sock.bind(path)  # EADDRINUSE for a live one: never taken over
             except OSError as exc:
                 log.warning("notify socket falls back to the abstract namespace", error=str(exc))
             else:

@@ -57,6 +57,12 @@ def outcome_after_child(child_code: int, stop_signal: int | None) -> Outcome:
     return Outcome(child_code, f"stopped by {signal.Signals(stop_signal).name}")
 
 
+def resume_after(signum: int) -> bool:
+    """Follow a stop signal with SIGCONT, as systemd does: a child stopped by SIGTSTP (or
+    SIGSTOP) would otherwise hold the stop signal pending until the grace window's SIGKILL."""
+    return signum in STOP_SIGNALS
+
+
 def forward_target(child_pid: int, *, signal_group: bool) -> int:
     """The pid for os.kill: the child, or (negative) its whole process group."""
     return -child_pid if signal_group else child_pid

@@ -175,15 +175,13 @@ def _ms_since(started: float) -> int:
 
 
 async def _migrate(spec: RunSpec) -> None:
-    from mcp_supervisor.migrate import upgrade_head
+    from mcp_supervisor.migrate import AlembicIniNotFound, upgrade_head
 
     try:
-        from codebase_mcp.errors import ConfigError
-    except ImportError:  # pragma: no cover - the engine package ships with us
-        ConfigError = RuntimeError  # type: ignore[misc,assignment]
-    try:
-        result = await upgrade_head(spec.database_url or "", time_limit=spec.migration_timeout)
-    except ConfigError as exc:  # alembic.ini not found
+        result = await upgrade_head(
+            spec.database_url or "", time_limit=spec.migration_timeout, alembic_ini=spec.alembic_ini
+        )
+    except AlembicIniNotFound as exc:
         raise _Failed(EX_CONFIG, f"invalid configuration: {exc}") from None
     if result.ran:
         log.info(

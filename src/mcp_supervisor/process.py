@@ -55,7 +55,8 @@ def spawn(
 
     Not posix_spawn: glibc's sets the internal signals 32 and 33 to SIG_IGN in the child,
     and ignored dispositions survive exec. Not Popen: it resets neither mask nor
-    dispositions. fork() is safe here because the runner is single-threaded.
+    dispositions. fork() is safe here: the runner's only other thread (the fault-signal
+    watcher) waits in sigwaitinfo holding no lock, and the child only resets and execs.
     """
     path = _which(argv[0], env)
     # An exec failure travels back on a close-on-exec pipe, so the caller gets the OSError.

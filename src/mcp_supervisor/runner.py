@@ -13,13 +13,25 @@ import functools
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 
-from mcp_supervisor import exitcodes, heartbeat, notify, policy, process, restart, signals
+from mcp_supervisor import (
+    exitcodes,
+    heartbeat,
+    notify,
+    policy,
+    process,
+    restart,
+    runtime,
+    signals,
+)
 from mcp_supervisor.log import configure_logging, get_logger
 from mcp_supervisor.spec import RunSpec
 from mcp_supervisor.state import Phase, SupervisorState
@@ -128,6 +140,8 @@ class Supervisor:
         )
         self.log.debug("forwarding signal", signal=signals.name(signum), target=target)
         process.signal_pid(target, signum)
+        if policy.resume_after(signum):
+            process.signal_pid(target, signal.SIGCONT)
 
     def _begin_stop(self, signum: int) -> None:
         if self.stop_signal is None:
@@ -463,6 +477,7 @@ class Supervisor:
         if term is not None:
             for pid in pids:
                 process.signal_pid(pid, term)
+                process.signal_pid(pid, signal.SIGCONT)  # a stopped one would not act on it
         while pids and time.monotonic() < deadline:
             await anyio.sleep(0.02)
             self._reap()
@@ -490,33 +505,97 @@ async def supervise(spec: RunSpec, *, hard_exit: bool = False) -> int:
     state = SupervisorState()
     configure_logging(spec, state=state)
     log = get_logger()
-    if os.getpid() != 1 and not process.become_subreaper():
-        log.warning("not PID 1 and PR_SET_CHILD_SUBREAPER refused: orphans will escape")
-    sup = Supervisor(spec, state)
-    beat = heartbeat.Heartbeat(spec, state)
-    sup.on_change = beat.poke
-    notifier = notify.NotifyServer(spec, state, on_change=beat.poke, on_miss=sup.on_watchdog_miss)
+    claim = _claim_runtime(spec)
+    if claim is None:
+        return exitcodes.CONFIG
     try:
-        sup.env_extra.update(notifier.child_env())
-    except OSError as exc:
-        log.warning("no notify socket: readiness and watchdog are off", error=str(exc))
-    with anyio.open_signal_receiver(*signals.catchable()) as receiver:
-        # Handlers are in place: what arrived while we started is delivered now.
-        signals.unblock_all()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(sup.signal_loop, receiver)
-            tg.start_soon(_grace_timer, sup)
-            tg.start_soon(beat.run)  # removes the heartbeat when cancelled at the end
-            if notifier.address is not None:
-                tg.start_soon(notifier.serve)
-            code = await sup.run()
-            tg.cancel_scope.cancel()
-        log.info("exiting", exit_code=code)
-        if hard_exit:
-            # Still inside the receiver: putting 31 signal handlers back is wasted work.
-            sys.stderr.flush()
-            os._exit(code)
+        spec = dataclasses.replace(spec, heartbeat_file=claim.heartbeat_file)
+        if os.getpid() != 1 and not process.become_subreaper():
+            log.warning("not PID 1 and PR_SET_CHILD_SUBREAPER refused: orphans will escape")
+        sup = Supervisor(spec, state)
+        beat = heartbeat.Heartbeat(spec, state)
+        sup.on_change = beat.poke
+        notifier = notify.NotifyServer(
+            spec, state, on_change=beat.poke, on_miss=sup.on_watchdog_miss
+        )
+        try:
+            sup.env_extra.update(notifier.child_env())
+        except OSError as exc:
+            log.warning("no notify socket: readiness and watchdog are off", error=str(exc))
+        log.info(
+            "runtime directory",
+            directory=claim.directory,
+            heartbeat=claim.heartbeat_file,
+            notify_socket=notifier.address,
+        )
+        _start_fault_watcher(sup, anyio.lowlevel.current_token())
+        with anyio.open_signal_receiver(*signals.catchable()) as receiver:
+            # Handlers are in place: what arrived while we started is delivered now.
+            signals.unblock_handled()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(sup.signal_loop, receiver)
+                tg.start_soon(_grace_timer, sup)
+                tg.start_soon(beat.run)  # removes the heartbeat when cancelled at the end
+                if notifier.address is not None:
+                    tg.start_soon(notifier.serve)
+                code = await sup.run()
+                tg.cancel_scope.cancel()
+            claim.release()
+            log.info("exiting", exit_code=code)
+            if hard_exit:
+                # Still inside the receiver: putting 31 signal handlers back is wasted work.
+                sys.stderr.flush()
+                os._exit(code)
+    finally:
+        claim.release()
     return code
+
+
+def _claim_runtime(spec: RunSpec) -> runtime.Claim | None:
+    """This instance's runtime directory, locked for its lifetime; None (exit 78) when a
+    configured one belongs to another live supervisor."""
+    log = get_logger()
+    try:
+        return runtime.claim(spec.heartbeat_file)
+    except runtime.InUse as exc:
+        log.error(
+            f"invalid configuration: MCP_SUPERVISOR_HEARTBEAT_FILE: {exc}",
+            exit_code=exitcodes.CONFIG,
+        )
+        return None
+    except OSError as exc:
+        # A read-only /tmp, say: serve anyway. The heartbeat cannot be written there
+        # either, and the probe will say so, which is the truth.
+        path = runtime.unclaimed_heartbeat_file(os.environ, os.getpid(), os.geteuid())
+        log.error("no runtime directory of our own", error=str(exc), heartbeat=path)
+        return runtime.Claim(os.path.dirname(path), path, -1, owned=False)  # noqa: PTH120
+
+
+def _start_fault_watcher(sup: Supervisor, token: anyio.lowlevel.EventLoopToken) -> None:
+    """A daemon thread waits for the fault signals (blocked everywhere): one sent with kill
+    goes to the event loop like any other signal; one from the kernel crashes us."""
+
+    def watch() -> None:
+        while True:
+            signum, code, sender = signals.wait_fault()
+            if not signals.sent_by_a_process(code):
+                sup.log.critical(
+                    "fault signal from the kernel: crashing",
+                    signal=signals.name(signum),
+                    si_code=code,
+                )
+                signals.crash()
+            try:
+                anyio.from_thread.run_sync(_on_fault_signal, sup, signum, sender, token=token)
+            except RuntimeError:
+                return  # the event loop has ended: we are exiting
+
+    threading.Thread(target=watch, name="fault-signals", daemon=True).start()
+
+
+def _on_fault_signal(sup: Supervisor, signum: int, sender: int) -> None:
+    sup.log.info("fault signal sent by another process", signal=signals.name(signum), sender=sender)
+    sup.on_signal(signum)
 
 
 async def _grace_timer(sup: Supervisor) -> None:
@@ -538,6 +617,9 @@ def main(argv: list[str] | None = None, *, hard_exit: bool = False) -> int:
     if len(args) != 2 or args[0] != "--spec-fd" or not args[1].isdigit():
         print("mcp-supervisor: the runner is started by mcp-supervisor itself", file=sys.stderr)
         return exitcodes.USAGE
+    # Blocked already when cli.main started us; a runner started directly must hold the
+    # faults from the start too, or one sent with kill before the watcher runs kills us.
+    signals.block_all()
     spec = RunSpec.read_from_fd(int(args[1]))
     # Stray prints in this process must never reach the MCP stream on fd 1.
     sys.stdout = sys.stderr

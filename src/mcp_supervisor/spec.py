@@ -35,6 +35,7 @@ class RunSpec:
     dependency_timeout: float = 60.0
     backoff_cap: float = 2.0
     migration_timeout: float = 300.0
+    alembic_ini: str | None = None  # None: found beside migrations/ (migrate.find_alembic_ini)
     pull_model: bool = True
     data_dir: str = ""
     # The database URL may hold a password: it never goes into a log line (see redact_url).
@@ -42,7 +43,9 @@ class RunSpec:
     ollama_base_url: str = "http://localhost:11434"
     ollama_embedding_model: str = "nomic-embed-text"
     # Health (issue: heartbeat, --check, readiness and watchdog).
-    heartbeat_file: str = "/tmp/mcp-supervisor/heartbeat.json"  # noqa: S108 - a runtime file
+    # None: in a runtime directory of this instance's own (see `runtime`), found by the
+    # runner when it starts.
+    heartbeat_file: str | None = None
     heartbeat_interval: float = 5.0
     heartbeat_max_age: float = 15.0
     watchdog_sec: float = 30.0

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from mcp_supervisor import check
+from mcp_supervisor import check, runtime
 
 
 @pytest.fixture
@@ -177,28 +177,40 @@ def test_loads_matches_json(text: str) -> None:
     assert check.loads(text) == json.loads(text)
 
 
+@pytest.mark.parametrize("found", [False, True], ids=["given-path", "found"])
 @pytest.mark.parametrize("entry", ["mcp_supervisor.check", "mcp_supervisor.cli"])
 def test_probe_process_imports_nothing_heavy_and_prints_one_line(
-    tmp_path: Path, entry: str
+    tmp_path: Path, entry: str, found: bool
 ) -> None:
-    """Through the CLI too: everything it imports before dispatching --check counts."""
-    hb = write(tmp_path / "hb.json")
-    code = (
-        "import sys\n"
-        f"from {entry} import main\n"
-        "rc = main(sys.argv[1:])\n"
-        "heavy = sorted({'json', 're', 'enum', 'typing', 'anyio', 'structlog', 'pydantic',\n"
-        "                'psutil', 'pathlib', 'argparse', 'collections'} & set(sys.modules))\n"
-        "print('imported:', heavy, file=sys.stderr)\n"
-        "sys.exit(rc)\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code, "--check", "--heartbeat-file", str(hb)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == 0
+    """Through the CLI too: everything it imports before dispatching --check counts; and
+    finding the heartbeat with no path given (a live runtime directory) costs no import."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MCP_SUPERVISOR_")}
+    env.pop("XDG_RUNTIME_DIR", None)
+    env["TMPDIR"] = str(tmp_path)
+    claim = runtime.claim(None, env=env)  # this process plays the live supervisor
+    try:
+        hb = write(Path(claim.heartbeat_file))
+        args = [] if found else ["--heartbeat-file", str(hb)]
+        code = (
+            "import sys\n"
+            f"from {entry} import main\n"
+            "rc = main(sys.argv[1:])\n"
+            "heavy = sorted({'json', 're', 'enum', 'typing', 'anyio', 'structlog', 'pydantic',\n"
+            "                'psutil', 'pathlib', 'argparse', 'collections', 'contextlib'}\n"
+            "               & set(sys.modules))\n"
+            "print('imported:', heavy, file=sys.stderr)\n"
+            "sys.exit(rc)\n"
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", code, "--check", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
+    finally:
+        claim.release()
+    assert proc.returncode == 0, proc.stdout
     assert proc.stdout.startswith("healthy: ready")
     assert proc.stdout.count("\n") == 1
     assert proc.stderr.strip() == "imported: []"

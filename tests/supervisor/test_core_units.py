@@ -80,6 +80,11 @@ def test_forwarded_signals_are_every_catchable_but_sigchld() -> None:
     fwd = {int(s) for s in signals.forwarded()}
     assert signal.SIGCHLD not in fwd and signal.SIGKILL not in fwd and signal.SIGSTOP not in fwd
     for s in (
+        "SIGSEGV",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGILL",
+        "SIGTRAP",
         "SIGHUP",
         "SIGINT",
         "SIGQUIT",
@@ -95,6 +100,22 @@ def test_forwarded_signals_are_every_catchable_but_sigchld() -> None:
         "SIGPIPE",
     ):
         assert int(getattr(signal, s)) in fwd
+
+
+def test_fault_signals_are_read_with_their_sender_not_handled() -> None:
+    # A Python handler would return to a real fault's instruction forever.
+    assert not signals.FAULTS & set(signals.catchable())
+    # kill (SI_USER), sigqueue (SI_QUEUE), tgkill (SI_TKILL) vs the kernel's own codes.
+    assert signals.sent_by_a_process(0) and signals.sent_by_a_process(-1)
+    assert signals.sent_by_a_process(-6)
+    assert not signals.sent_by_a_process(1)  # SEGV_MAPERR, BUS_ADRALN, ...
+    assert not signals.sent_by_a_process(0x80)  # SI_KERNEL
+
+
+def test_only_a_stop_signal_is_followed_by_sigcont() -> None:
+    assert policy.resume_after(signal.SIGTERM) and policy.resume_after(signal.SIGINT)
+    assert policy.resume_after(signal.SIGQUIT)
+    assert not policy.resume_after(signal.SIGTSTP) and not policy.resume_after(signal.SIGHUP)
 
 
 def test_redaction() -> None:

@@ -150,3 +150,18 @@ async def test_write_failure_is_logged_not_fatal(tmp_path: Path) -> None:
     beat.path = str(tmp_path / "heartbeat.json")
     beat.write_now()
     assert beat.writes == 1
+
+
+@pytest.mark.anyio
+async def test_a_heartbeat_that_could_not_be_written_ends_quietly(tmp_path: Path) -> None:
+    """A runtime directory that could not be made (a file in the way, a read-only /tmp):
+    removing the heartbeat at the end fails too, and must not crash the supervisor."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    spec = spec_for(blocker / "heartbeat.json", heartbeat_interval=0.05)
+    beat = heartbeat.Heartbeat(spec, SupervisorState())
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(beat.run)
+        await anyio.sleep(0.1)
+        tg.cancel_scope.cancel()
+    assert beat.writes == 0

@@ -221,13 +221,32 @@ async def test_trigger_over_the_socket_calls_on_miss(tmp_path: Path) -> None:
         tg.cancel_scope.cancel()
 
 
-def test_close_leaves_a_socket_that_is_not_ours(tmp_path: Path) -> None:
+def test_a_live_socket_is_never_taken_over(tmp_path: Path) -> None:
+    """Another supervisor's socket at our path (issue 11: the second unlinked the first's,
+    whose watchdog then starved): left alone, we fall back to an abstract name."""
     spec = RunSpec(heartbeat_file=str(tmp_path / "hb.json"))
     first = notify.NotifyServer(spec, SupervisorState())
     second = notify.NotifyServer(spec, SupervisorState())
     path = first.open()
-    assert second.open() == path  # the second took the path over (a misconfiguration)
-    first.close()
-    assert Path(path).exists()  # the second's socket is left alone
+    assert second.open().startswith("@mcp-supervisor/")
+    send(path, b"READY=1")
+    assert first._sock is not None and first._sock.recv(64) == b"READY=1"  # still the first's
     second.close()
+    assert Path(path).exists()
+    first.close()
     assert not Path(path).exists()
+
+
+def test_a_stale_socket_is_replaced_and_anything_else_left_alone(tmp_path: Path) -> None:
+    spec = RunSpec(heartbeat_file=str(tmp_path / "hb.json"))
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as gone:
+        gone.bind(str(path))  # closed without unlinking: what a killed supervisor leaves
+    server = notify.NotifyServer(spec, SupervisorState())
+    assert server.open() == str(path)
+    server.close()
+    path.write_text("not a socket")
+    other = notify.NotifyServer(spec, SupervisorState())
+    assert other.open().startswith("@")
+    other.close()
+    assert path.read_text() == "not a socket"

@@ -50,17 +50,19 @@ def test_orphans_are_reaped_and_exit_code_is_the_childs(pid1: bool, tmp_path: Pa
 
 
 @pytest.mark.parametrize("pid1", MODES)
-def test_every_catchable_signal_is_forwarded(pid1: bool, tmp_path: Path) -> None:
+def test_proxies_signals(pid1: bool, tmp_path: Path) -> None:
+    """dumb-init's test_proxies_signals: every catchable signal sent with kill reaches the
+    child, the fault signals (ILL, TRAP, BUS, FPE, SEGV) too, as PID 1 and not."""
     ready, log = tmp_path / "ready", tmp_path / "log"
     stop = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT}
     others = [
         s
         for s in range(1, 32)
-        if s not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD)
-        and s not in stop
-        # Faults are the kernel's to send to the faulting process, not ours to catch.
-        and s not in (signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGTRAP)
+        if s not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD) and s not in stop
     ]
+    assert {signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGTRAP} <= set(
+        others
+    )
     # The stop signals last: after the first of them the supervisor is stopping (it still
     # forwards, and the child exits on its own once it has seen them all).
     order = [*others, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM]
@@ -81,6 +83,90 @@ def test_every_catchable_signal_is_forwarded(pid1: bool, tmp_path: Path) -> None
         sup.kill()
     got = {int(x) for x in log.read_text().split()}
     assert got == {int(s) for s in order}
+
+
+@pytest.mark.parametrize("pid1", MODES)
+def test_a_real_fault_still_crashes_the_supervisor(pid1: bool, tmp_path: Path) -> None:
+    """Fault signals from kill are forwarded; one the supervisor's own code causes kills
+    it (SIGSEGV, as without us), as PID 1 too, instead of hanging or being forwarded."""
+    from mcp_supervisor.spec import RunSpec
+    from tests.supervisor.harness import proc_status
+
+    ready, log = tmp_path / "ready", tmp_path / "log"
+    spec = RunSpec(
+        command=(PYTHON, str(CHILDREN / "record_signals.py"), str(ready), str(log), "10"),
+        wait_for=(),
+        migrate=False,
+        log_format="json",
+        heartbeat_file=str(tmp_path / "run" / "heartbeat.json"),
+    )
+    fd = spec.write_to_pipe()
+    argv = [PYTHON, str(CHILDREN / "faulting_supervisor.py"), str(fd)]
+    if pid1:
+        argv = ["unshare", "--pid", "--fork", "--mount-proc", *argv]
+    stderr = tmp_path / "stderr"
+    with stderr.open("wb") as err:  # a file: the child outlives a crashed subreaper
+        proc = subprocess.Popen(
+            argv,
+            pass_fds=(fd,),
+            env=base_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    os.close(fd)
+    supervisor = child = None
+    try:
+        wait_for_file(ready)
+        supervisor = children(proc.pid)[0] if pid1 else proc.pid
+        usr1 = 1 << (signal.SIGUSR1 - 1)
+        while not int(proc_status(supervisor).get("SigCgt", "0"), 16) & usr1:
+            time.sleep(0.01)
+        child = children(supervisor)[0]
+        os.kill(supervisor, signal.SIGUSR1)
+        proc.wait(timeout=20)
+    finally:
+        for pid in (supervisor, child):  # a hung one (unshare's kill does not reach it)
+            if pid is not None and alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGSEGV, stderr.read_text()[-2000:]
+    assert not log.exists(), "a signal reached the child"
+
+
+@pytest.mark.parametrize("pid1", MODES)
+def test_a_stopped_child_is_resumed_to_act_on_the_stop_signal(pid1: bool) -> None:
+    """SIGTSTP stops the child; the SIGTERM after it is followed by SIGCONT (as systemd
+    does), so the child dies of the SIGTERM (143) instead of the grace window's SIGKILL."""
+    grace = 5.0
+    sup = Supervised(["sleep", "1000"], pid1=pid1, options=["--grace-period", str(grace)])
+    try:
+        sup.wait_handlers()
+        deadline = time.monotonic() + 10
+        while not children(sup.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        child = children(sup.pid)[0]
+        sup.send(signal.SIGTSTP)
+        while _state(child) != "T" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _state(child) == "T", "the forwarded SIGTSTP did not stop the child"
+        started = time.monotonic()
+        sup.send(signal.SIGTERM)
+        code = sup.wait()
+        elapsed = time.monotonic() - started
+    finally:
+        sup.kill()
+    assert code == 143, f"exit {code} after {elapsed:.1f} s"
+    assert elapsed < grace
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
 
 
 def _run_exit_code(code: int, pid1: bool) -> int:
