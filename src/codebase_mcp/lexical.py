@@ -13,6 +13,8 @@ sparse vectors we store, with statistics the indexer keeps (db.py).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -53,31 +55,59 @@ _CORPUS = """
 """
 
 
-def _score_sql(terms: int, where: str) -> str:
-    """Candidates ($1 a tsquery) ranked by BM25 ($2 k, $3 k1, $4 b, $5 avgdl; then per
-    term its idf and its vector), best first, with the rows a result needs."""
-    first = 6
-    freqs = ", ".join(
-        f"-(c.term_freqs <#> ${first + 2 * i + 1}::sparsevec) AS f{i}" for i in range(terms)
-    )
-    norm = "$3::float8 * (1 - $4::float8 + $4::float8 * body_length / $5::float8)"
-    score = " + ".join(
-        f"${first + 2 * i}::float8 * (f{i} * ($3::float8 + 1) / (f{i} + {norm}))"
-        for i in range(terms)
-    )
-    # only $n placeholders and generated column names are interpolated
+def _score(terms: int) -> str:
+    """BM25 of a chunk c ($1 k1, $2 b, $3 avgdl; then per term its idf and its vector):
+    each term's weighted frequency is a dot product with the chunk's term frequencies."""
+    norm = "$1::float8 * (1 - $2::float8 + $2::float8 * c.body_length / $3::float8)"
+    parts = []
+    for i in range(terms):
+        idf, vector = f"${4 + 2 * i}::float8", f"${5 + 2 * i}::sparsevec"
+        freq = f"(-(c.term_freqs <#> {vector}))"
+        parts.append(f"{idf} * ({freq} * ($1::float8 + 1) / ({freq} + {norm}))")
+    return " + ".join(parts)
+
+
+def _top_sql(terms: int, where: str) -> str:
+    """The top k candidates (a tsquery) by BM25, best first, with the rows a result
+    needs; parameters after the score's: the tsquery, k, then `where`'s."""
+    tsquery, k = f"${4 + 2 * terms}", f"${5 + 2 * terms}"
+    # only $n placeholders and generated expressions are interpolated
     return f"""
-        WITH candidates AS MATERIALIZED (
-            SELECT c.id, c.body_length, {freqs}
-            FROM chunks c WHERE c.tsv @@ $1::tsquery{where}
-        ), top AS MATERIALIZED (
-            SELECT id, {score} AS score FROM candidates ORDER BY score DESC, id LIMIT $2
+        WITH top AS MATERIALIZED (
+            SELECT c.id, {_score(terms)} AS score
+            FROM chunks c WHERE c.tsv @@ {tsquery}::tsquery{where}
+            ORDER BY score DESC, c.id LIMIT {k}
         )
         SELECT c.id, c.repository_id, c.path, c.start_line, c.end_line, c.language,
                c.symbol, c.kind, c.text, top.score, r.path AS repository
         FROM top JOIN chunks c ON c.id = top.id JOIN repositories r ON r.id = c.repository_id
         ORDER BY top.score DESC, c.id
     """  # noqa: S608
+
+
+def _scores_sql(terms: int) -> str:
+    """BM25 of the chunks whose ids are the parameter after the score's."""
+    return f"SELECT c.id, {_score(terms)} AS score FROM chunks c WHERE c.id = ANY(${4 + 2 * terms}::bigint[])"  # noqa: S608, E501
+
+
+@dataclass(frozen=True)
+class LexicalQuery:
+    """A query's BM25 terms (rarest first) with their statistics in the scope searched."""
+
+    terms: list[bm25.Term]
+    avgdl: float
+
+    def params(self) -> list[Any]:
+        out: list[Any] = [bm25.K1, bm25.B, self.avgdl]
+        for term in self.terms:
+            out += [term.idf, sparsevec_binary(term.vector())]
+        return out
+
+
+async def prepare(conn: db.Conn, query: str, filters: Filters) -> LexicalQuery | None:
+    """The query's terms and statistics; None when no word of it is indexed in scope."""
+    terms, avgdl = await lexical_terms(conn, query, filters)
+    return LexicalQuery(bm25.by_rarity(terms), avgdl) if terms else None
 
 
 async def lexical_terms(
@@ -107,22 +137,28 @@ async def lexical_terms(
     return bm25.build_terms(words, forms, n), max(total / n, 1.0)
 
 
-async def lexical_rows(conn: db.Conn, query: str, filters: Filters, k: int) -> list[asyncpg.Record]:
-    """The top k chunks by BM25 for the query under the filters, best first."""
-    terms, avgdl = await lexical_terms(conn, query, filters)
-    if not terms:
-        return []
-    ordered = bm25.by_rarity(terms)
-    where, where_params = filters.sql(6 + 2 * len(ordered))
-    sql = _score_sql(len(ordered), where)
-    vectors = [sparsevec_binary(t.vector()) for t in ordered]
-    plan = bm25.candidate_plan(ordered)
+async def lexical_rows(
+    conn: db.Conn, prepared: LexicalQuery, filters: Filters, k: int
+) -> list[asyncpg.Record]:
+    """The top k chunks by BM25 under the filters, best first."""
+    terms = prepared.terms
+    where, where_params = filters.sql(6 + 2 * len(terms))
+    sql = _top_sql(len(terms), where)
+    params = prepared.params()
+    plan = bm25.candidate_plan(terms)
     while True:
-        params: list[Any] = [plan.tsquery, k, bm25.K1, bm25.B, avgdl]
-        for term, vector in zip(ordered, vectors, strict=True):
-            params += [term.idf, vector]
-        rows = await conn.fetch(sql, *params, *where_params)
+        rows = await conn.fetch(sql, *params, plan.tsquery, k, *where_params)
         scores = [float(r["score"]) for r in rows]
-        if bm25.ranking_is_exact(plan, scores, k) or plan.essential >= len(ordered):
+        if bm25.ranking_is_exact(plan, scores, k) or plan.essential >= len(terms):
             return list(rows)
-        plan = bm25.candidate_plan(ordered, plan.essential + 1)
+        plan = bm25.candidate_plan(terms, plan.essential + 1)
+
+
+async def lexical_scores(
+    conn: db.Conn, prepared: LexicalQuery, ids: Sequence[int]
+) -> dict[int, float]:
+    """BM25 of these chunks (0 for a chunk holding none of the words)."""
+    if not ids:
+        return {}
+    rows = await conn.fetch(_scores_sql(len(prepared.terms)), *prepared.params(), list(ids))
+    return {r["id"]: float(r["score"]) for r in rows}

@@ -17,11 +17,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from codebase_mcp.fusion import looks_like_name
 from codebase_mcp.tokens import words
 
 Role = Literal["code", "test", "docs", "generated"]
 
-MAX_PER_FILE = 3
+MAX_PER_FILE = 4
 # How much a result of each role keeps of its score when the query does not ask for it.
 ROLE_WEIGHTS: dict[Role, float] = {"code": 1.0, "test": 0.75, "docs": 0.8, "generated": 0.6}
 # A code definition named as the query spells a name (url_for, UrlFor) gains this much.
@@ -101,7 +102,10 @@ def _squashed(name: str) -> str:
 
 
 def spelled_names(query: str) -> frozenset[str]:
-    """The identifiers a query spells, case and underscores aside (url_for -> urlfor)."""
+    """The identifiers a query typed as code spells, case and underscores aside (url_for
+    -> urlfor); none for a question in words, whose every word would name something."""
+    if not looks_like_name(query):
+        return frozenset()
     return frozenset(_squashed(token) for token in re.findall(r"\w+", query))
 
 

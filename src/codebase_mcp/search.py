@@ -1,5 +1,6 @@
-"""Hybrid search: pgvector cosine top-k and BM25 top-k (lexical.py), fused (fusion.py),
-then shaped into the list a client sees (results.py).
+"""Hybrid search: pgvector cosine top-k and BM25 top-k (lexical.py), each list's scores
+completed for the other's candidates, fused (fusion.py), then shaped into the list a
+client sees (results.py).
 
 Filters (repository, language, path glob) apply inside both queries. Without a reachable
 embedder or without stored embeddings, the lexical list answers alone and the response
@@ -19,7 +20,7 @@ import asyncpg
 from codebase_mcp import db, fusion
 from codebase_mcp.errors import first_cause
 from codebase_mcp.filters import Filters
-from codebase_mcp.lexical import lexical_rows
+from codebase_mcp.lexical import LexicalQuery, lexical_rows, lexical_scores, prepare
 from codebase_mcp.models import SearchMode, SearchResponse, SearchResult
 from codebase_mcp.results import Ranked, finish
 from codebase_mcp.tokens import query_terms
@@ -83,10 +84,69 @@ async def vector_hits(
     return [Hit(r["id"], float(r["score"]), r) for r in rows]
 
 
+async def vector_scores(
+    conn: db.Conn, vector: Sequence[float], ids: Sequence[int]
+) -> dict[int, float]:
+    """The cosine similarity of these chunks to the query (chunks without a vector: none)."""
+    if not ids:
+        return {}
+    rows = await conn.fetch(
+        "SELECT id, 1 - (embedding <=> $1) AS score FROM chunks "
+        "WHERE id = ANY($2::bigint[]) AND embedding IS NOT NULL",
+        vector,
+        list(ids),
+    )
+    return {r["id"]: float(r["score"]) for r in rows}
+
+
 async def lexical_hits(conn: db.Conn, query: str, filters: Filters, k: int) -> list[Hit]:
     """The BM25 top k (lexical.py), best first."""
-    rows = await lexical_rows(conn, query, filters, k)
-    return [Hit(r["id"], float(r["score"]), r) for r in rows]
+    return (await _lexical(conn, query, filters, k))[0]
+
+
+async def _lexical(
+    conn: db.Conn, query: str, filters: Filters, k: int
+) -> tuple[list[Hit], LexicalQuery | None]:
+    prepared = await prepare(conn, query, filters)
+    if prepared is None:
+        return [], None
+    rows = await lexical_rows(conn, prepared, filters, k)
+    return [Hit(r["id"], float(r["score"]), r) for r in rows], prepared
+
+
+async def complete_scores(
+    pool: db.Pool,
+    vector: Sequence[float],
+    prepared: LexicalQuery | None,
+    vector_list: Sequence[Hit],
+    lexical_list: Sequence[Hit],
+) -> tuple[dict[int, float], dict[int, float]]:
+    """Each list's scores for the other list's candidates, so that fusion weighs every
+    candidate by both its scores (a candidate missing from a list is not worth 0 there:
+    it only fell below that list's cut-off). Returns (vector, lexical) extra scores."""
+    in_vector = {h.id for h in vector_list}
+    in_lexical = {h.id for h in lexical_list}
+    need_vector = [h.id for h in lexical_list if h.id not in in_vector]
+    need_lexical = [h.id for h in vector_list if h.id not in in_lexical]
+    extra_vector: dict[int, float] = {}
+    extra_lexical: dict[int, float] = {}
+
+    async def vector_side() -> None:
+        nonlocal extra_vector
+        if need_vector:
+            async with pool.acquire() as conn:
+                extra_vector = await vector_scores(conn, vector, need_vector)
+
+    async def lexical_side() -> None:
+        nonlocal extra_lexical
+        if need_lexical and prepared is not None:
+            async with pool.acquire() as conn:
+                extra_lexical = await lexical_scores(conn, prepared, need_lexical)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(vector_side)
+        tg.start_soon(lexical_side)
+    return extra_vector, extra_lexical
 
 
 def _ranked(hit: Hit, score: float) -> Ranked:
@@ -121,18 +181,26 @@ def _result(item: Ranked, mode: SearchMode) -> SearchResult:
 
 
 def fuse(
-    vector: list[Hit], lexical: list[Hit], query: str, limit: int, mode: SearchMode
+    vector: list[Hit],
+    lexical: list[Hit],
+    query: str,
+    limit: int,
+    mode: SearchMode,
+    *,
+    extra: tuple[dict[int, float], dict[int, float]] = ({}, {}),
 ) -> list[SearchResult]:
-    """The response's results for the lists that ran (`mode` says which)."""
+    """The response's results for the lists that ran (`mode` says which); `extra` holds
+    each list's scores of the other list's candidates (complete_scores)."""
     if mode == "vector":
         ranked = [_ranked(h, h.score) for h in vector]
     elif mode == "lexical":
         ranked = [_ranked(h, h.score) for h in lexical]
     else:
         by_id = {h.id: h for h in lexical} | {h.id: h for h in vector}
+        extra_vector, extra_lexical = extra
         fused = fusion.fuse(
-            [(h.id, h.score) for h in vector],
-            [(h.id, h.score) for h in lexical],
+            [(h.id, h.score) for h in vector] + list(extra_vector.items()),
+            [(h.id, h.score) for h in lexical] + list(extra_lexical.items()),
             fusion.vector_weight(query),
         )
         ranked = [_ranked(by_id[i], s) for i, s in fused]
@@ -168,6 +236,7 @@ async def run_search(
     run_vector, run_lexical = plan_mode(want, vector is not None, has_words)
     vector_list: list[Hit] = []
     lexical_list: list[Hit] = []
+    prepared: LexicalQuery | None = None
 
     async def run_vector_list() -> None:
         nonlocal vector_list
@@ -176,10 +245,10 @@ async def run_search(
                 vector_list = await vector_hits(conn, vector, filters, k)
 
     async def run_lexical_list() -> None:
-        nonlocal lexical_list
+        nonlocal lexical_list, prepared
         if run_lexical:
             async with pool.acquire() as conn:
-                lexical_list = await lexical_hits(conn, query, filters, k)
+                lexical_list, prepared = await _lexical(conn, query, filters, k)
 
     # Both retrievals at once, on two connections: latency is the slower one, not the sum.
     try:
@@ -195,7 +264,13 @@ async def run_search(
     if mode == "hybrid" and not vector_list and lexical_list:
         mode = "lexical"
         notice = notice or "no embeddings stored yet: answered by full-text search only"
-    results = fuse(vector_list, lexical_list, query, limit, mode)
+    extra: tuple[dict[int, float], dict[int, float]] = ({}, {})
+    if mode == "hybrid" and vector is not None:
+        try:
+            extra = await complete_scores(pool, vector, prepared, vector_list, lexical_list)
+        except ExceptionGroup as group:
+            raise first_cause(group) from None
+    results = fuse(vector_list, lexical_list, query, limit, mode, extra=extra)
     return SearchResponse(
         query=query,
         mode=mode,

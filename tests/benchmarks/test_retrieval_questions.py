@@ -138,14 +138,73 @@ def test_question_file_is_valid_json_with_only_known_fields() -> None:
         assert set(q) == {"question", "path", "symbol", "names_symbol"}
 
 
-def test_rrf_weights_ranks_and_keeps_first_seen_order_on_ties() -> None:
-    from benchmarks.retrieval.fusion import rrf
+def test_the_fusion_study_replays_the_engines_own_ranking(tmp_path: Path) -> None:
+    """fusion.py on a dumped list: its "hybrid (engine)" is what search.fuse answers, so a
+    variant judged there is a variant of the product, not of a copy."""
+    from benchmarks.retrieval import fusion as study
 
-    # b is in both lists: it wins; a and c tie at rank 1 of one list each: first seen first.
-    assert rrf([["a", "b"], ["c", "b"]], [1.0, 1.0]) == ["b", "a", "c"]
-    # Down-weighting the second list lets the first list's order through.
-    assert rrf([["a", "b"], ["b", "c"]], [1.0, 0.0]) == ["a", "b", "c"]
-    assert rrf([["x"], ["y"]], [1.0, 2.0], k=0) == ["y", "x"]
+    from codebase_mcp.search import Hit as EngineHit
+    from codebase_mcp.search import fuse
+
+    def row(key: int, path: str, symbol: str, score: float) -> list[object]:
+        return [key, "/r", path, key * 10, key * 10 + 5, symbol, "function", "python", score]
+
+    vector = [row(1, "a.py", "alpha", 0.9), row(2, "tests/test_a.py", "test_alpha", 0.8)]
+    lexical = [row(3, "b.py", "beta", 7.0), row(2, "tests/test_a.py", "test_alpha", 6.0)]
+    dump = {
+        "set": "tiny",
+        "questions": [
+            {
+                "question": "where is the beta value computed",
+                "intent": "code",
+                "names_symbol": False,
+                "answers": [["b.py", "beta", 30]],
+            }
+        ],
+        "ranks": {},
+        "lists": [
+            {
+                "vector": vector,
+                "lexical": lexical,
+                "vector_extra": [[3, 0.5]],
+                "lexical_extra": [[1, 2.0]],
+            }
+        ],
+    }
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(dump), encoding="utf-8")
+    _, cases = study.load(path)
+    replayed = study.hybrid(study.Params())(cases[0])
+
+    def hits(rows: list[list[object]]) -> list[EngineHit]:
+        keys = (
+            "id",
+            "repository",
+            "path",
+            "start_line",
+            "end_line",
+            "symbol",
+            "kind",
+            "language",
+            "score",
+        )
+        return [
+            EngineHit(int(r[0]), float(r[8]), {**dict(zip(keys, r, strict=True)), "text": ""})
+            for r in rows
+        ]
+
+    engine = fuse(
+        hits(vector),
+        hits(lexical),
+        "where is the beta value computed",
+        10,
+        "hybrid",
+        extra=({3: 0.5}, {1: 2.0}),
+    )
+    assert [(r.path, r.score) for r in replayed] == [
+        (r.path, pytest.approx(r.score, abs=1e-6)) for r in engine
+    ]
+    assert study.rank_of(replayed, cases[0]) == [r.path for r in engine].index("b.py") + 1
 
 
 def test_member_hit_is_a_chunk_inside_the_expected_class() -> None:
