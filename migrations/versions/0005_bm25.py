@@ -5,8 +5,11 @@
 - chunks.body_length: the body's length in words (BM25's document length).
 - repositories.chunk_count, .body_length_sum: for the average length and N.
 - lexeme_stats: per repository, how many chunks hold each word (document frequency).
-- vocabulary: every word seen, with its English stem (Snowball, as PostgreSQL's
-  english_stem dictionary gives it), so that a query word finds the other forms of itself.
+- lexeme_deltas, corpus_deltas: what each committed batch of an index job added and took
+  away, appended in the batch's transaction (cheap, and no two writers ever wait on each
+  other's rows); folded into lexeme_stats and repositories when a job ends (stats.py).
+These tables hold no foreign key: a row-by-row key check cost a first index of the
+standard library ~1 s per table; removing a repository removes its rows (stats.forget).
 
 Existing chunks are filled in from their tsvectors (frequencies then count the positions
 the tsvector kept, at most 256 per word: re-indexed files get exact counts). Every row is
@@ -132,22 +135,34 @@ def upgrade() -> None:
         """
         CREATE TABLE lexeme_stats (
             lexeme        text COLLATE "C" NOT NULL,
-            repository_id bigint NOT NULL REFERENCES repositories(id) ON DELETE CASCADE,
+            repository_id bigint NOT NULL,
             df            integer NOT NULL,
             PRIMARY KEY (lexeme, repository_id)
         )
         """
     )
-    op.execute("CREATE INDEX lexeme_stats_repository ON lexeme_stats (repository_id)")
+    # Updated in place when deltas are folded in: room on each page for HOT updates.
+    op.execute("ALTER TABLE lexeme_stats SET (fillfactor = 70)")
     op.execute(
         """
-        CREATE TABLE vocabulary (
-            lexeme text COLLATE "C" PRIMARY KEY,
-            stem   text COLLATE "C" NOT NULL
+        CREATE TABLE lexeme_deltas (
+            repository_id bigint NOT NULL,
+            lexeme        text COLLATE "C" NOT NULL,
+            delta         integer NOT NULL
         )
         """
     )
-    op.execute("CREATE INDEX vocabulary_stem ON vocabulary (stem)")
+    op.execute("CREATE INDEX lexeme_deltas_lexeme ON lexeme_deltas (lexeme)")
+    op.execute(
+        """
+        CREATE TABLE corpus_deltas (
+            repository_id bigint NOT NULL,
+            chunks        integer NOT NULL,
+            body_length   bigint NOT NULL
+        )
+        """
+    )
+    op.execute("CREATE INDEX corpus_deltas_repository ON corpus_deltas (repository_id)")
     indexes = _set_indexes_aside()
     _backfill()
     op.execute(
@@ -155,13 +170,6 @@ def upgrade() -> None:
         "ALTER COLUMN term_freqs SET NOT NULL"
     )
     _build_again(indexes)
-    op.execute(
-        """
-        INSERT INTO vocabulary (lexeme, stem)
-        SELECT l, coalesce((ts_lexize('english_stem', l))[1], l)
-        FROM (SELECT DISTINCT unnest(tsvector_to_array(tsv)) AS l FROM chunks) s
-        """
-    )
     op.execute(
         """
         INSERT INTO lexeme_stats (lexeme, repository_id, df)
@@ -180,7 +188,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute("DROP TABLE IF EXISTS vocabulary")
+    op.execute("DROP TABLE IF EXISTS corpus_deltas")
+    op.execute("DROP TABLE IF EXISTS lexeme_deltas")
     op.execute("DROP TABLE IF EXISTS lexeme_stats")
     op.execute("ALTER TABLE repositories DROP COLUMN chunk_count, DROP COLUMN body_length_sum")
     op.execute("ALTER TABLE chunks DROP COLUMN term_freqs, DROP COLUMN body_length")

@@ -1,7 +1,7 @@
 /* A chunk's search vectors, a compiled twin of codebase_mcp.tokens.chunk_vectors_python,
  * which it must match byte for byte (a test compares them on the standard library and on
  * generated text): its tsvector in PostgreSQL's binary wire format, its term-frequency
- * sparsevec in pgvector's, and the length of its body in words.
+ * sparsevec in pgvector's, the length of its body in words, and its distinct words.
  *
  * Building these was the largest cost of indexing left in Python: one dict look-up and one
  * list append per word. Here it is one scan that hashes each word into its lexeme, a sort
@@ -266,7 +266,8 @@ static inline char *put_u16(char *out, unsigned value) {
     return out + 2;
 }
 
-static PyObject *encode(State *st) {
+/* The tsvector's bytes; *lexemes_out gets its lexemes, in the same (byte) order, as str. */
+static PyObject *encode(State *st, PyObject **lexemes_out) {
     Py_ssize_t n = st->lexeme_count;
     uint16_t *order = PyMem_Malloc(sizeof(uint16_t) * (size_t)(n ? n : 1));
     /* where each lexeme's next position goes in the result */
@@ -286,10 +287,25 @@ static PyObject *encode(State *st) {
     sort_arena = st->arena;
     qsort(order, (size_t)n, sizeof(uint16_t), compare_lexemes);
 
-    result = PyBytes_FromStringAndSize(NULL, size);
-    if (result == NULL) {
+    PyObject *lexemes = PyTuple_New(n);
+    if (lexemes == NULL) {
         goto done;
     }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const Lexeme *lx = &st->lexemes[order[i]];
+        PyObject *word = PyUnicode_DecodeASCII(st->arena + lx->offset, lx->length, NULL);
+        if (word == NULL) {
+            Py_DECREF(lexemes);
+            goto done;
+        }
+        PyTuple_SET_ITEM(lexemes, i, word);
+    }
+    result = PyBytes_FromStringAndSize(NULL, size);
+    if (result == NULL) {
+        Py_DECREF(lexemes);
+        goto done;
+    }
+    *lexemes_out = lexemes;
     char *start = PyBytes_AS_STRING(result);
     char *out = start;
     *out++ = (char)((n >> 24) & 0xff);
@@ -480,12 +496,13 @@ static PyObject *chunk_vectors(PyObject *module, PyObject *sections) {
     long body = 0;
     PyObject *sparse = encode_sparse(&st, &body);
     if (sparse == NULL) goto done;
-    PyObject *tsvector = encode(&st);
+    PyObject *lexemes = NULL;
+    PyObject *tsvector = encode(&st, &lexemes);
     if (tsvector == NULL) {
         Py_DECREF(sparse);
         goto done;
     }
-    result = Py_BuildValue("(NNl)", tsvector, sparse, body);
+    result = Py_BuildValue("(NNlN)", tsvector, sparse, body, lexemes);
 done:
     PyMem_Free(st.occurrences);
     PyMem_Free(st.lexemes);
@@ -497,11 +514,11 @@ done:
 
 static PyMethodDef methods[] = {
     {"chunk_vectors", chunk_vectors, METH_O,
-     "chunk_vectors(sections) -> (tsvector, sparsevec, body_length) | None\n\n"
+     "chunk_vectors(sections) -> (tsvector, sparsevec, body_length, lexemes) | None\n\n"
      "The tsvector and the term-frequency sparsevec of (text, weight) sections in\n"
-     "PostgreSQL's and pgvector's binary formats, and the body's length in words; the\n"
-     "same as codebase_mcp.tokens.chunk_vectors_python. None when a section is not\n"
-     "ASCII (the Unicode word rules are Python's)."},
+     "PostgreSQL's and pgvector's binary formats, the body's length in words, and the\n"
+     "distinct words in byte order; the same as codebase_mcp.tokens.chunk_vectors_python.\n"
+     "None when a section is not ASCII (the Unicode word rules are Python's)."},
     {NULL, NULL, 0, NULL},
 };
 

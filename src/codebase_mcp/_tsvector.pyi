@@ -1,3 +1,5 @@
 from collections.abc import Sequence
 
-def chunk_vectors(sections: Sequence[tuple[str, int]], /) -> tuple[bytes, bytes, int] | None: ...
+def chunk_vectors(
+    sections: Sequence[tuple[str, int]], /
+) -> tuple[bytes, bytes, int, tuple[str, ...]] | None: ...

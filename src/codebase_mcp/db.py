@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, TypeAlias
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from codebase_mcp import stats
 from codebase_mcp.config import Settings
 from codebase_mcp.errors import DatabaseConnectError, SchemaError
 from codebase_mcp.models import FileError, JobInfo, JobState, RepositoryInfo
@@ -215,9 +216,15 @@ async def repository_info(conn: Conn, path: str) -> RepositoryInfo | None:
 
 
 async def delete_repository(conn: Conn, path: str) -> bool:
-    """Delete a repository; files and chunks go with it (ON DELETE CASCADE)."""
-    status = await conn.execute("DELETE FROM repositories WHERE path = $1", path)
-    return bool(status != "DELETE 0")
+    """Delete a repository; files and chunks go with it (ON DELETE CASCADE), and so do
+    its statistics (stats.forget: no foreign key there, see migration 0005)."""
+    async with conn.transaction():
+        repository_id = await conn.fetchval("SELECT id FROM repositories WHERE path = $1", path)
+        if repository_id is None:
+            return False
+        await stats.forget(conn, repository_id)
+        await conn.execute("DELETE FROM repositories WHERE id = $1", repository_id)
+    return True
 
 
 # --- files and chunks -----------------------------------------------------------------
@@ -254,9 +261,9 @@ async def delete_files(conn: Conn, repository_id: int, paths: Sequence[str]) -> 
     if not paths:
         return 0
     async with conn.transaction():
-        removed = await _statistics_of(conn, repository_id, paths)
+        removed = await stats.share_of(conn, repository_id, paths)
         deleted = await _delete_files(conn, repository_id, paths)
-        await _update_statistics(conn, repository_id, [], removed)
+        await stats.record(conn, repository_id, stats.net(stats.NOTHING, removed))
     return deleted
 
 
@@ -267,102 +274,6 @@ async def _delete_files(conn: Conn, repository_id: int, paths: Sequence[str]) ->
         list(paths),
     )
     return int(status.split()[-1])
-
-
-@dataclass(frozen=True)
-class _Removed:
-    """What forgotten chunks took out of the statistics."""
-
-    lexemes: list[str]
-    counts: list[int]
-    chunks: int
-    body_length: int
-
-
-async def _statistics_of(conn: Conn, repository_id: int, paths: Sequence[str]) -> _Removed:
-    """The share of these stored files in their repository's statistics."""
-    rows = await conn.fetch(
-        """
-        WITH gone AS (SELECT id FROM files WHERE repository_id = $1 AND path = ANY($2::text[]))
-        SELECT l AS lexeme, count(*)::int AS n
-        FROM chunks c, unnest(tsvector_to_array(c.tsv)) AS l
-        WHERE c.file_id IN (SELECT id FROM gone) GROUP BY l
-        """,
-        repository_id,
-        list(paths),
-    )
-    totals = await conn.fetchrow(
-        """
-        SELECT count(*) AS chunks, coalesce(sum(body_length), 0)::bigint AS body_length
-        FROM chunks WHERE file_id IN
-            (SELECT id FROM files WHERE repository_id = $1 AND path = ANY($2::text[]))
-        """,
-        repository_id,
-        list(paths),
-    )
-    assert totals is not None
-    return _Removed(
-        [r["lexeme"] for r in rows],
-        [-int(r["n"]) for r in rows],
-        int(totals["chunks"]),
-        int(totals["body_length"]),
-    )
-
-
-# One statement per transaction, its rows taken in lexeme order: two writers of one
-# repository then lock the rows they share in the same order and never deadlock.
-_UPDATE_STATISTICS = """
-    WITH added AS MATERIALIZED (
-        SELECT l AS lexeme, count(*)::int AS n
-        FROM chunks c, unnest(tsvector_to_array(c.tsv)) AS l
-        WHERE c.file_id = ANY($2::bigint[]) GROUP BY l
-    ), delta AS (
-        SELECT lexeme, sum(n)::int AS n FROM (
-            SELECT lexeme, n FROM added
-            UNION ALL SELECT * FROM unnest($3::text[], $4::int[])
-        ) d GROUP BY lexeme HAVING sum(n) <> 0
-    ), words AS (
-        INSERT INTO vocabulary (lexeme, stem)
-        SELECT a.lexeme, coalesce((ts_lexize('english_stem', a.lexeme))[1], a.lexeme)
-        FROM added a WHERE NOT EXISTS (SELECT 1 FROM vocabulary v WHERE v.lexeme = a.lexeme)
-        ORDER BY a.lexeme COLLATE "C"
-        ON CONFLICT DO NOTHING
-    )
-    INSERT INTO lexeme_stats (lexeme, repository_id, df)
-    SELECT lexeme, $1, n FROM delta ORDER BY lexeme COLLATE "C"
-    ON CONFLICT (lexeme, repository_id) DO UPDATE SET df = lexeme_stats.df + EXCLUDED.df
-"""
-
-
-async def _update_statistics(
-    conn: Conn, repository_id: int, added_file_ids: Sequence[int], removed: _Removed
-) -> None:
-    """Add the chunks of these (just written) files to the statistics, take `removed` out."""
-    if not added_file_ids and not removed.lexemes and not removed.chunks:
-        return
-    await conn.execute(
-        _UPDATE_STATISTICS, repository_id, list(added_file_ids), removed.lexemes, removed.counts
-    )
-    await conn.execute(
-        """
-        UPDATE repositories r SET chunk_count = r.chunk_count + a.chunks - $3,
-            body_length_sum = r.body_length_sum + a.body_length - $4
-        FROM (SELECT count(*) AS chunks, coalesce(sum(body_length), 0) AS body_length
-              FROM chunks WHERE file_id = ANY($2::bigint[])) a
-        WHERE r.id = $1
-        """,
-        repository_id,
-        list(added_file_ids),
-        removed.chunks,
-        removed.body_length,
-    )
-
-
-async def prune_statistics(conn: Conn, repository_id: int) -> None:
-    """Drop the words no chunk of the repository holds any more."""
-    await conn.execute(
-        "DELETE FROM lexeme_stats WHERE repository_id = $1 AND df <= 0", repository_id
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,13 +327,20 @@ async def replace_files(
     files: Sequence[FileRow],
     chunks: Sequence[Sequence[ChunkRecord]],
     forget: Sequence[str] = (),
+    *,
+    added: stats.Share | None = None,
+    replacing: bool = True,
 ) -> None:
     """Replace these files' rows and chunks, forget the files at `forget`, and keep the
     corpus statistics in step; call inside a transaction so a batch is all or nothing.
-    `chunks[i]` belongs to `files[i]`."""
+    `chunks[i]` belongs to `files[i]`. `added`: the new chunks' share when the caller
+    counted it (else the database counts it); `replacing=False`: none of these files is
+    stored yet."""
     paths = [f.path for f in files]
-    removed = await _statistics_of(conn, repository_id, [*paths, *forget])
-    await _delete_files(conn, repository_id, [*paths, *forget])
+    removed = stats.NOTHING
+    if replacing or forget:
+        removed = await stats.share_of(conn, repository_id, [*paths, *forget])
+        await _delete_files(conn, repository_id, [*paths, *forget])
     rows = await conn.fetch(
         """
         INSERT INTO files (repository_id, path, language, content_hash, size, chunk_count,
@@ -447,7 +365,9 @@ async def replace_files(
     ]
     if records:
         await conn.copy_records_to_table("chunks", records=records, columns=CHUNK_COLUMNS)
-    await _update_statistics(conn, repository_id, list(ids.values()), removed)
+    if added is None:
+        added = await stats.share_of_files(conn, list(ids.values()))
+    await stats.record(conn, repository_id, stats.net(added, removed))
 
 
 # --- jobs -----------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import anyio
 import asyncpg
 import structlog
 
-from codebase_mcp import db, paths, tokens, validate, vector_index
+from codebase_mcp import db, paths, stats, tokens, validate, vector_index
 from codebase_mcp.config import Settings
 from codebase_mcp.discover import resolve_under_roots
 from codebase_mcp.embed import Embedder, create_embedder
@@ -144,7 +144,7 @@ class Engine:
         self._jobs = JobManager(pool, self._owner, self._run_job)
         self._warming = self._start_workers()
         # A bulk load cut short (a stop, a crash) left the vector index set aside.
-        self._maintenance = asyncio.get_running_loop().create_task(self._build_deferred())
+        self._maintenance = asyncio.get_running_loop().create_task(self._leftovers())
         if not tokens.COMPILED:
             log.warning(
                 "codebase_mcp._tsvector is missing (installed without a C compiler): "
@@ -225,6 +225,33 @@ class Engine:
         if self._executor is None:
             self._executor = make_executor(self.settings.workers)
         return self._executor
+
+    async def _leftovers(self) -> None:
+        """What a job cut short left: statistics deltas to fold in, a vector index set
+        aside during a bulk load."""
+        await self._compact_statistics()
+        await self._build_deferred()
+
+    async def _compact_statistics(self) -> None:
+        try:
+            async with self.pool.acquire() as conn:
+                for repository_id in await stats.repositories_with_deltas(conn):
+                    path = await conn.fetchval(
+                        "SELECT path FROM repositories WHERE id = $1", repository_id
+                    )
+                    # A job running there (on any replica) folds them in when it ends.
+                    if path is None or not await conn.fetchval(
+                        "SELECT pg_try_advisory_lock($1, hashtext($2))", REPOSITORY_LOCK, path
+                    ):
+                        continue
+                    try:
+                        await stats.compact(conn, repository_id)
+                    finally:
+                        await conn.execute(
+                            "SELECT pg_advisory_unlock($1, hashtext($2))", REPOSITORY_LOCK, path
+                        )
+        except Exception as exc:  # searches still answer (deltas count); next start retries
+            log.warning("could not fold in the statistics of an interrupted job", error=str(exc))
 
     async def _build_deferred(self) -> None:
         try:

@@ -24,7 +24,7 @@ import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from codebase_mcp import db, paths, vector_index
+from codebase_mcp import db, paths, stats, vector_index
 from codebase_mcp.chunk import ChunkOptions, chunk_source
 from codebase_mcp.discover import (
     DiscoveryStats,
@@ -68,6 +68,8 @@ class PreparedFile:
     size: int
     # db.ChunkRecord without the embedding
     chunks: list[tuple[int, int, int, str, str | None, str | None, str, bytes, bytes, int]]
+    # word -> how many of the chunks hold it (the file's share of document frequencies)
+    words: dict[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +88,13 @@ def prepare_file(source: SourceFile, max_bytes: int) -> PreparedFile | SkippedFi
             return SkippedFile(source.rel_path, loaded, error)
         chunks = chunk_source(loaded.text, loaded.language, ChunkOptions())
         rows = []
+        words: dict[str, int] = {}
         for i, c in enumerate(chunks):
-            tsv, term_freqs, body_length = chunk_vectors(
+            tsv, term_freqs, body_length, lexemes = chunk_vectors(
                 ((c.symbol or "", WEIGHT_A), (source.rel_path, WEIGHT_B), (c.text, WEIGHT_D))
             )
+            for lexeme in lexemes:
+                words[lexeme] = words.get(lexeme, 0) + 1
             rows.append(
                 (
                     i,
@@ -107,7 +112,7 @@ def prepare_file(source: SourceFile, max_bytes: int) -> PreparedFile | SkippedFi
     except Exception as exc:  # one bad file must not stop the job
         return SkippedFile(source.rel_path, SkipReason.FAILED, f"{type(exc).__name__}: {exc}")
     return PreparedFile(
-        source.rel_path, loaded.language, loaded.content_hash, len(loaded.data), rows
+        source.rel_path, loaded.language, loaded.content_hash, len(loaded.data), rows, words
     )
 
 
@@ -332,15 +337,15 @@ class IndexRun:
             model is not None and repo.embedding_model not in (None, model) and bool(stored)
         )
 
-        stats = DiscoveryStats()
+        discovery = DiscoveryStats()
         discovered: list[SourceFile] = await anyio.to_thread.run_sync(
             lambda: list(
                 discover_files(
-                    paths.to_os(self.root), max_file_bytes=self.max_file_bytes, stats=stats
+                    paths.to_os(self.root), max_file_bytes=self.max_file_bytes, stats=discovery
                 )
             )
         )
-        for path, reason in stats.skipped:
+        for path, reason in discovery.skipped:
             c.skip(path, reason, "unreadable" if reason is SkipReason.UNREADABLE else None)
         # Only stored files need a hash to decide: a new file is indexed anyway (its
         # chunking process hashes it as it reads it), and `force` indexes everything.
@@ -381,7 +386,7 @@ class IndexRun:
         ):
             stopped = await self._process(repo.id, plan.changed, stored)
         async with self.pool.acquire() as conn:
-            await db.prune_statistics(conn, repo.id)
+            await stats.compact(conn, repo.id)
         if not stopped:
             async with self.pool.acquire() as conn:
                 await db.mark_repository_indexed(
@@ -514,8 +519,25 @@ class IndexRun:
             chunk_rows.append([(*ch, v) for ch, v in zip(f.chunks, vecs, strict=True)])
         gone = [s.path for s in batch.skipped if s.path in stored]
         if rows or gone:
+            words: dict[str, int] = {}
+            for f in batch.files:
+                for word, n in f.words.items():
+                    words[word] = words.get(word, 0) + n
+            added = stats.share(
+                words,
+                sum(len(f.chunks) for f in batch.files),
+                sum(ch[9] for f in batch.files for ch in f.chunks),
+            )
             async with self.pool.acquire() as conn, conn.transaction():
-                await db.replace_files(conn, repository_id, rows, chunk_rows, forget=gone)
+                await db.replace_files(
+                    conn,
+                    repository_id,
+                    rows,
+                    chunk_rows,
+                    forget=gone,
+                    added=added,
+                    replacing=any(f.path in stored for f in batch.files),
+                )
         for s in batch.skipped:
             c.skip(s.path, s.reason, s.error)
         c.files_done += len(batch.files) + len(batch.skipped)

@@ -19,40 +19,32 @@ from typing import Any
 
 import asyncpg
 
-from codebase_mcp import bm25, db
+from codebase_mcp import bm25, db, stats
 from codebase_mcp.filters import Filters
 from codebase_mcp.tokens import query_terms, sparsevec_binary
 
-# The query words' forms with their document frequencies over the repositories searched
-# ({scope}: a condition on s.repository_id, or true): the word itself, the words sharing
-# its English stem (the vocabulary), and its derived forms ($2, $3: bm25.derived_forms).
+# The forms of the query words ($1) the index holds, with their document frequencies over
+# the repositories searched (stats.DOCUMENT_FREQUENCY): of each candidate form ($2 word,
+# $3 form, $4 whether it is a derived form) found, the relation to its word: 0 the word
+# itself, 1 the same English stem, 2 a derived form (others: NULL, dropped).
 _FORMS = """
     WITH w AS (
         SELECT word, coalesce((ts_lexize('english_stem', word))[1], word) AS stem
         FROM unnest($1::text[]) AS word
-    ), v AS (
-        SELECT word, lexeme, min(relation) AS relation FROM (
-            SELECT word, word AS lexeme, 0 AS relation FROM w
-            UNION ALL
-            SELECT w.word, voc.lexeme, 1 FROM w
-            JOIN vocabulary voc ON voc.stem = w.stem COLLATE "C"
-            UNION ALL
-            SELECT word, lexeme, 2 FROM unnest($2::text[], $3::text[]) AS f(word, lexeme)
-        ) found GROUP BY word, lexeme
+    ), found AS (
+        SELECT f.word, f.lexeme, f.derived, w.stem, d.df
+        FROM unnest($2::text[], $3::text[], $4::bool[]) AS f(word, lexeme, derived)
+        JOIN w ON w.word = f.word
+        CROSS JOIN LATERAL (<df>) d(df)
+        WHERE d.df > 0
     )
-    SELECT v.word, v.lexeme, v.relation, d.df FROM v
-    CROSS JOIN LATERAL (
-        SELECT sum(s.df)::bigint AS df FROM lexeme_stats s
-        WHERE s.lexeme = v.lexeme COLLATE "C" AND {scope}
-    ) d
-    WHERE d.df > 0
-"""
-
-_CORPUS = """
-    SELECT coalesce(sum(chunk_count), 0)::bigint AS n,
-           coalesce(sum(body_length_sum), 0)::bigint AS total
-    FROM repositories s WHERE {scope}
-"""
+    SELECT word, lexeme, df, CASE
+        WHEN lexeme = word THEN 0
+        WHEN coalesce((ts_lexize('english_stem', lexeme))[1], lexeme) = stem THEN 1
+        WHEN derived THEN 2
+    END AS relation
+    FROM found
+""".replace("<df>", stats.DOCUMENT_FREQUENCY.replace("{lexeme}", "f.lexeme"))
 
 
 def _score(terms: int) -> str:
@@ -118,40 +110,58 @@ async def lexical_terms(
     words = query_terms(query)
     if not words:
         return [], 0.0
-    derived = [(w, form) for w in words for form in bm25.derived_forms(w)]
-    scope, scope_params = filters.repository_condition("s.repository_id", 4)
+    candidates: dict[tuple[str, str], bool] = {}
+    for word in words:
+        candidates[(word, word)] = False
+        for form in bm25.inflection_candidates(word):
+            candidates[(word, form)] = False
+        for form in bm25.derived_forms(word):
+            candidates[(word, form)] = True
+    on_stats, scope_params = filters.repository_condition("s.repository_id", 5)
+    on_deltas, _ = filters.repository_condition("d.repository_id", 5)
     rows = await conn.fetch(
-        _FORMS.format(scope=scope),
+        _FORMS.format(scope_stats=on_stats, scope_deltas=on_deltas),
         words,
-        [w for w, _ in derived],
-        [f for _, f in derived],
+        [w for w, _ in candidates],
+        [f for _, f in candidates],
+        list(candidates.values()),
         *scope_params,
     )
-    scope, scope_params = filters.repository_condition("s.id", 1)
-    corpus = await conn.fetchrow(_CORPUS.format(scope=scope), *scope_params)
+    on_repositories, scope_params = filters.repository_condition("r.id", 1)
+    on_deltas, _ = filters.repository_condition("d.repository_id", 1)
+    corpus = await conn.fetchrow(
+        stats.CORPUS.format(scope_repositories=on_repositories, scope_deltas=on_deltas),
+        *scope_params,
+    )
     assert corpus is not None
     n, total = int(corpus["n"]), int(corpus["total"])
     if n == 0:
         return [], 0.0
-    forms = [(r["word"], r["lexeme"], int(r["relation"]), int(r["df"])) for r in rows]
+    forms = [
+        (r["word"], r["lexeme"], int(r["relation"]), int(r["df"]))
+        for r in rows
+        if r["relation"] is not None
+    ]
     return bm25.build_terms(words, forms, n), max(total / n, 1.0)
 
 
 async def lexical_rows(
-    conn: db.Conn, prepared: LexicalQuery, filters: Filters, k: int
+    conn: db.Conn, prepared: LexicalQuery, filters: Filters, k: int, exact: int | None = None
 ) -> list[asyncpg.Record]:
-    """The top k chunks by BM25 under the filters, best first."""
+    """The top k chunks by BM25 under the filters, best first; the first `exact` of them
+    (default: all k) are proven to be the corpus' best (bm25.next_plan)."""
     terms = prepared.terms
     where, where_params = filters.sql(6 + 2 * len(terms))
     sql = _top_sql(len(terms), where)
     params = prepared.params()
-    plan = bm25.candidate_plan(terms)
-    while True:
+    plan: bm25.CandidatePlan | None = bm25.first_plan(terms)
+    rows: list[asyncpg.Record] = []
+    while plan is not None:
         rows = await conn.fetch(sql, *params, plan.tsquery, k, *where_params)
         scores = [float(r["score"]) for r in rows]
-        if bm25.ranking_is_exact(plan, scores, k) or plan.essential >= len(terms):
-            return list(rows)
-        plan = bm25.candidate_plan(terms, plan.essential + 1)
+        following = bm25.next_plan(terms, plan, scores, min(exact or k, k))
+        plan = following if following is not None and following != plan else None
+    return list(rows)
 
 
 async def lexical_scores(

@@ -99,18 +99,20 @@ async def vector_scores(
     return {r["id"]: float(r["score"]) for r in rows}
 
 
-async def lexical_hits(conn: db.Conn, query: str, filters: Filters, k: int) -> list[Hit]:
-    """The BM25 top k (lexical.py), best first."""
-    return (await _lexical(conn, query, filters, k))[0]
+async def lexical_hits(
+    conn: db.Conn, query: str, filters: Filters, k: int, exact: int | None = None
+) -> list[Hit]:
+    """The BM25 top k (lexical.py), best first; the first `exact` proven exact."""
+    return (await _lexical(conn, query, filters, k, exact))[0]
 
 
 async def _lexical(
-    conn: db.Conn, query: str, filters: Filters, k: int
+    conn: db.Conn, query: str, filters: Filters, k: int, exact: int | None
 ) -> tuple[list[Hit], LexicalQuery | None]:
     prepared = await prepare(conn, query, filters)
     if prepared is None:
         return [], None
-    rows = await lexical_rows(conn, prepared, filters, k)
+    rows = await lexical_rows(conn, prepared, filters, k, exact)
     return [Hit(r["id"], float(r["score"]), r) for r in rows], prepared
 
 
@@ -248,7 +250,8 @@ async def run_search(
         nonlocal lexical_list, prepared
         if run_lexical:
             async with pool.acquire() as conn:
-                lexical_list, prepared = await _lexical(conn, query, filters, k)
+                # The list's head must be right; its tail only feeds the fusion.
+                lexical_list, prepared = await _lexical(conn, query, filters, k, limit)
 
     # Both retrievals at once, on two connections: latency is the slower one, not the sum.
     try:

@@ -264,12 +264,20 @@ def sparsevec_text(entries: Sequence[tuple[int, float]]) -> str:
     return "{" + body + "}/" + str(SPARSE_DIMENSIONS)
 
 
-def chunk_vectors_python(sections: Sequence[tuple[str, int]]) -> tuple[bytes, bytes, int]:
-    """(tsvector, term-frequency sparsevec, body length) for a chunk's (text, weight)
-    sections: the reference the compiled builder matches byte for byte."""
+ChunkVectorsResult = tuple[bytes, bytes, int, tuple[str, ...]]
+
+
+def chunk_vectors_python(sections: Sequence[tuple[str, int]]) -> ChunkVectorsResult:
+    """(tsvector, term-frequency sparsevec, body length, distinct words in byte order) for
+    a chunk's (text, weight) sections: the reference the compiled builder matches."""
     positions = tsvector_positions(sections)
     entries, body = term_counts(positions)
-    return _tsvector_bytes(positions), sparsevec_binary(entries), body
+    return (
+        _tsvector_bytes(positions),
+        sparsevec_binary(entries),
+        body,
+        tuple(sorted(positions)),
+    )
 
 
 def tsvector_binary_python(sections: Sequence[tuple[str, int]]) -> bytes:
@@ -277,7 +285,7 @@ def tsvector_binary_python(sections: Sequence[tuple[str, int]]) -> bytes:
     return _tsvector_bytes(tsvector_positions(sections))
 
 
-ChunkVectors = Callable[[Sequence[tuple[str, int]]], tuple[bytes, bytes, int]]
+ChunkVectors = Callable[[Sequence[tuple[str, int]]], ChunkVectorsResult]
 chunk_vectors: ChunkVectors
 try:
     from codebase_mcp._tsvector import chunk_vectors as _compiled_chunk_vectors
@@ -287,7 +295,7 @@ except ImportError:  # installed without a C compiler: same bytes, slower
 else:
     COMPILED = True
 
-    def chunk_vectors(sections: Sequence[tuple[str, int]]) -> tuple[bytes, bytes, int]:
+    def chunk_vectors(sections: Sequence[tuple[str, int]]) -> ChunkVectorsResult:
         """The compiled builder for ASCII text, the Python reference for the rest."""
         found = _compiled_chunk_vectors(sections)
         return chunk_vectors_python(sections) if found is None else found

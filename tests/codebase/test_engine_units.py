@@ -70,7 +70,7 @@ def test_stop_words_are_dropped_unless_nothing_else_is_left() -> None:
     assert query_terms("?!") == []
 
 
-ChunkVectors = Callable[[Sequence[tuple[str, int]]], tuple[bytes, bytes, int]]
+ChunkVectors = Callable[[Sequence[tuple[str, int]]], tuple[bytes, bytes, int, tuple[str, ...]]]
 
 
 @pytest.mark.anyio
@@ -87,7 +87,7 @@ async def test_binary_vectors_read_back_as_postgresql_would_write_them(
             await conn.set_type_codec(
                 name, schema=schema, encoder=lambda b: b, decoder=lambda b: b, format="binary"
             )
-        data, freqs, body = chunk_vectors(
+        data, freqs, body, lexemes = chunk_vectors(
             [("parse_date", WEIGHT_A), ("x = parse_date(s) or y or y", WEIGHT_D)]
         )
         text = await conn.fetchval("SELECT $1::tsvector::text", data)
@@ -98,6 +98,7 @@ async def test_binary_vectors_read_back_as_postgresql_would_write_them(
         )
         assert text == expected
         assert body == 9
+        assert lexemes == ("date", "or", "parse", "parsedate", "s", "x", "y")
 
         # pgvector's reading of the frequencies: `y` twice in the body, `parse` once in
         # the symbol (its own dimension) and once in the body
@@ -116,7 +117,7 @@ async def test_binary_vectors_read_back_as_postgresql_would_write_them(
         assert await frequency("y", WEIGHT_A) == 0
         # PostgreSQL's limits: 256 positions per word, none past 16383
         huge = " ".join(["foo"] * 300 + [f"w{i}x" for i in range(20_000)] + ["late"])
-        data_huge, freqs_huge, body_huge = chunk_vectors([(huge, WEIGHT_D)])
+        data_huge, freqs_huge, body_huge, _ = chunk_vectors([(huge, WEIGHT_D)])
         assert body_huge == 16383
         assert (
             await conn.fetchval(
@@ -143,7 +144,7 @@ async def test_binary_vectors_read_back_as_postgresql_would_write_them(
         )
         assert matches is True
         # Non-ASCII words, as the query splits them
-        data_u, _, _ = chunk_vectors([("# 名前を返す crème brûlée Straße", WEIGHT_D)])
+        data_u, _, _, _ = chunk_vectors([("# 名前を返す crème brûlée Straße", WEIGHT_D)])
         for word in ("名前", "crème", "straße"):
             assert await conn.fetchval(
                 "SELECT $1::tsvector @@ $2::tsquery", data_u, tsquery_of(query_terms(word))

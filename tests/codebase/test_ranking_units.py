@@ -83,25 +83,38 @@ def term(word: str, df: int, n: int = 100_000) -> bm25.Term:
 
 
 def test_rare_words_pick_the_candidates_and_common_ones_only_score() -> None:
-    rare, mid, common = term("frobnicate", 3), term("widget", 4000), term("get", 60_000)
-    plan = bm25.candidate_plan([common, rare, mid])
+    rare, mid, common = term("frobnicate", 3), term("widget", 1500), term("get", 60_000)
+    plan = bm25.first_plan([common, rare, mid])
     assert plan.tsquery == "'frobnicate' | 'widget'"
-    assert plan.essential == 2
+    assert plan.essential == {"frobnicate", "widget"}
     assert plan.bound == pytest.approx(common.upper_bound)
     assert not plan.exhaustive
-    # exact when the k-th candidate beats what a chunk with only 'get' could reach
-    assert bm25.ranking_is_exact(plan, [9.0, 8.0, common.upper_bound + 0.1], 3)
-    assert not bm25.ranking_is_exact(plan, [9.0, 8.0, common.upper_bound - 0.1], 3)
-    assert not bm25.ranking_is_exact(plan, [9.0], 3)  # too few: others may fill the list
-    # the next rarest word joins when asked
-    wider = bm25.candidate_plan([common, rare, mid], essential=3)
-    assert wider.exhaustive and wider.bound == 0
+    # exact when the k-th candidate scores what a chunk with only 'get' could reach
+    assert bm25.next_plan([common, rare, mid], plan, [9.0, 8.0, common.upper_bound], 3) is None
+
+
+def test_an_unproven_ranking_takes_every_word_that_could_still_matter() -> None:
+    a, b, c = term("alpha", 1500), term("beta", 3000), term("gamma", 5000)
+    d = term("delta", 20_000)
+    plan = bm25.first_plan([a, b, c, d])
+    assert plan.essential == {"alpha"}  # the budget holds the rarest alone
+    # theta lets only delta (the smallest bound) stay out
+    theta = d.upper_bound + 0.01
+    wider = bm25.next_plan([a, b, c, d], plan, [10.0, theta], 2)
+    assert wider is not None
+    assert wider.essential == {"alpha", "beta", "gamma"}
+    assert wider.bound == pytest.approx(d.upper_bound)
+    # and that plan needs no other: its k-th score is at least theta
+    assert bm25.next_plan([a, b, c, d], wider, [10.0, theta], 2) is None
+    # too few candidates: nothing may stay out
+    every = bm25.next_plan([a, b, c, d], plan, [10.0], 2)
+    assert every is not None and every.exhaustive
 
 
 def test_past_the_cap_candidates_must_hold_every_word_or_the_name() -> None:
     a, b = term("self", 50_000), term("return", 45_000)
-    assert bm25.candidate_plan([a, b]).tsquery == "('return') & ('self')"
-    single = bm25.candidate_plan([a])
+    assert bm25.first_plan([a, b]).tsquery == "('return') & ('self')"
+    single = bm25.first_plan([a])
     assert single.tsquery == "'self':AB"
     assert single.exhaustive
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anyio
 import asyncpg
 import pytest
 
@@ -220,12 +221,19 @@ async def test_scores_fall_as_the_rank_grows_even_on_a_hash_join_plan(
 # --- the statistics -------------------------------------------------------------------------
 
 
-async def statistics_match_a_recount(url: str) -> None:
+async def statistics_match_a_recount(url: str, *, compacted: bool = True) -> None:
+    """The statistics search reads (compacted plus deltas) equal a recount; `compacted`:
+    no delta is left (every job folded its own in)."""
     conn = await asyncpg.connect(url)
     try:
         kept = {
             (r["lexeme"], r["repository_id"]): r["df"]
-            for r in await conn.fetch("SELECT lexeme, repository_id, df FROM lexeme_stats")
+            for r in await conn.fetch(
+                "SELECT lexeme, repository_id, sum(df) AS df FROM ("
+                " SELECT lexeme, repository_id, df FROM lexeme_stats"
+                " UNION ALL SELECT lexeme, repository_id, delta FROM lexeme_deltas"
+                ") s GROUP BY 1, 2"
+            )
             if r["df"] != 0
         }
         recount = {
@@ -237,18 +245,20 @@ async def statistics_match_a_recount(url: str) -> None:
         }
         assert kept == recount
         repos = await conn.fetch(
-            "SELECT r.id, r.chunk_count, r.body_length_sum, "
+            "SELECT r.id, r.chunk_count + coalesce(d.chunks, 0) AS chunk_count, "
+            "r.body_length_sum + coalesce(d.body, 0) AS body_length_sum, "
             "(SELECT count(*) FROM chunks c WHERE c.repository_id = r.id) AS n, "
             "(SELECT coalesce(sum(body_length), 0) FROM chunks c "
-            " WHERE c.repository_id = r.id) AS total FROM repositories r"
+            " WHERE c.repository_id = r.id) AS total FROM repositories r "
+            "LEFT JOIN (SELECT repository_id, sum(chunks) AS chunks, sum(body_length) AS body "
+            " FROM corpus_deltas GROUP BY 1) d ON d.repository_id = r.id"
         )
         for r in repos:
             assert (r["chunk_count"], r["body_length_sum"]) == (r["n"], r["total"])
-        missing = await conn.fetchval(
-            "SELECT count(*) FROM lexeme_stats s "
-            "WHERE NOT EXISTS (SELECT 1 FROM vocabulary v WHERE v.lexeme = s.lexeme)"
-        )
-        assert missing == 0
+        if compacted:
+            assert await conn.fetchval("SELECT count(*) FROM lexeme_deltas") == 0
+            assert await conn.fetchval("SELECT count(*) FROM corpus_deltas") == 0
+            assert await conn.fetchval("SELECT count(*) FROM lexeme_stats WHERE df <= 0") == 0
     finally:
         await conn.close()
 
@@ -282,3 +292,35 @@ async def test_statistics_follow_indexing_edits_deletions_and_removal(
             )
         finally:
             await conn.close()
+
+
+async def test_deltas_count_at_once_and_a_crashed_jobs_are_folded_in_at_start(
+    pg_url: str, fake_ollama: FakeOllama, tmp_path: Path
+) -> None:
+    from codebase_mcp import db, stats
+
+    repo = write(tmp_path / "repo", getters(20))
+    await migrate_async(pg_url)
+    settings = settings_for(pg_url, fake_ollama, tmp_path)
+    async with open_engine(settings) as engine:
+        await indexed(engine, repo)
+        # A batch committed by a job that then died: its deltas, never folded in.
+        async with engine.pool.acquire() as conn, conn.transaction():
+            repository_id = await conn.fetchval("SELECT id FROM repositories")
+            (repo / "pkg/extra.py").write_text("def zanzibar_quux(x):\n    return x\n")
+            await db.delete_files(conn, repository_id, ["pkg/mod_0000.py"])
+        await statistics_match_a_recount(pg_url, compacted=False)
+        async with engine.pool.acquire() as conn:
+            assert await conn.fetchval("SELECT count(*) FROM lexeme_deltas") > 0
+            assert await stats.repositories_with_deltas(conn) == [repository_id]
+        # search counts the deltas at once: the deleted module's words are gone
+        gone = await engine.search("get_item_0_0", mode="lexical")
+        assert all(r.path != "pkg/mod_0000.py" for r in gone.results)
+    async with open_engine(settings) as engine:  # the next start folds them in
+        with anyio.fail_after(10):
+            while True:
+                async with engine.pool.acquire() as conn:
+                    if not await stats.repositories_with_deltas(conn):
+                        break
+                await anyio.sleep(0.05)
+    await statistics_match_a_recount(pg_url)

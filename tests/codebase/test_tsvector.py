@@ -133,7 +133,7 @@ def test_same_bytes_at_postgresqls_limits() -> None:
             [(distinct, WEIGHT_D), ("self self", WEIGHT_A)],
         ]
     )
-    _, sparse, _ = chunk_vectors_python([(distinct, WEIGHT_D)])
+    _, sparse, _, _ = chunk_vectors_python([(distinct, WEIGHT_D)])
     assert int.from_bytes(sparse[4:8], "big") == tokens.SPARSE_MAX_NNZ
 
 
