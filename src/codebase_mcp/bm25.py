@@ -57,8 +57,14 @@ def idf(df: int, n: int) -> float:
 
 # Inflections: what English adds to a word (parse -> parses, parsed, parsing, parser),
 # and what it may have added to the word the query holds (retries -> retry).
-_ENDINGS = ("s", "es", "ed", "d", "ing", "er", "ers", "ion", "ions", "ly")
-_Y_ENDINGS = ("ies", "ied", "ier", "iers")
+_ENDINGS = (
+    *("s", "es", "ed", "d", "ing", "ings", "er", "ers", "or", "ors", "ion", "ions"),
+    *("ation", "ations", "ational", "ment", "ments", "ness", "ity", "ities", "al", "ally"),
+    *("ly", "ive", "ize", "izes", "ized", "izing", "izer", "ise", "ised", "able", "ably"),
+)
+_Y_ENDINGS = ("ies", "ied", "ier", "iers", "ily", "iness")
+# Endings that start with a vowel: a base's final e goes (compute -> computation).
+_VOWEL_ENDINGS = tuple(e for e in _ENDINGS if e[0] in "aeiou")
 
 
 def _bases(word: str) -> list[str]:
@@ -91,7 +97,7 @@ def inflection_candidates(word: str) -> list[str]:
         if base.endswith("y"):
             found += [base[:-1] + ending for ending in _Y_ENDINGS]
         if base.endswith("e"):
-            found += [base[:-1] + ending for ending in ("ing", "ed", "er", "ion", "able")]
+            found += [base[:-1] + ending for ending in _VOWEL_ENDINGS]
         elif len(base) >= 3 and base[-1] not in "aeiouwxy":
             found += [base + base[-1] + ending for ending in ("ing", "ed", "er")]
     return [f for f in dict.fromkeys(found) if f != word]

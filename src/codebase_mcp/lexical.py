@@ -31,19 +31,21 @@ _FORMS = """
     WITH w AS (
         SELECT word, coalesce((ts_lexize('english_stem', word))[1], word) AS stem
         FROM unnest($1::text[]) AS word
-    ), found AS (
-        SELECT f.word, f.lexeme, f.derived, w.stem, d.df
-        FROM unnest($2::text[], $3::text[], $4::bool[]) AS f(word, lexeme, derived)
-        JOIN w ON w.word = f.word
-        CROSS JOIN LATERAL (<df>) d(df)
-        WHERE d.df > 0
+    ), related AS MATERIALIZED (
+        SELECT * FROM (
+            SELECT f.word, f.lexeme, CASE
+                WHEN f.lexeme = f.word THEN 0
+                WHEN coalesce((ts_lexize('english_stem', f.lexeme))[1], f.lexeme) = w.stem
+                    THEN 1
+                WHEN f.derived THEN 2
+            END AS relation
+            FROM unnest($2::text[], $3::text[], $4::bool[]) AS f(word, lexeme, derived)
+            JOIN w ON w.word = f.word
+        ) candidates WHERE relation IS NOT NULL
     )
-    SELECT word, lexeme, df, CASE
-        WHEN lexeme = word THEN 0
-        WHEN coalesce((ts_lexize('english_stem', lexeme))[1], lexeme) = stem THEN 1
-        WHEN derived THEN 2
-    END AS relation
-    FROM found
+    SELECT f.word, f.lexeme, f.relation, d.df FROM related f
+    CROSS JOIN LATERAL (<df>) d(df)
+    WHERE d.df > 0
 """.replace("<df>", stats.DOCUMENT_FREQUENCY.replace("{lexeme}", "f.lexeme"))
 
 

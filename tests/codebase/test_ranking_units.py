@@ -56,6 +56,25 @@ def test_derived_forms_add_and_remove_common_suffixes() -> None:
     assert "retry" not in bm25.derived_forms("retry")
 
 
+@pytest.mark.parametrize(
+    ("word", "forms"),
+    [
+        ("retry", {"retries", "retried", "retrying"}),
+        ("retries", {"retry", "retried"}),
+        ("parse", {"parses", "parsed", "parsing", "parser"}),
+        ("parsing", {"parse", "parsed"}),
+        ("stopping", {"stop", "stopped"}),
+        ("compute", {"computation", "computing", "computes"}),
+        ("normalize", {"normalization", "normalized", "normalizer"}),
+    ],
+)
+def test_inflection_candidates_cover_regular_english(word: str, forms: set[str]) -> None:
+    found = bm25.inflection_candidates(word)
+    assert forms <= set(found)
+    assert word not in found
+    assert bm25.inflection_candidates("42") == bm25.inflection_candidates("ab") == []
+
+
 def test_terms_keep_the_closest_relation_and_drop_unknown_words() -> None:
     rows = [
         ("retry", "retry", bm25.EXACT, 10),
