@@ -138,6 +138,9 @@ class JobManager:
         self.serve_queue = serve_queue
         self.reachable = reachable
         self._by_id: dict[str, RunningJob] = {}
+        # Jobs this process queued (a forced job behind a running one): it runs them when
+        # their turn comes even if it serves no queue (the CLI), unless another does.
+        self._queued_here: set[str] = set()
         self._keeper = lease.LeaseKeeper(pool, owner, lease_seconds, self._lost)
         self._tasks: list[asyncio.Task[None]] = []
         self._kick = asyncio.Event()
@@ -208,6 +211,7 @@ class JobManager:
                     run_here = answer = await self._insert_running(conn, repository, force)
                 elif plan.insert == "queued":
                     answer = await job_queue.insert(conn, repository, True, None, plan.message)
+                    self._queued_here.add(answer.id)
                 if plan.take is not None:
                     target = next(a for a in active if a.id == plan.take)
                     run_here, previous = await job_queue.claim(
@@ -250,6 +254,7 @@ class JobManager:
         return info
 
     def _launch(self, info: JobInfo, sent: float) -> RunningJob:
+        self._queued_here.discard(info.id)
         job = RunningJob(info, self.pool, self.owner)
         self._keeper.track(job.lease_name, sent)
         self._by_id[info.id] = job
@@ -345,7 +350,7 @@ class JobManager:
         jobs running here, every poll_seconds or when a job here ends."""
         while not self._closed:
             try:
-                while self.serve_queue and await self.claim_next() is not None:
+                while (self.serve_queue or self._queued_here) and await self.claim_next():
                     pass
                 await self._read_cancels()
             except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
@@ -361,7 +366,16 @@ class JobManager:
             return None
         async with self.pool.acquire() as conn:
             candidates, now = await job_queue.claimable(conn)
+            if not self.serve_queue:
+                self._queued_here &= {c.id for c in candidates}  # others took or ended them
+                candidates = [
+                    c
+                    for c in candidates
+                    if c.id in self._queued_here or c.state is JobState.RUNNING
+                ]
             pick = job_queue.pick_claim(candidates, self.owner, now, self.reachable)
+            if pick is not None and not self.serve_queue and pick.id not in self._queued_here:
+                return None
             if pick is None:
                 return None
             sent = time.monotonic()
