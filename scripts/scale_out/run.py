@@ -40,7 +40,6 @@ sys.path.insert(0, str(ROOT))
 
 import asyncpg  # noqa: E402
 import httpx  # noqa: E402
-
 from tests.codebase.fixtures_engine import migrate  # noqa: E402
 from tests.support.fake_ollama import FakeOllama  # noqa: E402
 from tests.support.http_servers import (  # noqa: E402
