@@ -353,8 +353,8 @@ class JobManager:
                 while (self.serve_queue or self._queued_here) and await self.claim_next():
                     pass
                 await self._read_cancels()
-            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-                log.warning("could not poll the job queue", error=str(exc))
+            except Exception as exc:  # the poller must outlive a database outage
+                log.warning("could not poll the job queue", error=f"{type(exc).__name__}: {exc}")
             with anyio.move_on_after(self.poll_seconds):
                 await self._kick.wait()
             self._kick.clear()

@@ -194,8 +194,10 @@ class LeaseKeeper:
             with anyio.fail_after(max(self.ttl / 3, 1.0)):
                 async with self.pool.acquire() as conn:
                     kept = await renew(conn, self.owner, names, self.ttl)
-        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-            log.warning("could not renew leases", leases=len(names), error=str(exc))
+        except Exception as exc:  # the database away, the pool closing: try again soon
+            log.warning(
+                "could not renew leases", leases=len(names), error=f"{type(exc).__name__}: {exc}"
+            )
             self._drop(lapsed(self._valid, time.monotonic()))
             return False
         for name in names:
