@@ -436,7 +436,3 @@ async def is_running(conn: db.Conn, repository: str) -> bool:
             repository,
         )
     )
-
-
-async def running_count(conn: db.Conn) -> int:
-    return int(await conn.fetchval("SELECT count(*) FROM jobs WHERE state = 'running'"))

@@ -23,21 +23,31 @@ CHECKS: dict[str, str] = {
     "duplicate_files": """
         SELECT count(*) FROM (SELECT 1 FROM files GROUP BY repository_id, path
                               HAVING count(*) > 1) d""",
-    # BM25's N and total length, kept per repository
+    # BM25's N and total length per repository (folded in, plus deltas not yet folded)
     "repositories_with_wrong_chunk_count": """
         SELECT count(*) FROM repositories r
-        WHERE r.chunk_count <> (SELECT count(*) FROM chunks c WHERE c.repository_id = r.id)
-           OR r.body_length_sum <> (SELECT coalesce(sum(body_length), 0) FROM chunks c
-                                    WHERE c.repository_id = r.id)""",
-    # document frequencies kept per word: equal to a recount over the chunks
+        LEFT JOIN (SELECT repository_id, sum(chunks) AS chunks,
+                          sum(body_length) AS body_length
+                   FROM corpus_deltas GROUP BY repository_id) d ON d.repository_id = r.id
+        WHERE r.chunk_count + coalesce(d.chunks, 0)
+                <> (SELECT count(*) FROM chunks c WHERE c.repository_id = r.id)
+           OR r.body_length_sum + coalesce(d.body_length, 0)
+                <> (SELECT coalesce(sum(body_length), 0) FROM chunks c
+                    WHERE c.repository_id = r.id)""",
+    # document frequencies kept per word (the same way): equal to a recount over the chunks
     "wrong_document_frequencies": """
         WITH recount AS (
             SELECT c.repository_id, l AS lexeme, count(*)::int AS df
             FROM chunks c, unnest(tsvector_to_array(c.tsv)) AS l
             GROUP BY c.repository_id, l
+        ), kept AS (
+            SELECT repository_id, lexeme, sum(df)::int AS df FROM (
+                SELECT repository_id, lexeme, df FROM lexeme_stats
+                UNION ALL SELECT repository_id, lexeme, delta FROM lexeme_deltas
+            ) k GROUP BY repository_id, lexeme HAVING sum(df) <> 0
         )
         SELECT count(*) FROM recount r
-        FULL JOIN (SELECT * FROM lexeme_stats WHERE df > 0) s
+        FULL JOIN kept s
             ON s.repository_id = r.repository_id AND s.lexeme = r.lexeme COLLATE "C"
         WHERE r.df IS DISTINCT FROM s.df""",
     # chunks of an embedded file without a vector
