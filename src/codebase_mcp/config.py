@@ -115,6 +115,22 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(
         8, ge=2, le=200, validation_alias=AliasChoices("CODEBASE_DB_POOL_SIZE", "db_pool_size")
     )
+    # A running index job's lease (codebase_mcp/lease.py): renewed every third of it; a
+    # job whose replica stops renewing it for this long is taken over by another.
+    job_lease_seconds: float = Field(
+        30.0,
+        ge=3,
+        le=3600,
+        validation_alias=AliasChoices("CODEBASE_JOB_LEASE_SECONDS", "job_lease_seconds"),
+    )
+    # How often a server looks for jobs to take from the queue (handed back, or whose
+    # lease expired).
+    job_poll_seconds: float = Field(
+        2.0,
+        gt=0,
+        le=60,
+        validation_alias=AliasChoices("CODEBASE_JOB_POLL_SECONDS", "job_poll_seconds"),
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -33,7 +33,7 @@ else:  # asyncpg's classes are generic only in the stubs
     Pool = asyncpg.Pool
 
 # The alembic head this code expects (a test checks it against migrations/).
-SCHEMA_HEAD = "0006"
+SCHEMA_HEAD = "0007"
 
 _HEADER = struct.Struct(">HH")
 _BIG_ENDIAN = sys.byteorder == "big"
@@ -89,15 +89,27 @@ async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
         )
 
 
-async def create_pool(settings: Settings) -> Pool:
-    """A pool with the vector codec; connection failures become a clear EngineError."""
+async def create_pool(
+    settings: Settings,
+    application_name: str = "codebase-mcp",
+    idle_in_transaction_timeout: float | None = None,
+) -> Pool:
+    """A pool with the vector codec; connection failures become a clear EngineError.
+    `application_name` names its sessions (lease.evict finds a replica's by it);
+    `idle_in_transaction_timeout` (s) lets PostgreSQL end a session whose client stopped
+    inside a transaction (a hung replica's locks do not outlive it)."""
+    server_settings = {"application_name": application_name}
+    if idle_in_transaction_timeout:
+        server_settings["idle_in_transaction_session_timeout"] = str(
+            int(idle_in_transaction_timeout * 1000)
+        )
     try:
         pool = await asyncpg.create_pool(
             settings.asyncpg_dsn,
             min_size=1,
             max_size=settings.db_pool_size,
             init=_init_connection,
-            server_settings={"application_name": "codebase-mcp"},
+            server_settings=server_settings,
             timeout=10,
         )
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
@@ -372,16 +384,11 @@ async def replace_files(
 
 # --- jobs -----------------------------------------------------------------------------
 
-_JOB_COLUMNS = """id, repository_path, state, force, files_total, files_done, files_unchanged,
-    files_deleted, skipped, chunks_total, chunks_done, errors, message, created_at,
-    started_at, finished_at"""
+JOB_COLUMNS = """id, repository_path, state, force, owner, files_total, files_done,
+    files_unchanged, files_deleted, skipped, chunks_total, chunks_done, errors, message,
+    created_at, started_at, finished_at"""
 
-# Built from constants only.
-_INSERT_JOB = (
-    "INSERT INTO jobs (id, repository_path, state, force, owner) "  # noqa: S608
-    f"VALUES ($1, $2, 'queued', $3, $4) RETURNING {_JOB_COLUMNS}"
-)
-_SELECT_JOB = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = $1"  # noqa: S608
+_SELECT_JOB = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"  # noqa: S608 - constants
 
 
 def job_from_row(row: asyncpg.Record) -> JobInfo:
@@ -408,6 +415,7 @@ def job_from_row(row: asyncpg.Record) -> JobInfo:
         created_at=row["created_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
+        replica=row["owner"],
     )
 
 
@@ -416,43 +424,6 @@ def parse_job_id(job_id: str) -> uuid.UUID | None:
         return uuid.UUID(str(job_id))
     except ValueError:
         return None
-
-
-async def insert_job(conn: Conn, repository_path: str, force: bool, owner: str) -> JobInfo:
-    row = await conn.fetchrow(
-        _INSERT_JOB,
-        uuid.uuid4(),
-        repository_path,
-        force,
-        owner,
-    )
-    assert row is not None
-    return job_from_row(row)
-
-
-async def save_job(conn: Conn, job: JobInfo) -> None:
-    await conn.execute(
-        """
-        UPDATE jobs SET state = $2, files_total = $3, files_done = $4, files_unchanged = $5,
-            files_deleted = $6, chunks_total = $7, chunks_done = $8, errors = $9::jsonb,
-            message = $10, started_at = $11, finished_at = $12, skipped = $13::jsonb,
-            updated_at = now()
-        WHERE id = $1
-        """,
-        uuid.UUID(job.id),
-        job.state.value,
-        job.files_total,
-        job.files_done,
-        job.files_unchanged,
-        job.files_deleted,
-        job.chunks_total,
-        job.chunks_done,
-        json.dumps([{"path": e.path, "error": e.error} for e in job.errors]),
-        job.message,
-        job.started_at,
-        job.finished_at,
-        json.dumps(dict(job.skipped)),
-    )
 
 
 async def get_job(conn: Conn, job_id: str) -> JobInfo | None:
@@ -475,28 +446,6 @@ async def last_interrupted_job(conn: Conn, repository_path: str, other_than: str
     if row is None or row["state"] != JobState.INTERRUPTED.value:
         return None
     return str(row["id"])
-
-
-async def interrupt_orphaned_jobs(
-    conn: Conn, host: str, message: str, stale_after_s: float = 300.0
-) -> int:
-    """Jobs left queued/running by a process that died: mark them interrupted.
-
-    Replicas share the database, so only jobs of this host (a restarted container keeps
-    its hostname) or jobs whose progress stalled for `stale_after_s` are taken."""
-    status = await conn.execute(
-        """
-        UPDATE jobs SET state = 'interrupted', message = $1, finished_at = now(),
-            updated_at = now()
-        WHERE state IN ('queued', 'running')
-          AND (owner IS NULL OR split_part(owner, ':', 1) = $2
-               OR updated_at < now() - make_interval(secs => $3))
-        """,
-        message,
-        host,
-        stale_after_s,
-    )
-    return int(status.split()[-1])
 
 
 async def job_counts(conn: Conn) -> dict[str, int]:

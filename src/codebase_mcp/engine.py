@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import socket
 import time
 from concurrent.futures import Executor, Future
@@ -19,7 +20,7 @@ import anyio
 import asyncpg
 import structlog
 
-from codebase_mcp import db, paths, stats, tokens, validate, vector_index
+from codebase_mcp import db, job_queue, lease, paths, stats, tokens, validate, vector_index
 from codebase_mcp.config import Settings
 from codebase_mcp.discover import resolve_under_roots
 from codebase_mcp.embed import Embedder, create_embedder
@@ -79,15 +80,15 @@ log = structlog.get_logger(__name__)
 EMBEDDER_COOLDOWN_S = 5.0
 QUERY_EMBED_TIMEOUT_S = 10.0
 HEALTH_CACHE_S = 5.0
-# Advisory lock class for "a job indexes this repository" (the key is the path's hash).
-REPOSITORY_LOCK = 0x6362
 
 
 class Engine:
     """Use `engine = await Engine.create(settings)` (or `async with Engine(settings)`).
 
     `embedder` replaces the HTTP embedder built from the settings (benchmarks plug an
-    instant one in); pass `embedder=None` with `use_embedder=False` for lexical only."""
+    instant one in); pass `embedder=None` with `use_embedder=False` for lexical only.
+    `serve_queue`: take jobs from the queue every replica shares (a server does; the CLI
+    runs only the jobs it starts)."""
 
     def __init__(
         self,
@@ -95,23 +96,23 @@ class Engine:
         *,
         embedder: Embedder | None = None,
         use_embedder: bool = True,
+        serve_queue: bool = False,
     ) -> None:
         self.settings = settings
         self._embedder_override = embedder
         self._use_embedder = use_embedder
+        self._serve_queue = serve_queue
         self._pool: db.Pool | None = None
         self._embedder: Embedder | None = None
         self._jobs: JobManager | None = None
         self._executor: Executor | None = None
-        self._owner = f"{socket.gethostname()}:{os.getpid()}"
+        # Who holds this process's leases; its database sessions carry the token.
+        self.owner = lease.owner_id(socket.gethostname(), os.getpid(), secrets.token_hex(4))
         self._embedder_down_until = 0.0
         self._embedder_error: str | None = None
         self._health_cache: tuple[float, dict[str, Any]] | None = None
         self._warming: list[Future[int]] = []
         self._maintenance: asyncio.Task[None] | None = None
-        # Held from the overlap check until the job exists, so that two calls cannot
-        # both pass it for overlapping paths.
-        self._admission = asyncio.Lock()
         self._closed = False
 
     @classmethod
@@ -121,27 +122,37 @@ class Engine:
         return engine
 
     async def start(self) -> None:
-        """Open the pool, check the schema, mark jobs left `running` as interrupted."""
-        pool = await db.create_pool(self.settings)
+        """Open the pool, check the schema, start the lease renewals and (serve_queue)
+        the poller that takes jobs from the queue: jobs handed back, or whose replica
+        stopped renewing their lease."""
+        lease_s = self.settings.job_lease_seconds
+        pool = await db.create_pool(
+            self.settings,
+            application_name=lease.session_name(self.owner),
+            # A hung replica's open transaction must not outlive its lease for long.
+            idle_in_transaction_timeout=lease_s,
+        )
         try:
             async with pool.acquire() as conn:
                 await db.check_schema(conn, self.settings.embedding_dimensions)
-                orphans = await db.interrupt_orphaned_jobs(
-                    conn,
-                    socket.gethostname(),
-                    "the server stopped while the job ran; index the repository again to resume",
-                )
         except BaseException:
             await pool.close()
             raise
-        if orphans:
-            log.info("marked jobs of a previous run interrupted", jobs=orphans)
         self._pool = pool
         if self._embedder_override is not None:
             self._embedder = self._embedder_override
         elif self._use_embedder:
             self._embedder = create_embedder(self.settings)
-        self._jobs = JobManager(pool, self._owner, self._run_job)
+        self._jobs = JobManager(
+            pool,
+            self.owner,
+            self._run_job,
+            lease_seconds=lease_s,
+            poll_seconds=self.settings.job_poll_seconds,
+            serve_queue=self._serve_queue,
+            reachable=self._reachable,
+        )
+        self._jobs.open()
         self._warming = self._start_workers()
         # A bulk load cut short (a stop, a crash) left the vector index set aside.
         self._maintenance = asyncio.get_running_loop().create_task(self._leftovers())
@@ -239,17 +250,11 @@ class Engine:
                     path = await conn.fetchval(
                         "SELECT path FROM repositories WHERE id = $1", repository_id
                     )
-                    # A job running there (on any replica) folds them in when it ends.
-                    if path is None or not await conn.fetchval(
-                        "SELECT pg_try_advisory_lock($1, hashtext($2))", REPOSITORY_LOCK, path
-                    ):
+                    # A job running there (on any replica, or waiting for a takeover)
+                    # folds them in when it ends.
+                    if path is None or await job_queue.is_running(conn, path):
                         continue
-                    try:
-                        await stats.compact(conn, repository_id)
-                    finally:
-                        await conn.execute(
-                            "SELECT pg_advisory_unlock($1, hashtext($2))", REPOSITORY_LOCK, path
-                        )
+                    await stats.compact(conn, repository_id)
         except Exception as exc:  # searches still answer (deltas count); next start retries
             log.warning("could not fold in the statistics of an interrupted job", error=str(exc))
 
@@ -259,22 +264,23 @@ class Engine:
         except Exception as exc:  # searches still answer; the next job tries again
             log.warning("could not build the vector index", error=str(exc))
 
+    def _reachable(self, repository: str) -> bool:
+        """Whether a queued job's repository is one this replica may index: under its
+        CODEBASE_ROOTS, and a directory here."""
+        try:
+            return resolve_under_roots(paths.to_os(repository), self.settings.roots).is_dir()
+        except Exception:  # outside the roots, or not a path at all
+            return False
+
     async def _run_job(self, job: RunningJob) -> Outcome:
-        # Replicas share the database: one indexer per repository at a time, the others
-        # wait here (the lock goes with the connection if this process dies).
-        async with self.pool.acquire() as lock_conn:
-            await lock_conn.execute(
-                "SELECT pg_advisory_lock($1, hashtext($2))", REPOSITORY_LOCK, job.info.repository
+        # One job per repository runs across replicas: the jobs table's unique index says
+        # so, and every write checks the job's lease (RunningJob.fence).
+        if not self._reachable(job.info.repository):
+            raise EngineError(
+                f"{job.info.repository} is not a directory under CODEBASE_ROOTS on the "
+                f"replica {self.owner}"
             )
-            try:
-                return await self._index(job)
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await lock_conn.execute(
-                        "SELECT pg_advisory_unlock($1, hashtext($2))",
-                        REPOSITORY_LOCK,
-                        job.info.repository,
-                    )
+        return await self._index(job)
 
     async def _index(self, job: RunningJob) -> Outcome:
         run = IndexRun(
@@ -320,23 +326,24 @@ class Engine:
         if not resolved.is_dir():
             raise validate.InvalidArgumentError(f"path: {shown} is not a directory")
         repository = paths.to_text(str(resolved))
-        async with self._admission:
-            async with self.pool.acquire() as conn:
-                indexed = await db.repository_paths(conn)
-            containing, inside = validate.overlaps(
-                repository, [*indexed, *self.jobs.active_repositories()]
-            )
+
+        async def refuse_overlaps(conn: db.Conn) -> None:
+            # Inside the admission's transaction: across replicas, one at a time.
+            indexed = await db.repository_paths(conn)
+            active = await job_queue.active_repositories(conn)
+            containing, inside = validate.overlaps(repository, [*indexed, *active])
             if containing or inside:
                 raise validate.overlap_error(repository, containing, inside)
-            return await self.jobs.start(repository, force, progress)
+
+        return await self.jobs.start(repository, force, progress, refuse_overlaps)
 
     async def wait_job(self, job_id: str) -> JobInfo:
-        """Wait until the job has finished (any final state) and return it (callers bound
-        the wait with anyio.fail_after)."""
+        """Wait until the job has finished (any final state), wherever it runs, and return
+        it (callers bound the wait with anyio.fail_after)."""
         return await self.jobs.wait(job_id)
 
     async def cancel_job(self, job_id: str) -> JobInfo:
-        """Stop a running job at its next safe point; it ends `cancelled`."""
+        """Stop a job at its next safe point, wherever it runs; it ends `cancelled`."""
         return await self.jobs.cancel(validate.name("job_id", job_id))
 
     async def job_status(self, job_id: str) -> JobInfo:
@@ -416,8 +423,7 @@ class Engine:
         """Delete a repository with its files and chunks; raises RepositoryNotFoundError.
         Jobs running or queued for it are cancelled first."""
         found = await self._find_repository(path, "path")
-        for job in self.jobs.jobs_for(found):
-            await self.jobs.cancel(job.info.id)
+        await self.jobs.cancel_repository(found)
         async with self.pool.acquire() as conn:
             info = await db.repository_info(conn, found)
             await db.delete_repository(conn, found)
@@ -434,13 +440,15 @@ class Engine:
         if self._health_cache is not None and now - self._health_cache[0] < HEALTH_CACHE_S:
             return self._health_cache[1]
         database: dict[str, Any]
-        jobs: dict[str, Any] = {"running": self._jobs.running if self._jobs else 0}
+        # Running jobs across every replica (the table), and those running here.
+        jobs: dict[str, Any] = {"running": 0, "here": self._jobs.running if self._jobs else 0}
         started = time.perf_counter()
         try:
             with anyio.fail_after(3):
                 async with self.pool.acquire() as conn:
                     await conn.fetchval("SELECT 1")
                     jobs["by_state"] = await db.job_counts(conn)
+                    jobs["running"] = jobs["by_state"].get(JobState.RUNNING.value, 0)
             database = {
                 "ok": True,
                 "url": self.settings.database_url_masked,

@@ -246,6 +246,10 @@ class JobControl(Protocol):
 
     async def report(self, **changes: Any) -> None: ...
 
+    async def fence(self, conn: db.Conn) -> None:
+        """Inside each write's transaction: raise unless the job is still this
+        process's to run (its lease; another replica may have taken it over)."""
+
 
 @dataclass
 class Counters:
@@ -361,7 +365,8 @@ class IndexRun:
         )
 
         if plan.deleted:
-            async with self.pool.acquire() as conn:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await self.job.fence(conn)
                 c.files_deleted = await db.delete_files(conn, repo.id, plan.deleted)
         c.files_total = len(discovered)
         c.files_done = c.files_unchanged = plan.unchanged
@@ -529,6 +534,7 @@ class IndexRun:
                 sum(ch[9] for f in batch.files for ch in f.chunks),
             )
             async with self.pool.acquire() as conn, conn.transaction():
+                await self.job.fence(conn)
                 await db.replace_files(
                     conn,
                     repository_id,

@@ -1,28 +1,41 @@
-"""Index jobs at run time: one task per job, at most one job per repository, persisted in
-the jobs table at every step, stoppable at a safe point (cancel, shutdown).
+"""Index jobs at run time in this process: the jobs it runs (one task each, under a
+lease it renews), what it takes from the queue every replica shares, and following,
+cancelling and stopping jobs wherever they run.
 
-The pipeline itself lives in index.py; this module owns states and their transitions.
+The queue's rules and SQL are in job_queue.py, the lease in lease.py, the pipeline in
+index.py; this module owns the tasks and their transitions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio
+import asyncpg
 import structlog
 
-from codebase_mcp import db
+from codebase_mcp import db, job_queue, lease
 from codebase_mcp.errors import EngineError, JobNotFoundError, first_cause
+from codebase_mcp.job_queue import StopReason
 from codebase_mcp.models import JobInfo, JobState, Progress, ProgressCallback
 
 log = structlog.get_logger(__name__)
 
 # Finished jobs kept in memory for status calls; older ones come from the database.
 MAX_REMEMBERED = 256
+# A replica takes jobs from the queue while it runs fewer than this; jobs started on it by
+# a call always start.
+QUEUE_SLOTS = 2
+# Between reads of a job another replica runs (wait, cancel).
+FOLLOW_POLL = 0.25
+# How long a claim waits for a lock (a hung holder's write in flight) before it ends the
+# holder's sessions and tries again at the next poll.
+CLAIM_LOCK_TIMEOUT = "2s"
 
 
 @dataclass(frozen=True)
@@ -33,34 +46,15 @@ class Outcome:
     message: str | None = None
 
 
-def final_state(
-    outcome: Outcome | None, stop_state: JobState | None, error: str | None
-) -> tuple[JobState, str | None]:
-    """The state a job ends in and its message (pure).
-
-    outcome None means the run did not return (an exception or a hard cancel). An error
-    while a stop was requested is part of stopping (e.g. worker processes that got the
-    same SIGTERM): the job is resumable, not failed."""
-    if error is not None and stop_state is None:
-        return JobState.FAILED, error
-    if outcome is None or outcome.stopped:
-        state = stop_state or JobState.INTERRUPTED
-        why = "cancelled by request" if state is JobState.CANCELLED else "stopped by shutdown"
-        note = f"{why}; index the repository again to resume"
-        detail = error or (outcome.message if outcome is not None else None)
-        if detail:
-            note += f" ({detail})"
-        return state, note
-    return JobState.COMPLETED, outcome.message
-
-
 class RunningJob:
-    """A job in this process: its latest info, its stop request and its task."""
+    """A job this process runs: its latest info, its stop request and its task."""
 
-    def __init__(self, info: JobInfo, pool: db.Pool) -> None:
+    def __init__(self, info: JobInfo, pool: db.Pool, owner: str) -> None:
         self.info = info
         self.pool = pool
-        self.stop_state: JobState | None = None
+        self.owner = owner
+        self.note = info.message  # how it came here (a takeover, a resume)
+        self.stop: StopReason | None = None
         self.stopping = asyncio.Event()
         self.done = asyncio.Event()
         self.scope = anyio.CancelScope()
@@ -68,20 +62,41 @@ class RunningJob:
         self.task: asyncio.Task[None] | None = None
 
     @property
-    def stop_requested(self) -> bool:
-        return self.stop_state is not None
+    def lease_name(self) -> str:
+        return job_queue.lease_name(self.info.id)
 
-    def request_stop(self, state: JobState) -> None:
-        if self.stop_state is None:
-            self.stop_state = state
+    @property
+    def stop_requested(self) -> bool:
+        return self.stop is not None
+
+    def request_stop(self, reason: StopReason) -> None:
+        # A lost lease overrides any other reason: the job is no longer ours to record.
+        if self.stop is None or reason == "lost":
+            self.stop = reason
             self.stopping.set()
 
     async def report(self, **changes: Any) -> None:
-        """Record progress: in memory, in the jobs table, and to progress callbacks."""
+        """Record progress: in memory, in the jobs table (where a cancel request is read),
+        and to progress callbacks. Raises LeaseLostError when the job moved on."""
         self.info = replace(self.info, **changes)
         async with self.pool.acquire() as conn:
-            await db.save_job(conn, self.info)
+            try:
+                cancel = await job_queue.save_progress(conn, self.info, self.owner)
+            except lease.LeaseLostError:
+                self.request_stop("lost")
+                raise
+        if cancel:
+            self.request_stop("cancel")
         await self._notify(self.info.message or "")
+
+    async def fence(self, conn: db.Conn) -> None:
+        """Inside a write's transaction: the write lands only while this process holds
+        the job's lease (see lease.fence)."""
+        try:
+            await lease.fence(conn, self.lease_name, self.owner)
+        except lease.LeaseLostError:
+            self.request_stop("lost")
+            raise
 
     async def _notify(self, message: str = "") -> None:
         i = self.info
@@ -97,133 +112,226 @@ class RunningJob:
 
 
 Runner = Callable[[RunningJob], Awaitable[Outcome]]
+# Runs inside the admission's transaction (e.g. the overlap check); raises to refuse.
+AdmissionCheck = Callable[[db.Conn], Awaitable[None]]
 
 
 class JobManager:
-    def __init__(self, pool: db.Pool, owner: str, runner: Runner) -> None:
+    """`open()` starts the lease renewals and the queue's poller; `stop_all()` stops."""
+
+    def __init__(
+        self,
+        pool: db.Pool,
+        owner: str,
+        runner: Runner,
+        *,
+        lease_seconds: float = 30.0,
+        poll_seconds: float = 2.0,
+        serve_queue: bool = False,
+        reachable: Callable[[str], bool] = lambda _: True,
+    ) -> None:
         self.pool = pool
         self.owner = owner
         self.runner = runner
-        self._active: dict[str, RunningJob] = {}  # by repository path
-        # A forced job asked for while a job without force runs: it starts when that ends.
-        self._queued: dict[str, RunningJob] = {}
+        self.lease_seconds = lease_seconds
+        self.poll_seconds = poll_seconds
+        self.serve_queue = serve_queue
+        self.reachable = reachable
         self._by_id: dict[str, RunningJob] = {}
-        self._lock = asyncio.Lock()
+        # Jobs this process queued (a forced job behind a running one): it runs them when
+        # their turn comes even if it serves no queue (the CLI), unless another does.
+        self._queued_here: set[str] = set()
+        self._keeper = lease.LeaseKeeper(pool, owner, lease_seconds, self._lost)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._kick = asyncio.Event()
         self._closed = False
+
+    def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._keeper.run()),
+            loop.create_task(self._poll()),
+        ]
 
     @property
     def running(self) -> int:
-        return len(self._active)
+        """Jobs running in this process."""
+        return sum(1 for j in self._by_id.values() if not j.done.is_set())
 
-    def active_repositories(self) -> list[str]:
-        """Repositories with a job running or queued in this process."""
-        return list(self._active.keys() | self._queued.keys())
+    def _lost(self, name: str) -> None:
+        for job in self._by_id.values():
+            if job.lease_name == name and not job.done.is_set():
+                job.request_stop("lost")
 
-    def jobs_for(self, repository: str) -> list[RunningJob]:
-        """The repository's queued job (first: cancelled first, it never starts) and its
-        running job."""
-        found = (self._queued.get(repository), self._active.get(repository))
-        return [job for job in found if job is not None]
+    # --- starting -----------------------------------------------------------------------
 
     async def start(
-        self, repository: str, force: bool, progress: ProgressCallback | None
+        self,
+        repository: str,
+        force: bool,
+        progress: ProgressCallback | None,
+        check: AdmissionCheck | None = None,
     ) -> JobInfo:
-        """Start a job for the repository, or return the one that covers the request:
-        the running job; with `force` while a job without it runs, a forced job queued
-        to start when that one ends (created once, returned to every such call)."""
-        async with self._lock:
-            if self._closed:
-                raise EngineError("the engine is shutting down; no new jobs")
-            active = self._active.get(repository)
-            queued = self._queued.get(repository)
-            if force and active is not None and not active.info.force:
-                job = queued or await self._launch(repository, True, after=active)
-            else:
-                job = active or queued or await self._launch(repository, force, after=None)
+        """The job that covers a request to index `repository` (job_queue.admit): the
+        one running for it anywhere, a forced one queued behind it, a queued one taken
+        to run here, or a new one that starts here."""
+        if self._closed:
+            raise EngineError("the engine is shutting down; no new jobs")
+        for attempt in range(3):
+            try:
+                return await self._admit(repository, force, progress, check)
+            except asyncpg.UniqueViolationError:
+                # A replica claimed a queued job of this repository meanwhile: look again.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _admit(
+        self,
+        repository: str,
+        force: bool,
+        progress: ProgressCallback | None,
+        check: AdmissionCheck | None,
+    ) -> JobInfo:
+        sent = time.monotonic()
+        run_here: JobInfo | None = None
+        previous: str | None = None
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                await job_queue.lock_admission(conn)
+                if check is not None:
+                    await check(conn)
+                active = await job_queue.active_jobs(conn, repository)
+                now = await job_queue.db_now(conn)
+                plan = job_queue.admit(active, force, self.owner, now)
+                if plan.force_up is not None:
+                    await job_queue.make_forced(conn, plan.force_up)
+                answer: JobInfo | None = None
+                if plan.insert == "running":
+                    run_here = answer = await self._insert_running(conn, repository, force)
+                elif plan.insert == "queued":
+                    answer = await job_queue.insert(conn, repository, True, None, plan.message)
+                    self._queued_here.add(answer.id)
+                if plan.take is not None:
+                    target = next(a for a in active if a.id == plan.take)
+                    run_here, previous = await job_queue.claim(
+                        conn,
+                        target,
+                        self.owner,
+                        self.lease_seconds,
+                        job_queue.claim_note(target, self.owner),
+                    )
+                if answer is None:
+                    assert plan.answer is not None
+                    if run_here is not None and run_here.id == plan.answer:
+                        answer = run_here
+                    else:
+                        answer = await db.get_job(conn, plan.answer)
+                assert answer is not None
+            if previous is not None:
+                await self._evict(conn, previous)
+        if run_here is not None:
+            self._launch(run_here, sent)
+        job = self._by_id.get(answer.id)
+        if job is not None and not job.done.is_set():
             if progress is not None:
                 job.callbacks.append(progress)
             return job.info
+        return answer
 
-    async def _launch(self, repository: str, force: bool, after: RunningJob | None) -> RunningJob:
-        async with self.pool.acquire() as conn:
-            info = await db.insert_job(conn, repository, force, self.owner)
-            if after is not None:
-                info = replace(
-                    info,
-                    message=f"queued: a job without force ({after.info.id}) runs for this "
-                    "repository; this forced job starts when it ends",
-                )
-                await db.save_job(conn, info)
-            else:
-                resumed = await db.last_interrupted_job(conn, repository, info.id)
-                if resumed is not None:
-                    info = replace(info, message=f"resumes interrupted job {resumed}")
-        job = RunningJob(info, self.pool)
-        (self._active if after is None else self._queued)[repository] = job
+    async def _insert_running(self, conn: db.Conn, repository: str, force: bool) -> JobInfo:
+        info = await job_queue.insert(conn, repository, force, self.owner, None)
+        taken, _ = await lease.acquire(
+            conn, job_queue.lease_name(info.id), self.owner, self.lease_seconds
+        )
+        assert taken, "a new job's lease is free"
+        resumed = await db.last_interrupted_job(conn, repository, info.id)
+        if resumed is not None:
+            info = replace(info, message=f"resumes interrupted job {resumed}")
+            await conn.execute(
+                "UPDATE jobs SET message = $2 WHERE id = $1", db.parse_job_id(info.id), info.message
+            )
+        return info
+
+    def _launch(self, info: JobInfo, sent: float) -> RunningJob:
+        self._queued_here.discard(info.id)
+        job = RunningJob(info, self.pool, self.owner)
+        self._keeper.track(job.lease_name, sent)
         self._by_id[info.id] = job
-        job.task = asyncio.get_running_loop().create_task(self._run(job, after))
+        job.task = asyncio.get_running_loop().create_task(self._run(job))
+        log.info(
+            "index job started here",
+            job=info.id,
+            repository=info.repository,
+            note=info.message,
+        )
         return job
 
-    async def _take_turn(self, job: RunningJob, after: RunningJob) -> bool:
-        """Wait until `after` has ended, then become the repository's active job; False
-        when a stop came first."""
-        waits = [
-            asyncio.ensure_future(after.done.wait()),
-            asyncio.ensure_future(job.stopping.wait()),
-        ]
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waits:
-                w.cancel()
-        if job.stop_requested:
-            return False
-        repository = job.info.repository
-        del self._queued[repository]
-        self._active[repository] = job
-        return True
+    async def _evict(self, conn: db.Conn, previous: str) -> None:
+        ended = await lease.evict(conn, previous)
+        log.info("took over a job whose lease expired", previous_owner=previous, sessions=ended)
 
-    async def _run(self, job: RunningJob, after: RunningJob | None = None) -> None:
+    # --- running ------------------------------------------------------------------------
+
+    async def _run(self, job: RunningJob) -> None:
         outcome: Outcome | None = None
         error: str | None = None
         try:
             with job.scope:
-                if after is not None and not await self._take_turn(job, after):
-                    outcome = Outcome(stopped=True)
-                    return
-                changes: dict[str, Any] = {"message": None} if after is not None else {}
-                await job.report(state=JobState.RUNNING, started_at=db.now_utc(), **changes)
                 outcome = await self.runner(job)
         except Exception as exc:
             cause = first_cause(exc)
-            if isinstance(cause, EngineError):
+            if isinstance(cause, lease.LeaseLostError):
+                job.request_stop("lost")
+            elif isinstance(cause, EngineError):
                 error = str(cause)
-            else:
+            elif job.stop is None:
                 log.error("index job failed", job=job.info.id, exc_info=cause)
                 error = f"{type(cause).__name__}: {cause}"
+            else:
+                error = f"{type(cause).__name__}: {cause}"
         finally:
-            state, message = final_state(outcome, job.stop_state, error)
-            job.info = replace(job.info, state=state, message=message, finished_at=db.now_utc())
+            end = job_queue.ending(
+                None if outcome is None else outcome.stopped,
+                None if outcome is None else outcome.message,
+                job.stop,
+                error,
+                self.owner,
+            )
             with anyio.CancelScope(shield=True):
-                try:
-                    async with self.pool.acquire() as conn:
-                        await db.save_job(conn, job.info)
-                except Exception as exc:  # the database may be gone at shutdown
-                    log.warning("could not record the job's end", job=job.info.id, error=str(exc))
-                await job._notify(state.value)
-            for table in (self._active, self._queued):
-                if table.get(job.info.repository) is job:
-                    del table[job.info.repository]
+                await self._record(job, end)
+                self._keeper.forget(job.lease_name)
             job.done.set()
+            self._kick.set()  # a job queued behind this one may start now
             self._forget_finished()
             log.info(
-                "index job finished",
+                "index job ended here",
                 job=job.info.id,
                 repository=job.info.repository,
-                state=state.value,
+                state=end.state.value if end.state is not None else "moved to another replica",
                 files=job.info.files_done,
                 chunks=job.info.chunks_done,
             )
+
+    async def _record(self, job: RunningJob, end: job_queue.Ending) -> None:
+        if not end.record or end.state is None:
+            return
+        message = end.message
+        if end.state is JobState.COMPLETED and message is None:
+            message = job.note
+        finished = None if end.state is JobState.QUEUED else db.now_utc()
+        job.info = replace(job.info, state=end.state, message=message, finished_at=finished)
+        try:
+            async with self.pool.acquire() as conn:
+                if not await job_queue.finish(conn, job.info, self.owner):
+                    log.warning("the job had moved to another replica", job=job.info.id)
+        except Exception as exc:  # the database may be gone at shutdown
+            log.warning(
+                "could not record the job's end; its lease expires and another replica resumes it",
+                job=job.info.id,
+                error=str(exc),
+            )
+        await job._notify(end.state.value)
 
     def _forget_finished(self, keep: int = MAX_REMEMBERED) -> None:
         """A long-lived server runs many jobs: finished ones beyond `keep` are answered
@@ -235,9 +343,93 @@ class JobManager:
                 break
             del self._by_id[job_id]
 
+    # --- the queue ----------------------------------------------------------------------
+
+    async def _poll(self) -> None:
+        """Take jobs from the queue (serve_queue) and pass on cancel requests for the
+        jobs running here, every poll_seconds or when a job here ends."""
+        while not self._closed:
+            try:
+                while (self.serve_queue or self._queued_here) and await self.claim_next():
+                    pass
+                await self._read_cancels()
+            except Exception as exc:  # the poller must outlive a database outage
+                log.warning("could not poll the job queue", error=f"{type(exc).__name__}: {exc}")
+            with anyio.move_on_after(self.poll_seconds):
+                await self._kick.wait()
+            self._kick.clear()
+
+    async def claim_next(self) -> JobInfo | None:
+        """Claim one job from the queue and run it here (job_queue.pick_claim); None when
+        there is none for this replica, or it runs QUEUE_SLOTS jobs already."""
+        if self._closed or self.running >= QUEUE_SLOTS:
+            return None
+        async with self.pool.acquire() as conn:
+            candidates, now = await job_queue.claimable(conn)
+            if not self.serve_queue:
+                self._queued_here &= {c.id for c in candidates}  # others took or ended them
+                candidates = [
+                    c
+                    for c in candidates
+                    if c.id in self._queued_here or c.state is JobState.RUNNING
+                ]
+            pick = job_queue.pick_claim(candidates, self.owner, now, self.reachable)
+            if pick is not None and not self.serve_queue and pick.id not in self._queued_here:
+                return None
+            if pick is None:
+                return None
+            sent = time.monotonic()
+            claimed: JobInfo | None = None
+            previous: str | None = None
+            try:
+                async with conn.transaction():
+                    await conn.execute(f"SET LOCAL lock_timeout = '{CLAIM_LOCK_TIMEOUT}'")
+                    fresh = await job_queue.lock_job(conn, pick.id, skip_locked=True)
+                    now = await job_queue.db_now(conn)
+                    if fresh is None or not job_queue.pick_claim(
+                        [fresh], self.owner, now, self.reachable
+                    ):
+                        return None
+                    if fresh.cancel_requested:
+                        await job_queue.end_here(
+                            conn, fresh.id, JobState.CANCELLED, "cancelled by request"
+                        )
+                        return None
+                    claimed, previous = await job_queue.claim(
+                        conn,
+                        fresh,
+                        self.owner,
+                        self.lease_seconds,
+                        job_queue.claim_note(fresh, self.owner),
+                    )
+            except asyncpg.LockNotAvailableError:
+                # The holder hangs inside a write that share-locks the lease: end its
+                # sessions (its transaction rolls back) and try again at the next poll.
+                if pick.holder is not None and pick.holder != self.owner:
+                    await self._evict(conn, pick.holder)
+                return None
+            except asyncpg.UniqueViolationError:
+                return None  # another replica started this repository's job first
+            if claimed is None:
+                return None
+            if previous is not None:
+                await self._evict(conn, previous)
+        self._launch(claimed, sent)
+        return claimed
+
+    async def _read_cancels(self) -> None:
+        here = [i for i, j in self._by_id.items() if not j.done.is_set()]
+        if not here:
+            return
+        async with self.pool.acquire() as conn:
+            for job_id in await job_queue.cancels_requested(conn, here):
+                self._by_id[job_id].request_stop("cancel")
+
+    # --- following, cancelling ----------------------------------------------------------
+
     async def status(self, job_id: str) -> JobInfo:
         job = self._by_id.get(job_id)
-        if job is not None:
+        if job is not None and not job.done.is_set() and job.stop != "lost":
             return job.info
         async with self.pool.acquire() as conn:
             info = await db.get_job(conn, job_id)
@@ -246,30 +438,71 @@ class JobManager:
         return info
 
     async def wait(self, job_id: str) -> JobInfo:
-        job = self._by_id.get(job_id)
-        if job is not None:
-            await job.done.wait()
-            return job.info
-        return await self.status(job_id)
+        """Until the job has finished, wherever it runs (and if it moves)."""
+        while True:
+            info = await self.status(job_id)
+            if info.state.finished:
+                return info
+            job = self._by_id.get(job_id)
+            if job is not None and not job.done.is_set():
+                with anyio.move_on_after(self.poll_seconds):
+                    await job.done.wait()
+            else:
+                await anyio.sleep(FOLLOW_POLL)
 
     async def cancel(self, job_id: str) -> JobInfo:
-        job = self._by_id.get(job_id)
-        if job is None:
-            return await self.status(job_id)  # finished or unknown: nothing to stop
-        job.request_stop(JobState.CANCELLED)
-        await job.done.wait()
-        return job.info
+        """Stop the job wherever it runs, at its next safe point, and return it ended.
+        A job nobody runs (queued, or its replica's lease expired) is ended here."""
+        local = self._by_id.get(job_id)
+        if local is not None and not local.done.is_set():
+            local.request_stop("cancel")
+        while True:
+            async with self.pool.acquire() as conn:
+                async with conn.transaction():
+                    job = await job_queue.lock_job(conn, job_id, skip_locked=False)
+                    action = job_queue.cancel_action(job, await job_queue.db_now(conn))
+                    if action == "finish":
+                        assert job is not None
+                        await job_queue.end_here(
+                            conn,
+                            job_id,
+                            JobState.CANCELLED,
+                            "cancelled by request; index the repository again to resume",
+                        )
+                    elif action == "request":
+                        await job_queue.request_cancel(conn, job_id)
+                if action == "finish" and job is not None and job.holder not in (None, self.owner):
+                    await self._evict(conn, job.holder)
+            if action != "request":
+                return await self.status(job_id)
+            if local is not None and not local.done.is_set():
+                with anyio.move_on_after(self.poll_seconds):
+                    await local.done.wait()
+            else:
+                await anyio.sleep(FOLLOW_POLL)
 
-    def active_for(self, repository: str) -> RunningJob | None:
-        return self._active.get(repository)
+    async def cancel_repository(self, repository: str) -> None:
+        """Cancel the repository's jobs, wherever they run, and wait until they ended."""
+        async with self.pool.acquire() as conn:
+            ids = await job_queue.active_ids(conn, repository)
+        for job_id in ids:
+            await self.cancel(job_id)
+
+    # --- stopping -----------------------------------------------------------------------
 
     async def stop_all(self, grace: float) -> None:
-        """Ask every job to stop at its next safe point; after `grace` seconds cancel what
-        is left (its open batch rolls back). All end `interrupted`."""
+        """Stop taking jobs, ask every job here to stop at its next safe point, after
+        `grace` seconds cancel what is left (its open batch rolls back). Each is handed
+        back to the queue, for another replica (or the next start) to resume."""
         self._closed = True
-        jobs = [*self._queued.values(), *self._active.values()]
+        self._kick.set()
+        poller = self._tasks[1:] if len(self._tasks) > 1 else []
+        for task in poller:
+            task.cancel()
+        await asyncio.gather(*poller, return_exceptions=True)
+        jobs = [j for j in self._by_id.values() if not j.done.is_set()]
         for job in jobs:
-            job.request_stop(JobState.INTERRUPTED)
+            job.request_stop("shutdown")
         with anyio.move_on_after(max(grace, 0.0)):
             for job in jobs:
                 await job.done.wait()
@@ -284,3 +517,6 @@ class JobManager:
                 job.task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await job.task
+        for task in self._tasks[:1]:  # the renewals, last: jobs ending above still held leases
+            task.cancel()
+        await asyncio.gather(*self._tasks[:1], return_exceptions=True)

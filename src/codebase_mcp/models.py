@@ -50,6 +50,9 @@ class JobInfo:
     created_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # The replica running the job (host:pid:token); after it ends, the one that ran it
+    # last; None while queued.
+    replica: str | None = None
 
 
 @dataclass(frozen=True)

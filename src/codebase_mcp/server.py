@@ -75,6 +75,7 @@ def job_to_dict(job: JobInfo) -> dict[str, Any]:
         "errors": [{"path": e.path, "error": e.error} for e in job.errors],
         "message": job.message,
         "force": job.force,
+        "replica": job.replica,
         "created_at": _iso(job.created_at),
         "started_at": _iso(job.started_at),
         "finished_at": _iso(job.finished_at),
@@ -193,7 +194,8 @@ def build_server(settings: Settings | None = None) -> tuple[FastMCP[AppState], A
     async def lifespan(_: FastMCP[AppState]) -> AsyncIterator[AppState]:
         try:
             resolved = state.settings or load_settings()
-            engine = await Engine.create(resolved)
+            # A server takes jobs from the queue every replica shares.
+            engine = await Engine.create(resolved, serve_queue=True)
         except BaseException as exc:
             state.startup_error = exc
             raise

@@ -1,11 +1,11 @@
-"""Index jobs: one per repository, cancel and shutdown at a safe point, interrupted jobs
-resumed, orphaned jobs of a dead process marked interrupted at start."""
+"""Index jobs: one per repository, cancel and shutdown at a safe point, a stopped
+engine's jobs handed back to the queue and resumed, jobs whose lease expired taken over.
+(Two engines on one database stand for two replicas: tests/codebase/test_job_replicas.py.)"""
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -81,7 +81,21 @@ async def test_cancel_stops_between_batches_and_a_new_index_finishes_the_rest(
         assert (await consistency(pg_url))[:2] == (FILES, 2 * FILES)
 
 
-async def test_shutdown_marks_the_job_interrupted_and_the_next_index_resumes_it(
+async def job_row(pg_url: str, job_id: str) -> dict[str, Any]:
+    conn = await asyncpg.connect(pg_url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT j.state, j.owner, j.message, j.files_done, l.owner AS lease_owner "
+            "FROM jobs j LEFT JOIN leases l ON l.name = 'job:' || j.id::text WHERE j.id = $1",
+            uuid.UUID(job_id),
+        )
+    finally:
+        await conn.close()
+    assert row is not None
+    return dict(row)
+
+
+async def test_shutdown_hands_the_job_back_and_the_next_index_resumes_it(
     pg_url: str, fake_ollama: FakeOllama, tmp_path: Path
 ) -> None:
     await migrate_async(pg_url)
@@ -95,21 +109,48 @@ async def test_shutdown_marks_the_job_interrupted_and_the_next_index_resumes_it(
 
     files, chunks, broken = await consistency(pg_url)
     assert broken == 0 and 0 < files < FILES
+    row = await job_row(pg_url, job.id)
+    assert row["state"] == "queued", row
+    assert row["owner"] is None and row["lease_owner"] is None  # anyone may claim it
+    assert engine.owner in row["message"] and "handed back" in row["message"]
     fake_ollama.embed_delay = 0
     await anyio.sleep(0.5)  # the server finishes requests the stopped engine gave up on
     fake_ollama.embedded_texts.clear()
-    async with open_engine(settings) as engine:
-        stopped = await engine.job_status(job.id)
-        assert stopped.state is JobState.INTERRUPTED
-        assert stopped.files_done == files
+    async with open_engine(settings) as engine:  # the CLI's kind: it serves no queue
         resumed = await engine.start_index(str(repo))
-        assert resumed.message == f"resumes interrupted job {job.id}"
+        assert resumed.id == job.id  # the queued job, taken to run here
+        assert resumed.message is not None and "resumed by" in resumed.message
         with anyio.fail_after(60):
             done = await engine.wait_job(resumed.id)
         assert done.state is JobState.COMPLETED
         assert done.files_unchanged == files
+        assert done.replica == engine.owner
         assert len(fake_ollama.embedded_texts) == 2 * FILES - chunks
     assert (await consistency(pg_url))[:2] == (FILES, 2 * FILES)
+
+
+async def test_a_job_handed_back_is_resumed_by_a_serving_replica_on_its_own(
+    pg_url: str, fake_ollama: FakeOllama, tmp_path: Path
+) -> None:
+    await migrate_async(pg_url)
+    repo = write_modules(tmp_path, "many", FILES)
+    fake_ollama.embed_delay = 0.15
+    settings = settings_for(
+        pg_url, fake_ollama, tmp_path, CODEBASE_FILE_BATCH_SIZE="4", CODEBASE_JOB_POLL_SECONDS="0.2"
+    )
+    async with open_engine(settings, serve_queue=True) as other:
+        stopping = await Engine.create(settings, serve_queue=True)
+        job = await stopping.start_index(str(repo))
+        assert job.replica == stopping.owner
+        await wait_for_progress(stopping, job.id)
+        await stopping.shutdown(grace=5)
+        fake_ollama.embed_delay = 0
+        with anyio.fail_after(30):
+            done = await other.wait_job(job.id)  # nobody called index_repository again
+        assert done.state is JobState.COMPLETED, done
+        assert done.replica == other.owner
+        assert done.message is not None and "handed back" in done.message
+    assert (await consistency(pg_url)) == (FILES, 2 * FILES, 0)
 
 
 async def test_shutdown_past_its_grace_rolls_the_open_batch_back(
@@ -125,7 +166,7 @@ async def test_shutdown_past_its_grace_rolls_the_open_batch_back(
         await anyio.sleep(0.3)
         await engine.shutdown(grace=0.2)
         stopped = await engine_status_after_close(pg_url, job.id)
-    assert stopped == "interrupted"
+    assert stopped == "queued"  # handed back: resumable
     files, _, broken = await consistency(pg_url)
     assert broken == 0 and files < FILES
 
@@ -138,49 +179,81 @@ async def engine_status_after_close(pg_url: str, job_id: str) -> str:
         await conn.close()
 
 
-async def test_start_marks_this_hosts_orphaned_jobs_interrupted_but_not_other_replicas(
+async def test_jobs_whose_lease_expired_are_taken_over_but_live_leases_are_left_alone(
     pg_url: str, fake_ollama: FakeOllama, tmp_path: Path
 ) -> None:
+    """What a replica that died leaves behind: running jobs whose lease expired (or that
+    have none). A job under a live lease is another replica's."""
     await migrate_async(pg_url)
-    mine, theirs, stale = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    repos = {name: write_modules(tmp_path, name, 4) for name in ("expired", "unleased", "live")}
+    ids = {name: uuid.uuid4() for name in repos}
     conn = await asyncpg.connect(pg_url)
     try:
         await conn.executemany(
-            "INSERT INTO jobs (id, repository_path, state, owner, updated_at) "
-            "VALUES ($1, '/r', 'running', $2, now() - make_interval(secs => $3))",
+            "INSERT INTO jobs (id, repository_path, state, owner, started_at) "
+            "VALUES ($1, $2, 'running', $3, now())",
+            [(ids[n], str(repos[n]), f"dead-replica:7:{n}") for n in repos],
+        )
+        await conn.executemany(
+            "INSERT INTO leases (name, owner, expires_at) "
+            "VALUES ($1, $2, now() + make_interval(secs => $3))",
             [
-                (mine, f"{socket.gethostname()}:999999", 1.0),
-                (theirs, "another-replica:7", 1.0),
-                (stale, "another-replica:8", 3600.0),
+                (f"job:{ids['expired']}", "dead-replica:7:expired", -1.0),
+                (f"job:{ids['live']}", "live-replica:8:live", 3600.0),
             ],
         )
     finally:
         await conn.close()
-    async with open_engine(settings_for(pg_url, fake_ollama, tmp_path)) as engine:
-        assert (await engine.job_status(str(mine))).state is JobState.INTERRUPTED
-        assert (await engine.job_status(str(theirs))).state is JobState.RUNNING
-        assert (await engine.job_status(str(stale))).state is JobState.INTERRUPTED
+    settings = settings_for(pg_url, fake_ollama, tmp_path, CODEBASE_JOB_POLL_SECONDS="0.2")
+    async with open_engine(settings, serve_queue=True) as engine:
+        with anyio.fail_after(30):
+            expired = await engine.wait_job(str(ids["expired"]))
+            unleased = await engine.wait_job(str(ids["unleased"]))
+        for done in (expired, unleased):
+            assert done.state is JobState.COMPLETED, done
+            assert done.replica == engine.owner
+            assert done.message is not None and "taken over" in done.message
+        assert "dead-replica:7:expired" in (expired.message or "")
+        live = await engine.job_status(str(ids["live"]))
+        assert live.state is JobState.RUNNING and live.replica == "dead-replica:7:live"
         health = await engine.health()
-        assert health["jobs"]["running"] == 0
-        assert health["jobs"]["by_state"] == {"interrupted": 2, "running": 1}
+        assert health["jobs"]["running"] == 1  # the live one, on another replica
+        assert health["jobs"]["here"] == 0
+        assert health["jobs"]["by_state"] == {"completed": 2, "running": 1}
 
 
-async def test_two_replicas_indexing_one_repository_take_turns(
+async def test_one_job_per_repository_across_replicas(
     pg_url: str, fake_ollama: FakeOllama, tmp_path: Path
 ) -> None:
+    """A second replica asked to index the same repository gets the running job back,
+    and follows it to its end; the database refuses a second running job outright."""
     await migrate_async(pg_url)
     repo = write_modules(tmp_path, "many", FILES)
+    fake_ollama.embed_delay = 0.05
     settings = settings_for(pg_url, fake_ollama, tmp_path, CODEBASE_FILE_BATCH_SIZE="8")
     async with open_engine(settings) as one, open_engine(settings) as two:
         first = await one.start_index(str(repo))
         second = await two.start_index(str(repo))
-        assert first.id != second.id
+        assert second.id == first.id and second.replica == one.owner
         with anyio.fail_after(60):
-            done = [await one.wait_job(first.id), await two.wait_job(second.id)]
+            done = [await two.wait_job(first.id), await one.wait_job(first.id)]
+        conn = await asyncpg.connect(pg_url)
+        try:
+            await conn.execute(
+                "INSERT INTO jobs (id, repository_path, state) VALUES ($1, $2, 'running')",
+                uuid.uuid4(),
+                str(repo),
+            )
+            with pytest.raises(asyncpg.UniqueViolationError):
+                await conn.execute(
+                    "INSERT INTO jobs (id, repository_path, state) VALUES ($1, $2, 'running')",
+                    uuid.uuid4(),
+                    str(repo),
+                )
+        finally:
+            await conn.close()
     assert [j.state for j in done] == [JobState.COMPLETED, JobState.COMPLETED]
-    # whoever came second found everything indexed: each chunk was embedded once
-    assert len(fake_ollama.embedded_texts) == 2 * FILES
-    assert sorted(j.files_unchanged for j in done) == [0, FILES]
+    assert len(fake_ollama.embedded_texts) == 2 * FILES  # each chunk embedded once
     assert (await consistency(pg_url)) == (FILES, 2 * FILES, 0)
 
 

@@ -22,7 +22,7 @@ from codebase_mcp.errors import (
 )
 from codebase_mcp.filters import GlobError, glob_to_regex, normalize_language
 from codebase_mcp.index import plan_changes
-from codebase_mcp.jobs import Outcome, final_state
+from codebase_mcp.job_queue import ending
 from codebase_mcp.models import JobState
 from codebase_mcp.search import plan_mode
 from codebase_mcp.tokens import (
@@ -250,19 +250,26 @@ def test_plan_changes_by_content_hash() -> None:
     assert len(forced.changed) == 5 and forced.unchanged == 0
 
 
-def test_final_state() -> None:
-    assert final_state(Outcome(), None, None) == (JobState.COMPLETED, None)
-    assert final_state(Outcome(message="note"), None, None) == (JobState.COMPLETED, "note")
-    assert final_state(None, None, "boom") == (JobState.FAILED, "boom")
-    state, message = final_state(Outcome(stopped=True), JobState.CANCELLED, None)
-    assert state is JobState.CANCELLED and message is not None and "resume" in message
-    state, _ = final_state(None, JobState.INTERRUPTED, None)  # hard-cancelled
-    assert state is JobState.INTERRUPTED
-    state, _ = final_state(None, None, None)  # cancelled from outside
-    assert state is JobState.INTERRUPTED
+def test_how_a_run_ends() -> None:
+    me = "host:1:abcd"
+    assert ending(False, None, None, None, me) == (JobState.COMPLETED, None, True)
+    assert ending(False, "note", None, None, me).message == "note"
+    assert ending(None, None, None, "boom", me)[:2] == (JobState.FAILED, "boom")
+    cancelled = ending(True, None, "cancel", None, me)
+    assert cancelled.state is JobState.CANCELLED and "resume" in (cancelled.message or "")
+    # a stop by shutdown hands the job back to the queue, hard-cancelled or not
+    for stopped in (True, None):
+        back = ending(stopped, None, "shutdown", None, me)
+        assert back.state is JobState.QUEUED and back.record
+        assert back.message is not None and me in back.message and "resumes" in back.message
+    # cancelled from outside without a stop request: handed back too
+    assert ending(None, None, None, None, me).state is JobState.QUEUED
     # an error while stopping is part of the stop
-    state, message = final_state(None, JobState.INTERRUPTED, "BrokenProcessPool: gone")
-    assert state is JobState.INTERRUPTED and message is not None and "BrokenProcessPool" in message
+    stopping = ending(None, None, "shutdown", "BrokenProcessPool: gone", me)
+    assert stopping.state is JobState.QUEUED and "BrokenProcessPool" in (stopping.message or "")
+    # a lost lease: the job is another replica's now, nothing is recorded
+    assert ending(None, None, "lost", "ConnectionDoesNotExistError", me).record is False
+    assert ending(True, None, "lost", None, me).record is False
 
 
 def test_vectors_round_trip_through_the_binary_codec() -> None:

@@ -2,7 +2,8 @@
 
 Most tests run a real subprocess: a small FastMCP server on `lifecycle.serve_stdio` (no
 database needed), spoken to over real pipes with real signals. The last ones run the real
-`codebase-mcp serve` against PostgreSQL to check that a running job is marked interrupted.
+`codebase-mcp serve` against PostgreSQL to check that a running job is handed back to the
+queue.
 """
 
 from __future__ import annotations
@@ -436,7 +437,7 @@ def test_http_stop_signal_runs_teardown_and_exits_0(helper_script: Path, tmp_pat
         proc.wait()
 
 
-# --- the real server: a running job is marked interrupted -------------------------------
+# --- the real server: a running job is handed back to the queue ------------------------
 
 
 def _migrate(url: str) -> None:
@@ -457,7 +458,7 @@ def _tool_result(wire: Wire, name: str, **arguments: Any) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_stop_during_a_job_marks_it_interrupted_and_a_later_index_resumes(
+def test_stop_during_a_job_hands_it_back_and_a_later_index_resumes_it(
     pg_cluster: PostgresCluster,
     pg_url: str,
     fake_ollama: FakeOllama,
@@ -519,10 +520,11 @@ def test_stop_during_a_job_marks_it_interrupted_and_a_later_index_resumes(
 
     database = pg_url.rsplit("/", 1)[1]
     row = pg_cluster.psql(
-        f"SELECT state, files_done < files_total FROM jobs WHERE id = '{job['job_id']}'",
+        f"SELECT state, files_done < files_total, owner IS NULL FROM jobs "
+        f"WHERE id = '{job['job_id']}'",
         database,
     )
-    assert row == "interrupted|t"
+    assert row == "queued|t|t"  # handed back: stopped at a safe point, anyone may resume it
     log = (tmp_path / "stderr.log").read_text()
     assert "Traceback" not in log
     assert PASSWORD not in log

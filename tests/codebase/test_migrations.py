@@ -37,6 +37,7 @@ TABLES = {
     "lexeme_stats",
     "lexeme_deltas",
     "corpus_deltas",
+    "leases",
 }
 
 
@@ -104,6 +105,7 @@ async def test_upgrade_to_head_and_down_to_base(pg_url: str) -> None:
         in (indexes["chunks_embedding"])
     )
     assert "USING gin (tsv)" in indexes["chunks_tsv"]
+    assert "WHERE (state = 'running'::text)" in indexes["jobs_one_running_per_repository"]
 
     await anyio.to_thread.run_sync(downgrade, pg_url)
     state = await schema(pg_url)
@@ -161,6 +163,7 @@ async def test_five_replicas_migrating_at_once_run_it_once(pg_url: str, tmp_path
     assert logs.count("Running upgrade 0003 -> 0004") == 1, logs
     assert logs.count("Running upgrade 0004 -> 0005") == 1, logs
     assert logs.count("Running upgrade 0005 -> 0006") == 1, logs
+    assert logs.count("Running upgrade 0006 -> 0007") == 1, logs
     state = await schema(pg_url)
     assert state["versions"] == [db.SCHEMA_HEAD]
     assert state["tables"] == TABLES
@@ -228,3 +231,29 @@ async def test_revision_0005_fills_in_bm25_data_for_chunks_indexed_before(pg_url
         assert tuple(repo_row) == (2, 3)
     finally:
         await conn.close()
+
+
+@pytest.mark.anyio
+async def test_jobs_of_older_servers_are_interrupted_by_the_lease_migration(pg_url: str) -> None:
+    """Older servers marked a job running before waiting for the repository's lock, so
+    two rows of one repository could be running: the unique index needs them gone, and
+    no lease covers them."""
+    await anyio.to_thread.run_sync(lambda: migrate(pg_url, "0006"))
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute(
+            "INSERT INTO jobs (id, repository_path, state) VALUES "
+            "(gen_random_uuid(), '/r', 'running'), (gen_random_uuid(), '/r', 'running'), "
+            "(gen_random_uuid(), '/s', 'queued'), (gen_random_uuid(), '/s', 'completed')"
+        )
+        await anyio.to_thread.run_sync(migrate, pg_url)
+        rows = await conn.fetch("SELECT repository_path, state, message FROM jobs ORDER BY 1, 2")
+    finally:
+        await conn.close()
+    assert [(r["repository_path"], r["state"]) for r in rows] == [
+        ("/r", "interrupted"),
+        ("/r", "interrupted"),
+        ("/s", "completed"),
+        ("/s", "interrupted"),
+    ]
+    assert all("again to resume" in r["message"] for r in rows if r["state"] == "interrupted")

@@ -165,7 +165,7 @@ async def test_a_stopped_bulk_load_leaves_the_build_to_the_next_start(
     assert await index_state(pg_url) == (None, [vector_index.VECTOR_INDEX])
     fake_ollama.embed_delay = 0
     async with open_engine(settings) as engine:
-        assert (await engine.job_status(job.id)).state is JobState.INTERRUPTED
+        assert (await engine.job_status(job.id)).state is JobState.QUEUED  # handed back
         with anyio.fail_after(60):  # built in the background at start
             while True:
                 if await index_state(pg_url) == (original, []):
@@ -173,6 +173,7 @@ async def test_a_stopped_bulk_load_leaves_the_build_to_the_next_start(
                 await anyio.sleep(0.05)
         done = await index_and_wait(engine, repo)  # resumes the rest
         assert done.state is JobState.COMPLETED, done
+        assert done.id == job.id
     assert await index_state(pg_url) == (original, [])
 
 
