@@ -44,7 +44,16 @@ def fake_ollama() -> Iterator[FakeOllama]:
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No settings leak in from the developer's environment."""
     for key in list(os.environ):
-        if key.startswith(("MCP_SUPERVISOR_", "REGISTRY_DATABASE_URL", "OLLAMA_", "CODEBASE_")):
+        if key.startswith(
+            (
+                "MCP_SUPERVISOR_",
+                "REGISTRY_DATABASE_URL",
+                "OLLAMA_",
+                "OPENAI_",
+                "EMBEDDING_",
+                "CODEBASE_",
+            )
+        ):
             monkeypatch.delenv(key, raising=False)
 
 

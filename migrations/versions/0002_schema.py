@@ -1,8 +1,9 @@
 """Repositories, files, chunks (embedding + full-text) and jobs.
 
 The embedding column's size N is fixed here, at migration time: `-x dimensions=N`, else
-EMBEDDING_DIMENSIONS, else 768 (nomic-embed-text). It must match the model the server
-embeds with; the server checks it at start.
+EMBEDDING_DIMENSIONS, else the size of the model a server with this environment chooses
+(384 for the local model, else 768 for nomic-embed-text). It must match the model the
+server embeds with; the server checks it at start.
 
 Revision ID: 0002
 Revises: 0001
@@ -26,8 +27,14 @@ MAX_HNSW_DIMENSIONS = 2000
 
 def _dimensions() -> int:
     raw = context.get_x_argument(as_dictionary=True).get("dimensions") or os.environ.get(
-        "EMBEDDING_DIMENSIONS", "768"
+        "EMBEDDING_DIMENSIONS"
     )
+    if not raw:
+        # The size the server started with this environment will expect (384 when it
+        # will embed with the local model, else 768).
+        from codebase_mcp.config import default_dimensions_from_environment
+
+        return default_dimensions_from_environment(os.environ)
     try:
         dims = int(raw)
     except ValueError:

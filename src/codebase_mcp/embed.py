@@ -1,4 +1,5 @@
-"""Embedding clients: Ollama's `/api/embed` and OpenAI-compatible `/v1/embeddings`.
+"""Embedding clients: Ollama's `/api/embed` and OpenAI-compatible `/v1/embeddings`
+(the local model is in local_embed.py; `create_embedder` picks one).
 
 Batched input, a semaphore bounding concurrent requests, retries with exponential backoff
 and jitter on transient failures (connection errors, timeouts, 429 and 5xx), a clear error
@@ -227,8 +228,16 @@ class HttpEmbedder:
 
 def create_embedder(
     settings: Settings, transport: httpx.AsyncBaseTransport | None = None
-) -> HttpEmbedder:
-    if settings.embedding_provider == "openai":
+) -> Embedder | None:
+    """The embedder of the chosen provider (`Settings.provider`); None: full-text only."""
+    provider = settings.provider
+    if provider is None:
+        return None
+    if provider == "local":
+        from codebase_mcp.local_embed import LocalEmbedder
+
+        return LocalEmbedder()
+    if provider == "openai":
         api = _Api("/embeddings", "openai")
         base_url = settings.openai_base_url
         key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
@@ -239,8 +248,8 @@ def create_embedder(
     return HttpEmbedder(
         base_url=base_url,
         api=api,
-        model=settings.model_name,
-        dimensions=settings.embedding_dimensions,
+        model=settings.model_name or settings.ollama_embedding_model,
+        dimensions=settings.dimensions,
         batch_size=settings.embed_batch_size,
         concurrency=settings.embed_concurrency,
         timeout=settings.embed_timeout,

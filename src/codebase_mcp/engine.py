@@ -38,6 +38,7 @@ from codebase_mcp.errors import (
 from codebase_mcp.filters import Filters
 from codebase_mcp.index import IndexRun, embedder_notice, make_executor, warm_worker
 from codebase_mcp.jobs import JobManager, Outcome, RunningJob
+from codebase_mcp.local_embed import INSTALL_HINT, LocalEmbedder
 from codebase_mcp.models import (
     FileError,
     JobInfo,
@@ -80,6 +81,11 @@ log = structlog.get_logger(__name__)
 EMBEDDER_COOLDOWN_S = 5.0
 QUERY_EMBED_TIMEOUT_S = 10.0
 HEALTH_CACHE_S = 5.0
+NO_EMBEDDER_CONFIGURED = (
+    "no embedder configured: full-text search only. For search by meaning install the "
+    f"local model ({INSTALL_HINT}), or set OLLAMA_BASE_URL (or EMBEDDING_PROVIDER) to use "
+    "an embedding server"
+)
 
 
 class Engine:
@@ -113,6 +119,8 @@ class Engine:
         self._health_cache: tuple[float, dict[str, Any]] | None = None
         self._warming: list[Future[int]] = []
         self._maintenance: asyncio.Task[None] | None = None
+        self._embedder_loading: asyncio.Task[None] | None = None
+        self._no_embedder = "no embedder configured"
         self._closed = False
 
     @classmethod
@@ -134,15 +142,22 @@ class Engine:
         )
         try:
             async with pool.acquire() as conn:
-                await db.check_schema(conn, self.settings.embedding_dimensions)
+                await db.check_schema(conn, None)
+                stored_dimensions = await db.embedding_dimensions(conn)
+                self._embedder = await self._open_embedder(stored_dimensions)
         except BaseException:
+            if self._embedder is not None and self._embedder is not self._embedder_override:
+                await self._embedder.aclose()
             await pool.close()
             raise
         self._pool = pool
-        if self._embedder_override is not None:
-            self._embedder = self._embedder_override
-        elif self._use_embedder:
-            self._embedder = create_embedder(self.settings)
+        if self._embedder is None:
+            # The one line that says search is lexical, and how to change that.
+            log.warning(f"search by meaning is off: {self._no_embedder}")
+        elif isinstance(self._embedder, LocalEmbedder):
+            self._embedder_loading = asyncio.get_running_loop().create_task(
+                self._load_local(self._embedder)
+            )
         self._jobs = JobManager(
             pool,
             self.owner,
@@ -164,9 +179,51 @@ class Engine:
         log.info(
             "engine ready",
             database=self.settings.database_url_masked,
-            embedder=self.settings.embedding_provider,
-            model=self.settings.model_name,
+            embedder=self.settings.provider if self._embedder is not None else "none",
+            model=self._embedder.model if self._embedder is not None else None,
         )
+
+    async def _open_embedder(self, stored_dimensions: int | None) -> Embedder | None:
+        """The embedder for a schema whose vectors have `stored_dimensions`. A size that
+        does not fit is a configuration error, except for a local model picked by `auto`:
+        then search stays full-text and says why (an older database made for Ollama's
+        768 dimensions must not stop the server)."""
+        if self._embedder_override is not None:
+            embedder: Embedder | None = self._embedder_override
+        elif self._use_embedder:
+            embedder = create_embedder(self.settings)
+        else:
+            self._no_embedder = "no embedder configured: full-text search only"
+            return None
+        if embedder is None:
+            self._no_embedder = NO_EMBEDDER_CONFIGURED
+            return None
+        if stored_dimensions == embedder.dimensions:
+            return embedder
+        lenient = (
+            self._embedder_override is None
+            and isinstance(embedder, LocalEmbedder)
+            and self.settings.provider_is_automatic
+        )
+        if embedder is not self._embedder_override:
+            await embedder.aclose()
+        if not lenient:
+            raise db.dimensions_mismatch(stored_dimensions, embedder.dimensions)
+        self._no_embedder = (
+            f"the database holds {stored_dimensions}-dimensional vectors and the local model "
+            f"{embedder.model} makes {embedder.dimensions}: full-text search only (set "
+            f"OLLAMA_BASE_URL to use a {stored_dimensions}-dimensional Ollama model, or use "
+            "a new database)"
+        )
+        return None
+
+    async def _load_local(self, embedder: LocalEmbedder) -> None:
+        """Load the local model in the background: the first search then finds it ready,
+        and a model that cannot load (a wrong hash) is reported at start."""
+        try:
+            await embedder.warm_up()
+        except EmbedderError as exc:
+            log.error(f"the local embedder cannot load; full-text search only: {exc}")
 
     async def close(self) -> None:
         """Stop running jobs (as `shutdown(grace=0)`), close the embedder and the pool."""
@@ -184,6 +241,9 @@ class Engine:
             if self._maintenance is not None:
                 self._maintenance.cancel()  # a build rolls back and is taken up next start
                 await asyncio.gather(self._maintenance, return_exceptions=True)
+            if self._embedder_loading is not None:
+                self._embedder_loading.cancel()
+                await asyncio.gather(self._embedder_loading, return_exceptions=True)
             if self._executor is not None:
                 self._executor.shutdown(wait=False, cancel_futures=True)
                 self._executor = None
@@ -387,7 +447,7 @@ class Engine:
 
     async def _query_vector(self, query: str) -> tuple[list[float] | None, str | None]:
         if self._embedder is None:
-            return None, "no embedder configured: answered by full-text search only"
+            return None, self._no_embedder
         if time.monotonic() < self._embedder_down_until:
             return None, f"embedder unavailable ({self._embedder_error}): full-text search only"
         try:
@@ -464,7 +524,7 @@ class Engine:
             }
         embedder: dict[str, Any]
         if self._embedder is None:
-            embedder = {"ok": False, "error": "no embedder configured"}
+            embedder = {"ok": False, "error": self._no_embedder}
         else:
             try:
                 with anyio.fail_after(5):

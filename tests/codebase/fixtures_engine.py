@@ -4,6 +4,7 @@ several languages, build settings, open an engine."""
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,11 +18,17 @@ from tests.support.fake_ollama import FakeOllama
 
 ROOT = Path(__file__).resolve().parents[2]
 ALEMBIC_INI = ROOT / "alembic.ini"
+FAKE_OLLAMA_DIMENSIONS = 768
 
 
 def alembic_config(url: str, dimensions: int | None = None) -> Any:
+    """Unless `dimensions` or EMBEDDING_DIMENSIONS say otherwise, the schema is sized
+    for the fake Ollama's 768 (the migrations' own default follows this process's
+    environment, where `auto` may pick the local model)."""
     from alembic.config import Config
 
+    if dimensions is None and not os.environ.get("EMBEDDING_DIMENSIONS"):
+        dimensions = FAKE_OLLAMA_DIMENSIONS
     cfg = Config(str(ALEMBIC_INI))
     x = [f"url={url}"]
     if dimensions is not None:

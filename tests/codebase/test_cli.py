@@ -22,21 +22,12 @@ from codebase_mcp.models import (
     SearchResponse,
     SearchResult,
 )
+from tests.codebase.fixtures_engine import migrate
 from tests.support.fake_ollama import FakeOllama
 from tests.support.pg import PASSWORD, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "codebase_mcp"]
-
-
-def migrate(url: str) -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    cfg = Config(str(ROOT / "alembic.ini"))
-    cfg.set_main_option("sqlalchemy.url", url)
-    cfg.attributes["configure_logger"] = False
-    command.upgrade(cfg, "head")
 
 
 # --- pure parts -------------------------------------------------------------------------

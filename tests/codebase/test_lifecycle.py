@@ -27,6 +27,7 @@ import psutil
 import pytest
 
 from codebase_mcp import lifecycle, notify
+from tests.codebase.fixtures_engine import migrate as _migrate
 from tests.support.fake_ollama import FakeOllama
 from tests.support.pg import PASSWORD, PostgresCluster
 
@@ -438,16 +439,6 @@ def test_http_stop_signal_runs_teardown_and_exits_0(helper_script: Path, tmp_pat
 
 
 # --- the real server: a running job is handed back to the queue ------------------------
-
-
-def _migrate(url: str) -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    cfg = Config(str(Path(__file__).resolve().parents[2] / "alembic.ini"))
-    cfg.set_main_option("sqlalchemy.url", url)
-    cfg.attributes["configure_logger"] = False
-    command.upgrade(cfg, "head")
 
 
 def _tool_result(wire: Wire, name: str, **arguments: Any) -> dict[str, Any]:

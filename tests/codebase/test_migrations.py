@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 import anyio
@@ -15,7 +16,7 @@ import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from codebase_mcp import db
+from codebase_mcp import db, local_embed
 from codebase_mcp.config import find_alembic_ini
 from codebase_mcp.tokens import (
     WEIGHT_A,
@@ -26,7 +27,7 @@ from codebase_mcp.tokens import (
     tsvector_positions,
 )
 from tests.codebase.fixtures_engine import ALEMBIC_INI, downgrade, migrate
-from tests.support.pg import running_cluster, system_bin_dir
+from tests.support.pg import PostgresCluster, running_cluster, system_bin_dir
 
 TABLES = {
     "repositories",
@@ -135,8 +136,29 @@ def tsvector_text(sections: list[tuple[str, int]]) -> str:
     )
 
 
-def run_alembic(url: str, cwd: Path, *args: str) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if k != "EMBEDDING_DIMENSIONS"}
+@pytest.mark.skipif(not local_embed.available(), reason="the local-embed extra is not installed")
+@pytest.mark.anyio
+async def test_a_new_schema_is_sized_for_the_model_the_server_will_choose(
+    pg_cluster: PostgresCluster, tmp_path: Path
+) -> None:
+    """No EMBEDDING_DIMENSIONS: the migration (run by the supervisor with the server's
+    environment) sizes the schema as the server will expect it."""
+    cases = [({}, 384), ({"OLLAMA_BASE_URL": "http://127.0.0.1:9"}, 768)]
+    for extra, dims in cases:
+        url = pg_cluster.create_database("t_" + uuid.uuid4().hex[:12])
+        proc = run_alembic(url, tmp_path, "upgrade", "head", **extra)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert (await schema(url))["dims"] == dims, extra
+
+
+def run_alembic(url: str, cwd: Path, *args: str, **extra: str) -> subprocess.Popen[str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("EMBEDDING_", "OLLAMA_", "OPENAI_"))
+    }
+    env.update(extra)
     env["REGISTRY_DATABASE_URL"] = url.replace("postgresql://", "postgresql+asyncpg://")
     return subprocess.Popen(
         [sys.executable, "-m", "alembic", "-c", str(ALEMBIC_INI), *args],

@@ -17,6 +17,7 @@ from fastmcp import Client, FastMCP
 from codebase_mcp.config import load_settings
 from codebase_mcp.models import JobInfo, JobState
 from codebase_mcp.server import AppState, build_server, progress_message
+from tests.codebase.fixtures_engine import migrate
 from tests.support.fake_ollama import FakeOllama
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,16 +28,6 @@ TOOLS = {
     "list_repositories",
     "remove_repository",
 }
-
-
-def migrate(url: str) -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    cfg = Config(str(ROOT / "alembic.ini"))
-    cfg.set_main_option("sqlalchemy.url", url)
-    cfg.attributes["configure_logger"] = False
-    command.upgrade(cfg, "head")
 
 
 def write_repo(root: Path) -> Path:
