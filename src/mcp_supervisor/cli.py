@@ -103,7 +103,8 @@ def _parser() -> Any:
     d.add_argument(
         "--wait-for",
         metavar="LIST",
-        help="comma list of postgres, ollama, or none (default postgres,ollama)",
+        help="comma list of postgres, ollama, or none (default: postgres, plus ollama when "
+        "OLLAMA_BASE_URL is set or EMBEDDING_PROVIDER=ollama)",
     )
     d.add_argument(
         "--migrate",

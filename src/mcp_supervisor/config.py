@@ -69,8 +69,9 @@ class SupervisorSettings(BaseSettings):
     )
     log_level: LogLevel = Field("info", validation_alias=_env("log_level", "LOG_LEVEL"))
 
-    wait_for: Annotated[tuple[Dependency, ...], NoDecode] = Field(
-        ("postgres", "ollama"), validation_alias=_env("wait_for")
+    # None: decided by default_wait_for (Ollama only when it is asked for).
+    wait_for: Annotated[tuple[Dependency, ...] | None, NoDecode] = Field(
+        None, validation_alias=_env("wait_for")
     )
     migrate: bool = Field(True, validation_alias=_env("migrate"))
     dependency_timeout: float = Field(60.0, gt=0, validation_alias=_env("dependency_timeout"))
@@ -92,6 +93,11 @@ class SupervisorSettings(BaseSettings):
         "nomic-embed-text",
         min_length=1,
         validation_alias=_env("ollama_embedding_model", "OLLAMA_EMBEDDING_MODEL"),
+    )
+    # The server's setting, read only to know whether Ollama is asked for (the server
+    # validates it).
+    embedding_provider: str | None = Field(
+        None, validation_alias=_env("embedding_provider", "EMBEDDING_PROVIDER")
     )
 
     # None: a runtime directory of the instance's own (runtime.py); a path is this
@@ -160,6 +166,15 @@ class SupervisorSettings(BaseSettings):
             )
         return self
 
+    @property
+    def effective_wait_for(self) -> tuple[Dependency, ...]:
+        if self.wait_for is not None:
+            return self.wait_for
+        return default_wait_for(
+            ollama_url_set="ollama_base_url" in self.model_fields_set,
+            embedding_provider=self.embedding_provider,
+        )
+
     def to_spec(self, command: tuple[str, ...] | None) -> RunSpec:
         restart = self.restart or ("never" if self.transport == "stdio" else "on-failure")
         return RunSpec(
@@ -168,7 +183,7 @@ class SupervisorSettings(BaseSettings):
             signal_group=self.signal_group,
             log_format=self.log_format,
             log_level=self.log_level,
-            wait_for=self.wait_for,
+            wait_for=self.effective_wait_for,
             migrate=self.migrate,
             dependency_timeout=self.dependency_timeout,
             backoff_cap=self.backoff_cap,
@@ -188,6 +203,19 @@ class SupervisorSettings(BaseSettings):
             restart_window=self.restart_window,
             restart_backoff_cap=self.restart_backoff_cap,
         )
+
+
+def default_wait_for(
+    *, ollama_url_set: bool, embedding_provider: str | None
+) -> tuple[Dependency, ...]:
+    """What to wait for when MCP_SUPERVISOR_WAIT_FOR is unset: PostgreSQL, and Ollama
+    only when the server will use it: EMBEDDING_PROVIDER=ollama, or OLLAMA_BASE_URL set
+    with the provider left to `auto`. Otherwise the server embeds with its local model
+    or searches full text, and waiting for an Ollama nobody runs would end in exit 69."""
+    provider = (embedding_provider or "").strip().lower() or "auto"
+    if provider == "ollama" or (provider == "auto" and ollama_url_set):
+        return ("postgres", "ollama")
+    return ("postgres",)
 
 
 def setting_names(field: str) -> str:

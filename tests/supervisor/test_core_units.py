@@ -138,7 +138,7 @@ class TestSettings:
         # The server from this very installation, even when its bin/ is not on PATH.
         assert spec.command == (str(Path(sys.executable).parent / "codebase-mcp"), "serve")
         assert spec.grace_period == 8.0
-        assert spec.wait_for == ("postgres", "ollama")
+        assert spec.wait_for == ("postgres",)  # Ollama only when asked for
         assert spec.heartbeat_max_age == 3 * spec.heartbeat_interval
         assert spec.restart == "never"  # stdio: a restart would break the client's session
 
