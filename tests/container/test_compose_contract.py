@@ -110,6 +110,22 @@ def test_server_waits_for_healthy_dependencies(name: str) -> None:
             assert dep["condition"] == "service_healthy", svc_name
 
 
+def compose_default(value: object) -> str:
+    """A compose value with `${VAR:-default}` read as its default."""
+    return re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", str(value))
+
+
+@pytest.mark.parametrize("name", ["docker-compose.yml", "docker-compose.prod.yml"])
+def test_server_is_told_to_use_and_wait_for_ollama(name: str) -> None:
+    """The image has no local model and the supervisor waits for Ollama only when asked
+    to: the stacks say so explicitly rather than leave it to the defaults."""
+    for svc_name, svc in our_services(load(name)).items():
+        env = svc["environment"]
+        assert compose_default(env["OLLAMA_BASE_URL"]).startswith("http://ollama:"), svc_name
+        waits = compose_default(env["MCP_SUPERVISOR_WAIT_FOR"]).split(",")
+        assert {"postgres", "ollama"} <= set(waits), svc_name
+
+
 @pytest.mark.parametrize("name", ["docker-compose.yml", "docker-compose.prod.yml"])
 def test_server_healthcheck_stop_and_init(name: str) -> None:
     for svc_name, svc in our_services(load(name)).items():

