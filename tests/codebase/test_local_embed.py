@@ -135,14 +135,20 @@ async def test_deterministic_and_batches_equal_one_by_one(embedder: LocalEmbedde
 @needs_model
 @pytest.mark.anyio
 async def test_text_past_the_token_limit_is_cut(embedder: LocalEmbedder) -> None:
-    """256 word pieces are read (not the tokenizer file's own 128), none past them."""
-    assert embedder.max_tokens == 256
+    """The first 128 word pieces are read, none past them."""
+    assert embedder.max_tokens == 128
     tails = (" and then something about databases", " a different tail about the weather")
-    # "data" is one word piece: with [CLS] and [SEP], 200 of them leave room for a tail
-    inside = await embedder.embed_documents(["data " * 200 + tail for tail in tails])
+    # "data" is one word piece: with [CLS] and [SEP], 100 of them leave room for a tail
+    inside = await embedder.embed_documents(["data " * 100 + tail for tail in tails])
     assert cosine(*inside) < 0.9999
-    past = await embedder.embed_documents(["data " * 260 + tail for tail in tails])
+    past = await embedder.embed_documents(["data " * 130 + tail for tail in tails])
     assert past[0] == past[1]
+    longer = LocalEmbedder(max_tokens=256)  # the setting is honoured
+    try:
+        further = await longer.embed_documents(["data " * 130 + tail for tail in tails])
+        assert cosine(*further) < 0.9999
+    finally:
+        await longer.aclose()
 
 
 @needs_model
@@ -151,7 +157,7 @@ async def test_a_query_does_not_wait_behind_a_document_batch(embedder: LocalEmbe
     """Queries have their own lane: one answered while a long document batch runs
     finishes before that batch (an order, not a time)."""
     await embedder.warm_up()
-    texts = [f"def function_{i}(a, b):\n    return a * {i} + b  # " + "x " * 250 for i in range(32)]
+    texts = [f"def function_{i}(a, b):\n    return a * {i} + b  # " + "x " * 120 for i in range(64)]
     done: list[str] = []
 
     async def documents() -> None:
