@@ -4,9 +4,12 @@ scale-up to 100,000 chunks.
 
 The embedder answers instantly (fixed vectors from a small pool, picked by a hash of the
 text), so the numbers measure the pipeline - discovery, hashing, chunking, COPY, indexes -
-not a model. Search latency excludes the query's embedding, as the goal states.
+not a model. Search latency excludes the query's embedding, as the goal states. Last, a
+subset of the same files is indexed with the instant embedder and with the real local
+model (the local-embed extra), side by side, with searches running meanwhile.
 
     .venv/bin/python benchmarks/index_search.py [--chunks 100000] [--queries 300]
+                                                [--local-files 150]
 
 Starts its own PostgreSQL (tests/support/pg.py) and removes it afterwards, with the
 durability a deployment has (fsync, synchronous_commit and full_page_writes on: the test
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -38,8 +42,9 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support.pg import running_cluster  # noqa: E402
 
-from codebase_mcp import db  # noqa: E402
+from codebase_mcp import db, local_embed  # noqa: E402
 from codebase_mcp.config import load_settings  # noqa: E402
+from codebase_mcp.embed import Embedder  # noqa: E402
 from codebase_mcp.engine import Engine, JobState, Progress  # noqa: E402
 from codebase_mcp.filters import Filters  # noqa: E402
 from codebase_mcp.search import run_search  # noqa: E402
@@ -47,7 +52,7 @@ from codebase_mcp.search import run_search  # noqa: E402
 DIMS = 768
 UPSTREAM_FILES_PER_S = 10_649 / (24 * 60)  # ~7.4 files/s
 UPSTREAM_SEARCH_MS = (340.0, 638.0)
-GOALS = {"first": 200.0, "unchanged": 2000.0, "p95_ms": 50.0}
+GOALS = {"first": 200.0, "unchanged": 2000.0, "p95_ms": 50.0, "local_chunks_per_s": 40.0}
 # A deployment's durability, over the test cluster's fast defaults.
 DURABLE = ("fsync=on", "synchronous_commit=on", "full_page_writes=on")
 
@@ -58,12 +63,12 @@ class InstantEmbedder:
     inserts, so every text gets its own.)"""
 
     model = "instant"
-    dimensions = DIMS
 
-    def __init__(self, seed: int = 7, pool_size: int = 1 << 18) -> None:
+    def __init__(self, seed: int = 7, pool_size: int = 1 << 18, dimensions: int = DIMS) -> None:
         rng = random.Random(seed)
+        self.dimensions = dimensions
         self._pool = [rng.gauss(0, 1) for _ in range(pool_size)]
-        self._span = pool_size - DIMS
+        self._span = pool_size - dimensions
 
     def vector(self, text: str) -> list[float]:
         h = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
@@ -71,7 +76,7 @@ class InstantEmbedder:
 
     def window(self, key: int) -> list[float]:
         offset = key % self._span
-        return self._pool[offset : offset + DIMS]
+        return self._pool[offset : offset + self.dimensions]
 
     async def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
         return [self.vector(t) for t in texts]
@@ -93,14 +98,14 @@ def copy_stdlib(dest: Path) -> Path:
     return dest
 
 
-def migrate(url: str) -> None:
+def migrate(url: str, dims: int = DIMS) -> None:
     import argparse as ap
 
     from alembic import command
     from alembic.config import Config
 
     cfg = Config(str(ROOT / "alembic.ini"))
-    cfg.cmd_opts = ap.Namespace(x=[f"url={url}", f"dimensions={DIMS}"])
+    cfg.cmd_opts = ap.Namespace(x=[f"url={url}", f"dimensions={dims}"])
     cfg.attributes["configure_logger"] = False
     command.upgrade(cfg, "head")
 
@@ -244,16 +249,16 @@ async def open_bench_engine(
     name: str,
     base: Path,
     args: argparse.Namespace,
-    embedder: InstantEmbedder,
+    embedder: Embedder,
     **extra: str,
 ) -> Engine:
     url = cluster.create_database(name)
-    await asyncio.to_thread(migrate, url)
+    await asyncio.to_thread(migrate, url, embedder.dimensions)
     settings = load_settings(
         env={
             "REGISTRY_DATABASE_URL": url,
             "CODEBASE_ROOTS": str(base),
-            "EMBEDDING_DIMENSIONS": str(DIMS),
+            "EMBEDDING_DIMENSIONS": str(embedder.dimensions),
             **({"CODEBASE_INDEX_WORKERS": str(args.workers)} if args.workers else {}),
             **extra,
         }
@@ -263,12 +268,141 @@ async def open_bench_engine(
     return engine
 
 
+def copy_subset(corpus: Path, dest: Path, files: int, seed: int = 5) -> Path:
+    """A fixed sample of `files` files of the corpus, same relative paths."""
+    everything = sorted(p for p in corpus.rglob("*") if p.is_file() and not p.is_symlink())
+    random.Random(seed).shuffle(everything)
+    for path in everything[:files]:
+        target = dest / path.relative_to(corpus)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    return dest
+
+
+class RssPeak:
+    """Peak resident memory of this process, and of it with its children (the chunking
+    processes), sampled every 50 ms while running."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._proc = psutil.Process()
+        self.own = 0
+        self.with_children = 0
+
+    def sample(self) -> None:
+        import psutil
+
+        own = self._proc.memory_info().rss
+        total = own
+        for child in self._proc.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                total += child.memory_info().rss
+        self.own, self.with_children = max(self.own, own), max(self.with_children, total)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.to_thread(self.sample)
+            await asyncio.sleep(0.05)
+
+
+async def timed_searches(engine: Engine, queries: list[str], pause: float) -> list[float]:
+    """Full searches (query embedding included), in ms."""
+    out: list[float] = []
+    for q in queries:
+        started = time.perf_counter()
+        await engine.search(q, limit=10)
+        out.append((time.perf_counter() - started) * 1000)
+        await asyncio.sleep(pause)
+    return out
+
+
+async def local_model_runs(
+    cluster: Any, base: Path, corpus: Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    """The same stdlib subset indexed with the instant embedder and with the local model;
+    while the model indexes, searches (query embedding included) run twice a second."""
+    from codebase_mcp.local_embed import LocalEmbedder
+
+    subset = copy_subset(corpus, base / "subset", args.local_files)
+    out: dict[str, Any] = {}
+    instant = InstantEmbedder(dimensions=local_embed.DIMENSIONS)
+    engine = await open_bench_engine(cluster, "subset_instant", base, args, instant)
+    try:
+        out["instant_s"], job, _ = await timed_index(engine, subset)
+    finally:
+        await engine.close()
+    out["files"], out["chunks"] = job.files_total, job.chunks_done
+
+    model = LocalEmbedder()
+    engine = await open_bench_engine(cluster, "subset_local", base, args, model)
+    rss = RssPeak()
+    try:
+        await model.warm_up()
+        rng = random.Random(9)
+        queries = queries_from([], rng, 40)
+        out["idle_before"] = await timed_searches(engine, queries, 0.0)
+        out["rss_before"] = RssPeak()
+        out["rss_before"].sample()
+        sampler = asyncio.create_task(rss.run())
+        indexing = asyncio.create_task(timed_index(engine, subset))
+        busy: list[float] = []
+        while not indexing.done():  # two searches a second: a busy user, a small cost
+            busy.extend(await timed_searches(engine, [rng.choice(queries)], 0.5))
+        out["local_s"], job, _ = await indexing
+        sampler.cancel()
+        out["busy"] = busy
+        out["idle_after"] = await timed_searches(engine, queries, 0.0)
+        out["local_chunks"] = job.chunks_done
+    finally:
+        await engine.close()
+    out["rss_own"], out["rss_total"] = rss.own, rss.with_children
+    return out
+
+
+def print_local(local: dict[str, Any]) -> None:
+    instant_rate = local["chunks"] / local["instant_s"]
+    rate = local["local_chunks"] / local["local_s"]
+    goal = GOALS["local_chunks_per_s"]
+    idle = local["idle_before"] + local["idle_after"]
+    busy = local["busy"]
+    print(
+        f"first index of a {local['files']}-file subset ({local['chunks']:,} chunks), "
+        f"end to end: instant embedder {local['instant_s']:6.1f} s = {instant_rate:7,.0f} "
+        f"chunks/s; local model ({local_embed.MODEL_NAME}, {local_embed.MAX_TOKENS} word "
+        f"pieces) {local['local_s']:6.1f} s = {rate:5.1f} chunks/s (goal >= {goal:.0f}: "
+        f"{'met' if rate >= goal else 'MISSED'})"
+    )
+    before = local["rss_before"]
+    print(
+        f"  while the model indexed: peak RSS {local['rss_own'] / 2**20:.0f} MB (server "
+        f"process; {before.own / 2**20:.0f} MB before, model loaded), "
+        f"{local['rss_total'] / 2**20:.0f} MB with its chunking processes "
+        f"({before.with_children / 2**20:.0f} MB before)"
+    )
+    print(
+        f"  search with the local model, query embedding included: idle p50 "
+        f"{pct(idle, 0.5):5.1f} ms, p95 {pct(idle, 0.95):5.1f} ms ({len(idle)} searches); "
+        f"while indexing p50 {pct(busy, 0.5):5.1f} ms, p95 {pct(busy, 0.95):5.1f} ms "
+        f"({len(busy)} searches)"
+    )
+
+
 async def main_async(args: argparse.Namespace) -> None:
     base = make_base()
     load_before = os.getloadavg()[0]
     embedder = InstantEmbedder()
     try:
         corpus = copy_stdlib(base / "stdlib")
+        if args.local_only:
+            with running_cluster(base / "pg", settings=DURABLE) as cluster:
+                local = await local_model_runs(cluster, base, corpus, args)
+            print(
+                f"cores: {os.cpu_count()}; load average {load_before:.1f} before, "
+                f"{os.getloadavg()[0]:.1f} after (other work shares the cores)"
+            )
+            print_local(local)
+            return
         with running_cluster(base / "pg", settings=DURABLE) as cluster:
             # 1. The pipeline alone: the same run into a database without the HNSW index
             #    (what PostgreSQL spends on the vector graph is measured in 2. and 3.).
@@ -315,6 +449,13 @@ async def main_async(args: argparse.Namespace) -> None:
                 )
             finally:
                 await engine.close()
+
+            # 4. The real local model beside the instant embedder, on a subset.
+            local = (
+                await local_model_runs(cluster, base, corpus, args)
+                if args.local_files and local_embed.available()
+                else None
+            )
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -366,6 +507,10 @@ async def main_async(args: argparse.Namespace) -> None:
             f"search {name:<8}: p50 {pct(values, 0.5):5.1f} ms, p95 {pct(values, 0.95):5.1f} ms, "
             f"mean {statistics.fmean(values):5.1f} ms"
         )
+    if local is not None:
+        print_local(local)
+    elif args.local_files:
+        print("local model: not measured (the local-embed extra is not installed)")
 
 
 def main() -> None:
@@ -373,6 +518,15 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--workers", type=int, default=0, help="chunking processes (0: cores)")
+    parser.add_argument(
+        "--local-files",
+        type=int,
+        default=150,
+        help="files of the stdlib subset indexed with the real local model (0: skip)",
+    )
+    parser.add_argument(
+        "--local-only", action="store_true", help="only the local model's run (needs the extra)"
+    )
     args = parser.parse_args()
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
     structlog.configure(
