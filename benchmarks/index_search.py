@@ -25,6 +25,7 @@ import hashlib
 import logging
 import os
 import random
+import resource
 import shutil
 import statistics
 import sys
@@ -306,6 +307,12 @@ class RssPeak:
             await asyncio.sleep(0.05)
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process (the server: onnxruntime's threads, the event loop)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 async def timed_searches(engine: Engine, queries: list[str], pause: float) -> list[float]:
     """Full searches (query embedding included), in ms."""
     out: list[float] = []
@@ -345,11 +352,13 @@ async def local_model_runs(
         out["rss_before"] = RssPeak()
         out["rss_before"].sample()
         sampler = asyncio.create_task(rss.run())
+        cpu_before = cpu_seconds()
         indexing = asyncio.create_task(timed_index(engine, subset))
         busy: list[float] = []
         while not indexing.done():  # two searches a second: a busy user, a small cost
             busy.extend(await timed_searches(engine, [rng.choice(queries)], 0.5))
         out["local_s"], job, _ = await indexing
+        out["cpu_s"] = cpu_seconds() - cpu_before
         sampler.cancel()
         out["busy"] = busy
         out["idle_after"] = await timed_searches(engine, queries, 0.0)
@@ -372,6 +381,11 @@ def print_local(local: dict[str, Any]) -> None:
         f"chunks/s; local model ({local_embed.MODEL_NAME}, {local_embed.MAX_TOKENS} word "
         f"pieces) {local['local_s']:6.1f} s = {rate:5.1f} chunks/s (goal >= {goal:.0f}: "
         f"{'met' if rate >= goal else 'MISSED'})"
+    )
+    cpu_ms = local["cpu_s"] / local["local_chunks"] * 1000
+    print(
+        f"  the server process spent {cpu_ms:.1f} ms of CPU per chunk (searches included): "
+        f"two idle cores would embed ~{2000 / cpu_ms:.0f} chunks/s"
     )
     before = local["rss_before"]
     print(
