@@ -24,7 +24,15 @@ def dep_env(**extra: str) -> dict[str, str]:
         k: v
         for k, v in os.environ.items()
         if not k.startswith(
-            ("MCP_SUPERVISOR_", "REGISTRY_DATABASE_URL", "OLLAMA_", "LOG_", "CODEBASE_")
+            (
+                "MCP_SUPERVISOR_",
+                "REGISTRY_DATABASE_URL",
+                "OLLAMA_",
+                "OPENAI_",
+                "EMBEDDING_",
+                "LOG_",
+                "CODEBASE_",
+            )
         )
     }
     env.update(LOG_FORMAT="json", LOG_LEVEL="info")
