@@ -188,6 +188,17 @@ def check_model_is_real(embed: Callable[[Sequence[str]], list[list[float]]]) -> 
     return margin
 
 
+# What a chunk may be embedded as, for the study of its context (--embed-text).
+EMBED_TEXTS: dict[str, Callable[[str, str | None, str], str]] = {
+    "engine": lambda path, symbol, text: text,  # placeholder: the engine's own is kept
+    "path-symbol": lambda path, symbol, text: (
+        f"{path} {symbol}\n{text}" if symbol else f"{path}\n{text}"
+    ),
+    "symbol": lambda path, symbol, text: f"{symbol}\n{text}" if symbol else text,
+    "text": lambda path, symbol, text: text,
+}
+
+
 # --- the question sets' corpora ----------------------------------------------------------------
 
 
@@ -601,8 +612,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--dump", type=Path, help="directory for each set's lists (fusion.py)")
     parser.add_argument("--verbose", action="store_true", help="list what each mode missed")
+    parser.add_argument(
+        "--embed-text",
+        choices=sorted(EMBED_TEXTS),
+        default="engine",
+        help="what a chunk is embedded as (a study: 'engine' is what the product does)",
+    )
     args = parser.parse_args(argv)
     args.sets = [s.strip() for s in args.sets.split(",") if s.strip()]
+    if args.embed_text != "engine":
+        import codebase_mcp.index
+
+        codebase_mcp.index.embedding_text = EMBED_TEXTS[args.embed_text]
     unknown = [s for s in args.sets if s not in SETS]
     if unknown:
         parser.error(f"unknown sets {unknown}; known: {', '.join(SETS)}")

@@ -1,9 +1,10 @@
 """Repositories, files, chunks (embedding + full-text) and jobs.
 
-The embedding column's size N is fixed here, at migration time: `-x dimensions=N`, else
-EMBEDDING_DIMENSIONS, else the size of the model a server with this environment chooses
-(384 for the local model, else 768 for nomic-embed-text). It must match the model the
-server embeds with; the server checks it at start.
+The embedding column's size N was fixed here: `-x dimensions=N`, else 768 (nomic-embed-text).
+0008 moves the vectors into the embeddings store, which knows each model's size, and drops
+the column: a database made today never holds a vector in it, so the environment's
+EMBEDDING_DIMENSIONS is not read here (a bad value there is the server's to report, exit 78,
+not a migration crash).
 
 Revision ID: 0002
 Revises: 0001
@@ -12,7 +13,6 @@ Create Date: 2026-11-21
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 from alembic import context, op
@@ -26,22 +26,14 @@ MAX_HNSW_DIMENSIONS = 2000
 
 
 def _dimensions() -> int:
-    raw = context.get_x_argument(as_dictionary=True).get("dimensions") or os.environ.get(
-        "EMBEDDING_DIMENSIONS"
-    )
-    if not raw:
-        # The size the server started with this environment will expect (384 when it
-        # will embed with the local model, else 768).
-        from codebase_mcp.config import default_dimensions_from_environment
-
-        return default_dimensions_from_environment(os.environ)
+    raw = context.get_x_argument(as_dictionary=True).get("dimensions") or "768"
     try:
         dims = int(raw)
     except ValueError:
-        raise RuntimeError(f"EMBEDDING_DIMENSIONS must be an integer, got {raw!r}") from None
+        raise RuntimeError(f"-x dimensions must be an integer, got {raw!r}") from None
     if not 1 <= dims <= MAX_HNSW_DIMENSIONS:
         raise RuntimeError(
-            f"EMBEDDING_DIMENSIONS must be between 1 and {MAX_HNSW_DIMENSIONS} "
+            f"-x dimensions must be between 1 and {MAX_HNSW_DIMENSIONS} "
             f"(pgvector's HNSW limit), got {dims}"
         )
     return dims

@@ -33,10 +33,9 @@ from pydantic_settings import (
 from codebase_mcp import local_embed
 from codebase_mcp.errors import ConfigError
 
-# pgvector's HNSW index covers `vector` columns of up to 2,000 dimensions.
-MAX_INDEXED_DIMENSIONS = 2000
+# pgvector's HNSW index covers half-precision vectors of up to 4,000 dimensions.
+MAX_INDEXED_DIMENSIONS = 4000
 _PG_SCHEMES = ("postgresql", "postgres", "postgresql+asyncpg")
-NOMIC_DIMENSIONS = 768
 
 Provider = Literal["ollama", "openai", "local"]
 
@@ -78,8 +77,8 @@ class Settings(BaseSettings):
     embedding_model: str | None = Field(
         None, validation_alias=AliasChoices("EMBEDDING_MODEL", "embedding_model")
     )
-    # Fixed into the schema at migration time (chunks.embedding vector(N)); unset: the
-    # chosen model's (see default_dimensions).
+    # The size an embedding server's model is expected to return (checked on every
+    # answer); unset: learned from its first answer. Any size fits the embeddings store.
     embedding_dimensions: int | None = Field(
         None,
         ge=1,
@@ -162,6 +161,12 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("embedding_dimensions", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # `EMBEDDING_DIMENSIONS=` (as a .env copied from .env.example has it): unset.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("embedding_dimensions")
     @classmethod
     def _dimensions_fit_the_local_model(cls, value: int | None, info: ValidationInfo) -> int | None:
@@ -236,12 +241,6 @@ class Settings(BaseSettings):
         )
 
     @property
-    def provider_is_automatic(self) -> bool:
-        """Chosen by `auto` with no size given: a schema of another size then means
-        full-text search with a warning, not a refusal to start."""
-        return self.embedding_provider == "auto" and self.embedding_dimensions is None
-
-    @property
     def model_name(self) -> str | None:
         """The embedding model of the chosen provider."""
         provider = self.provider
@@ -254,9 +253,12 @@ class Settings(BaseSettings):
         return None
 
     @property
-    def dimensions(self) -> int:
-        """EMBEDDING_DIMENSIONS, else the chosen model's size."""
-        return self.embedding_dimensions or default_dimensions(self.provider)
+    def dimensions(self) -> int | None:
+        """The vector size expected: the local model's, else EMBEDDING_DIMENSIONS, else
+        None (an embedding server's model tells with its first answer)."""
+        if self.provider == "local":
+            return local_embed.DIMENSIONS
+        return self.embedding_dimensions
 
     @property
     def embedder_url(self) -> str | None:
@@ -299,23 +301,6 @@ def choose_provider(
     if "openai_base_url" in explicit:
         return "openai"
     return "local" if local_available else None
-
-
-def default_dimensions(provider: Provider | None) -> int:
-    """The vector size when EMBEDDING_DIMENSIONS is unset: the local model's 384, else
-    nomic-embed-text's 768 (Ollama's default model)."""
-    return local_embed.DIMENSIONS if provider == "local" else NOMIC_DIMENSIONS
-
-
-def default_dimensions_from_environment(env: Mapping[str, str]) -> int:
-    """The vector size a server started with `env` and no EMBEDDING_DIMENSIONS expects,
-    from the environment alone (no database URL needed): the migrations size a new
-    schema with it."""
-    upper = {k.upper(): v.strip() for k, v in env.items()}
-    urls = {"OLLAMA_BASE_URL": "ollama_base_url", "OPENAI_BASE_URL": "openai_base_url"}
-    explicit = {field for var, field in urls.items() if upper.get(var)}
-    requested = upper.get("EMBEDDING_PROVIDER", "").lower() or "auto"
-    return default_dimensions(choose_provider(requested, explicit, local_embed.available()))
 
 
 def normalize_database_url(url: str, driver: str | None) -> str:

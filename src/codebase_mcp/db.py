@@ -33,14 +33,17 @@ else:  # asyncpg's classes are generic only in the stubs
     Pool = asyncpg.Pool
 
 # The alembic head this code expects (a test checks it against migrations/).
-SCHEMA_HEAD = "0007"
+SCHEMA_HEAD = "0008"
 
 _HEADER = struct.Struct(">HH")
 _BIG_ENDIAN = sys.byteorder == "big"
 
 
-def encode_vector(vector: Sequence[float]) -> bytes:
-    """pgvector's binary send format: dims (int16), unused (int16), float4 big-endian."""
+def encode_vector(vector: Sequence[float] | bytes) -> bytes:
+    """pgvector's binary send format: dims (int16), unused (int16), float4 big-endian.
+    Bytes pass as they are (already encoded: how a vector travels inside an array)."""
+    if isinstance(vector, bytes):
+        return vector
     n = len(vector)
     return struct.pack(f">HH{n}f", n, 0, *vector)  # one C call; struct caches the format
 
@@ -129,9 +132,9 @@ def _scrub(text: str, settings: Settings) -> str:
     return text.replace(password, "***") if password else text
 
 
-async def check_schema(conn: Conn, dimensions: int | None) -> None:
-    """The schema must be at SCHEMA_HEAD, with an embedding column of `dimensions` unless
-    that is None."""
+async def check_schema(conn: Conn) -> None:
+    """The schema must be at SCHEMA_HEAD. (Vectors of any size live in the embeddings
+    store: no size to check since revision 0008.)"""
     try:
         version = await conn.fetchval("SELECT version_num FROM alembic_version")
     except asyncpg.UndefinedTableError:
@@ -142,29 +145,6 @@ async def check_schema(conn: Conn, dimensions: int | None) -> None:
             f"the database schema is not at head ({found}, expected {SCHEMA_HEAD}); run "
             "`mcp-supervisor migrate` or `alembic upgrade head` first"
         )
-    if dimensions is None:
-        return
-    typmod = await embedding_dimensions(conn)
-    if typmod != dimensions:
-        raise dimensions_mismatch(typmod, dimensions)
-
-
-def dimensions_mismatch(stored: int | None, expected: int) -> SchemaError:
-    return SchemaError(
-        f"the database stores {stored}-dimensional embeddings but EMBEDDING_DIMENSIONS is "
-        f"{expected}; set EMBEDDING_DIMENSIONS={stored} (and a model of that size) or "
-        "migrate a fresh database"
-    )
-
-
-async def embedding_dimensions(conn: Conn) -> int | None:
-    """N of the chunks.embedding vector(N) column as the migrations made it (None: no
-    such column)."""
-    value = await conn.fetchval(
-        "SELECT atttypmod FROM pg_attribute "
-        "WHERE attrelid = 'chunks'::regclass AND attname = 'embedding'"
-    )
-    return None if value is None else int(value)
 
 
 # --- repositories ---------------------------------------------------------------------
@@ -253,26 +233,19 @@ async def delete_repository(conn: Conn, path: str) -> bool:
 class StoredFile:
     id: int
     content_hash: str
-    embedded: bool  # every chunk has its embedding
 
 
 async def stored_files(conn: Conn, repository_id: int) -> dict[str, StoredFile]:
     rows = await conn.fetch(
-        "SELECT id, path, content_hash, embedded FROM files WHERE repository_id = $1",
+        "SELECT id, path, content_hash FROM files WHERE repository_id = $1",
         repository_id,
     )
-    return {r["path"]: StoredFile(r["id"], r["content_hash"], r["embedded"]) for r in rows}
+    return {r["path"]: StoredFile(r["id"], r["content_hash"]) for r in rows}
 
 
-async def count_embedded_files(conn: Conn, repository_id: int | None = None) -> int:
-    """Files with vectors in the HNSW index, over every repository or in one."""
-    if repository_id is None:
-        return int(await conn.fetchval("SELECT count(*) FROM files WHERE embedded"))
-    return int(
-        await conn.fetchval(
-            "SELECT count(*) FROM files WHERE embedded AND repository_id = $1", repository_id
-        )
-    )
+async def count_files(conn: Conn) -> int:
+    """Files stored, over every repository."""
+    return int(await conn.fetchval("SELECT count(*) FROM files"))
 
 
 async def delete_files(conn: Conn, repository_id: int, paths: Sequence[str]) -> int:
@@ -302,7 +275,6 @@ class FileRow:
     content_hash: str
     size: int
     chunk_count: int
-    embedded: bool
 
 
 CHUNK_COLUMNS = (
@@ -319,12 +291,13 @@ CHUNK_COLUMNS = (
     "tsv",
     "term_freqs",
     "body_length",
-    "embedding",
+    "embed_hash",
 )
 
 # (ordinal, start_line, end_line, kind, symbol, language, text, tsv, term_freqs,
-# body_length, embedding): the CHUNK_COLUMNS after file_id, repository_id and path. tsv
-# and term_freqs are binary (tokens.chunk_vectors).
+# body_length, embed_hash): the CHUNK_COLUMNS after file_id, repository_id and path. tsv
+# and term_freqs are binary (tokens.chunk_vectors); embed_hash keys the chunk's vector in
+# the embeddings store (embeddings.text_hash of index.embedding_text).
 ChunkRecord = tuple[
     int,
     int,
@@ -336,7 +309,7 @@ ChunkRecord = tuple[
     bytes,
     bytes,
     int,
-    Sequence[float] | None,
+    bytes,
 ]
 
 
@@ -362,10 +335,9 @@ async def replace_files(
         await _delete_files(conn, repository_id, [*paths, *forget])
     rows = await conn.fetch(
         """
-        INSERT INTO files (repository_id, path, language, content_hash, size, chunk_count,
-                           embedded)
+        INSERT INTO files (repository_id, path, language, content_hash, size, chunk_count)
         SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[],
-                                 $6::int[], $7::bool[])
+                                 $6::int[])
         RETURNING id, path
         """,
         repository_id,
@@ -374,7 +346,6 @@ async def replace_files(
         [f.content_hash for f in files],
         [f.size for f in files],
         [f.chunk_count for f in files],
-        [f.embedded for f in files],
     )
     ids = {r["path"]: r["id"] for r in rows}
     records = [

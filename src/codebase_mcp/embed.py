@@ -49,7 +49,8 @@ def host_port(url: str) -> str:
 
 class Embedder(Protocol):
     model: str
-    dimensions: int
+    # None until the first answer says (an HTTP model whose size was not configured).
+    dimensions: int | None
 
     async def embed_documents(self, texts: Sequence[str]) -> list[list[float]]: ...
 
@@ -99,7 +100,7 @@ class HttpEmbedder:
         base_url: str,
         api: _Api,
         model: str,
-        dimensions: int,
+        dimensions: int | None,
         batch_size: int = 64,
         concurrency: int = 4,
         timeout: float = 60.0,
@@ -216,12 +217,14 @@ class HttpEmbedder:
             raise EmbedderError(
                 f"the embedder at {self.where} returned {len(vectors)} vectors for {expected} texts"
             )
+        if self.dimensions is None and vectors:  # learned from the first answer
+            self.dimensions = len(vectors[0])
         for v in vectors:
             if len(v) != self.dimensions:
                 raise EmbedderError(
-                    f"model {self.model} returns {len(v)}-dimensional vectors but the schema "
-                    f"holds {self.dimensions} (EMBEDDING_DIMENSIONS); use a matching model or "
-                    f"migrate a fresh database with EMBEDDING_DIMENSIONS={len(v)}"
+                    f"model {self.model} returns {len(v)}-dimensional vectors where "
+                    f"{self.dimensions} were expected (EMBEDDING_DIMENSIONS, or its earlier "
+                    "answers): set EMBEDDING_DIMENSIONS to the model's size, or leave it unset"
                 )
         return vectors
 
@@ -249,7 +252,7 @@ def create_embedder(
         base_url=base_url,
         api=api,
         model=settings.model_name or settings.ollama_embedding_model,
-        dimensions=settings.dimensions,
+        dimensions=settings.embedding_dimensions,
         batch_size=settings.embed_batch_size,
         concurrency=settings.embed_concurrency,
         timeout=settings.embed_timeout,

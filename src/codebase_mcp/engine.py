@@ -13,6 +13,7 @@ import socket
 import time
 from concurrent.futures import Executor, Future
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import replace
 from types import TracebackType
 from typing import Any
 
@@ -20,7 +21,18 @@ import anyio
 import asyncpg
 import structlog
 
-from codebase_mcp import db, job_queue, lease, paths, stats, tokens, validate, vector_index
+from codebase_mcp import (
+    catchup,
+    db,
+    embeddings,
+    job_queue,
+    lease,
+    paths,
+    stats,
+    tokens,
+    validate,
+    vector_index,
+)
 from codebase_mcp.config import Settings
 from codebase_mcp.discover import resolve_under_roots
 from codebase_mcp.embed import Embedder, create_embedder
@@ -121,6 +133,13 @@ class Engine:
         self._maintenance: asyncio.Task[None] | None = None
         self._embedder_loading: asyncio.Task[None] | None = None
         self._no_embedder = "no embedder configured"
+        # The active model in the embeddings store (None: no embedder, or it cannot be
+        # used), and the background catch-up of its vectors.
+        self._model: embeddings.Model | None = None
+        self._model_error: str | None = None
+        self._catchup: asyncio.Task[None] | None = None
+        self._catchup_wanted = asyncio.Event()
+        self.catchup_progress = catchup.Progress()
         self._closed = False
 
     @classmethod
@@ -142,9 +161,8 @@ class Engine:
         )
         try:
             async with pool.acquire() as conn:
-                await db.check_schema(conn, None)
-                stored_dimensions = await db.embedding_dimensions(conn)
-                self._embedder = await self._open_embedder(stored_dimensions)
+                await db.check_schema(conn)
+                self._embedder = await self._open_embedder()
         except BaseException:
             if self._embedder is not None and self._embedder is not self._embedder_override:
                 await self._embedder.aclose()
@@ -158,6 +176,8 @@ class Engine:
             self._embedder_loading = asyncio.get_running_loop().create_task(
                 self._load_local(self._embedder)
             )
+        if self._embedder is not None and self._embedder.dimensions is not None:
+            await self._register_model(self._embedder)
         self._jobs = JobManager(
             pool,
             self.owner,
@@ -171,6 +191,7 @@ class Engine:
         self._warming = self._start_workers()
         # A bulk load cut short (a stop, a crash) left the vector index set aside.
         self._maintenance = asyncio.get_running_loop().create_task(self._leftovers())
+        self._start_catch_up()
         if not tokens.COMPILED:
             log.warning(
                 "codebase_mcp._tsvector is missing (installed without a C compiler): "
@@ -183,39 +204,19 @@ class Engine:
             model=self._embedder.model if self._embedder is not None else None,
         )
 
-    async def _open_embedder(self, stored_dimensions: int | None) -> Embedder | None:
-        """The embedder for a schema whose vectors have `stored_dimensions`. A size that
-        does not fit is a configuration error, except for a local model picked by `auto`:
-        then search stays full-text and says why (an older database made for Ollama's
-        768 dimensions must not stop the server)."""
+    async def _open_embedder(self) -> Embedder | None:
+        """The embedder the settings choose (None: full-text search only, and
+        `_no_embedder` says why). Its vectors go to the embeddings store under its model,
+        whatever their size: any model fits any database."""
         if self._embedder_override is not None:
-            embedder: Embedder | None = self._embedder_override
-        elif self._use_embedder:
-            embedder = create_embedder(self.settings)
-        else:
+            return self._embedder_override
+        if not self._use_embedder:
             self._no_embedder = "no embedder configured: full-text search only"
             return None
+        embedder = create_embedder(self.settings)
         if embedder is None:
             self._no_embedder = NO_EMBEDDER_CONFIGURED
-            return None
-        if stored_dimensions == embedder.dimensions:
-            return embedder
-        lenient = (
-            self._embedder_override is None
-            and isinstance(embedder, LocalEmbedder)
-            and self.settings.provider_is_automatic
-        )
-        if embedder is not self._embedder_override:
-            await embedder.aclose()
-        if not lenient:
-            raise db.dimensions_mismatch(stored_dimensions, embedder.dimensions)
-        self._no_embedder = (
-            f"the database holds {stored_dimensions}-dimensional vectors and the local model "
-            f"{embedder.model} makes {embedder.dimensions}: full-text search only (set "
-            f"OLLAMA_BASE_URL to use a {stored_dimensions}-dimensional Ollama model, or use "
-            "a new database)"
-        )
-        return None
+        return embedder
 
     async def _load_local(self, embedder: LocalEmbedder) -> None:
         """Load the local model in the background: the first search then finds it ready,
@@ -238,12 +239,10 @@ class Engine:
         with anyio.CancelScope(shield=True):
             if self._jobs is not None:
                 await self._jobs.stop_all(grace)
-            if self._maintenance is not None:
-                self._maintenance.cancel()  # a build rolls back and is taken up next start
-                await asyncio.gather(self._maintenance, return_exceptions=True)
-            if self._embedder_loading is not None:
-                self._embedder_loading.cancel()
-                await asyncio.gather(self._embedder_loading, return_exceptions=True)
+            for task in (self._maintenance, self._catchup, self._embedder_loading):
+                if task is not None:
+                    task.cancel()  # a build rolls back and is taken up next start
+                    await asyncio.gather(task, return_exceptions=True)
             if self._executor is not None:
                 self._executor.shutdown(wait=False, cancel_futures=True)
                 self._executor = None
@@ -276,6 +275,11 @@ class Engine:
         return self._pool
 
     @property
+    def model(self) -> embeddings.Model | None:
+        """The active model in the embeddings store (None: search is by full text)."""
+        return self._model
+
+    @property
     def jobs(self) -> JobManager:
         if self._jobs is None or self._closed:
             raise EngineError("the engine is not running")
@@ -296,6 +300,79 @@ class Engine:
         if self._executor is None:
             self._executor = make_executor(self.settings.workers)
         return self._executor
+
+    async def _register_model(self, embedder: Embedder) -> None:
+        """The embedder's model in the embeddings store (registered on first use). A name
+        the store knows with another size leaves search by meaning off, and says why."""
+        assert embedder.dimensions is not None
+        try:
+            async with self.pool.acquire() as conn:
+                self._model = await embeddings.register(conn, embedder.model, embedder.dimensions)
+        except EmbedderError as exc:
+            self._model, self._model_error = None, str(exc)
+            log.error(f"search by meaning is off: {exc}")
+
+    async def _ensure_model(self) -> embeddings.Model | None:
+        """The active model, registered once its size is known: an embedding server whose
+        size was not configured tells it with its first answer (a probe here, before a
+        job, or a search's query vector). The server itself calls out to nobody at start."""
+        embedder = self._embedder
+        if self._model is not None or embedder is None or self._model_error is not None:
+            return self._model
+        if embedder.dimensions is None:
+            try:
+                with anyio.fail_after(QUERY_EMBED_TIMEOUT_S):
+                    await embedder.embed_query("the size of this model's vectors")
+            except (EmbedderError, TimeoutError) as exc:
+                # Down: a job stores chunks for full text; the next one tries again.
+                self._embedder_error = str(exc) or "timed out"
+                return None
+        await self._register_model(embedder)
+        self._start_catch_up()
+        return self._model
+
+    def _start_catch_up(self) -> None:
+        if self._model is not None and self._catchup is None and not self._closed:
+            self._catchup = asyncio.get_running_loop().create_task(self._catch_up_forever())
+
+    async def _catch_up_forever(self) -> None:
+        """Catch-up passes: at start, after every job, and every catchup.RETRY_S seconds
+        while the embedder fails."""
+        assert self._embedder is not None and self._model is not None
+        while True:
+            self._catchup_wanted.clear()
+            try:
+                done = await catchup.catch_up(
+                    self.pool,
+                    self._embedder,
+                    self._model,
+                    self.owner,
+                    self.catchup_progress,
+                    lease_seconds=self.settings.job_lease_seconds,
+                )
+            except Exception as exc:  # the database went away: try again later
+                self.catchup_progress.state = "waiting"
+                self.catchup_progress.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("catching up embeddings failed", error=str(exc))
+                done = False
+            with anyio.move_on_after(None if done else catchup.RETRY_S):
+                await self._catchup_wanted.wait()
+
+    def catch_up(self) -> None:
+        """Ask for a catch-up pass (after a job, or when the embedder answers again)."""
+        self._catchup_wanted.set()
+
+    async def catch_up_now(self) -> None:
+        """Run a catch-up pass and wait for it (tests and benchmarks)."""
+        if self._embedder is not None and self._model is not None:
+            await catchup.catch_up(
+                self.pool,
+                self._embedder,
+                self._model,
+                self.owner,
+                self.catchup_progress,
+                lease_seconds=self.settings.job_lease_seconds,
+            )
 
     async def _leftovers(self) -> None:
         """What a job cut short left: statistics deltas to fold in, a vector index set
@@ -343,9 +420,12 @@ class Engine:
         return await self._index(job)
 
     async def _index(self, job: RunningJob) -> Outcome:
+        model = await self._ensure_model()
+        unsized = self._embedder is not None and model is None and self._model_error is None
         run = IndexRun(
             pool=self.pool,
             embedder=self._embedder,
+            model=model,
             executor=self._chunk_executor(),
             root=job.info.repository,
             job=job,
@@ -366,6 +446,14 @@ class Engine:
                     broken.shutdown(wait=False, cancel_futures=True)
             raise
         message = embedder_notice(result.embedder_error) if result.embedder_error else None
+        if unsized:  # the probe for the model's size failed: nothing was embedded
+            message = embedder_notice(self._embedder_error or "no answer")
+        log.info(
+            "texts embedded by the job",
+            embedded=run.counters.texts_embedded,
+            reused=run.counters.texts_reused,
+        )
+        self.catch_up()  # chunks it stored without vectors, if the embedder failed
         return Outcome(stopped=result.stopped, message=message)
 
     # --- jobs ---------------------------------------------------------------------------
@@ -438,7 +526,14 @@ class Engine:
             vector, notice = await self._query_vector(query)
         try:
             return await run_search(
-                self.pool, query, vector, filters, limit, want=mode, notice=notice
+                self.pool,
+                query,
+                vector,
+                filters,
+                limit,
+                model=self._model,
+                want=mode,
+                notice=notice,
             )
         except asyncpg.InvalidRegularExpressionError as exc:  # a net: globs are checked
             raise validate.InvalidArgumentError(
@@ -448,6 +543,8 @@ class Engine:
     async def _query_vector(self, query: str) -> tuple[list[float] | None, str | None]:
         if self._embedder is None:
             return None, self._no_embedder
+        if self._model_error is not None:
+            return None, f"search by meaning is off ({self._model_error}): full-text search only"
         if time.monotonic() < self._embedder_down_until:
             return None, f"embedder unavailable ({self._embedder_error}): full-text search only"
         try:
@@ -458,14 +555,37 @@ class Engine:
             self._embedder_down_until = time.monotonic() + EMBEDDER_COOLDOWN_S
             log.warning("query embedding failed; lexical search", error=self._embedder_error)
             return None, f"embedder unavailable ({self._embedder_error}): full-text search only"
+        if self._embedder_down_until or self.catchup_progress.state == "waiting":
+            self.catch_up()  # it answers again: the catch-up resumes
         self._embedder_down_until = 0.0
+        if await self._ensure_model() is None:  # the store refused the model
+            return None, f"search by meaning is off ({self._model_error}): full-text search only"
         return vector, None
 
     # --- repositories -------------------------------------------------------------------
 
     async def list_repositories(self) -> list[RepositoryInfo]:
+        """Every repository, with how many of its chunks have a vector of the active
+        model (the model shows only when some have). With no embedder: the model whose
+        vectors it held when last indexed."""
         async with self.pool.acquire() as conn:
-            return await db.list_repositories(conn)
+            found = await db.list_repositories(conn)
+            if self._model is None:
+                return found
+            embedded = await embeddings.coverage_by_repository(conn, self._model)
+        model = self._model
+        out = []
+        for info in found:
+            n = embedded.get(info.path, 0)
+            out.append(
+                replace(
+                    info,
+                    embedding_model=model.name if n else None,
+                    embedding_dimensions=model.dimensions if n else None,
+                    chunks_embedded=n,
+                )
+            )
+        return out
 
     async def _find_repository(self, given: str, argument: str = "repository") -> str:
         """The indexed repository `given` names: its path (as indexed, or one that resolves
@@ -492,6 +612,19 @@ class Engine:
         return info
 
     # --- health -------------------------------------------------------------------------
+
+    async def _coverage(self) -> dict[str, Any]:
+        """How many chunks have a vector of the active model, and the catch-up's state."""
+        out: dict[str, Any] = {"catch_up": self.catchup_progress.as_dict()}
+        assert self._model is not None
+        try:
+            with anyio.fail_after(3):
+                async with self.pool.acquire() as conn:
+                    embedded, total = await embeddings.coverage(conn, self._model)
+            out |= {"model": self._model.name, "chunks_embedded": embedded, "chunks": total}
+        except Exception as exc:  # the database part of health says what is wrong
+            out["error"] = f"{type(exc).__name__}: {exc}"
+        return out
 
     async def health(self) -> dict[str, Any]:
         """{"status": "ok"|"degraded"|"down", "database": {...}, "embedder": {...},
@@ -531,6 +664,8 @@ class Engine:
                     embedder = await self._embedder.check()
             except TimeoutError:
                 embedder = {"ok": False, "model": self._embedder.model, "error": "timed out"}
+        if self._model is not None:
+            embedder["vectors"] = await self._coverage()
         status = "down" if not database["ok"] else "ok" if embedder.get("ok") else "degraded"
         report = {"status": status, "database": database, "embedder": embedder, "jobs": jobs}
         self._health_cache = (now, report)

@@ -24,7 +24,7 @@ import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from codebase_mcp import db, paths, stats, vector_index
+from codebase_mcp import db, embeddings, paths, stats, vector_index
 from codebase_mcp.chunk import ChunkOptions, chunk_source
 from codebase_mcp.discover import (
     DiscoveryStats,
@@ -34,6 +34,7 @@ from codebase_mcp.discover import (
     discover_files,
 )
 from codebase_mcp.embed import Embedder
+from codebase_mcp.embeddings import text_hash
 from codebase_mcp.errors import EmbedderError
 from codebase_mcp.models import FileError
 from codebase_mcp.tokens import WEIGHT_A, WEIGHT_B, WEIGHT_D, chunk_vectors
@@ -66,8 +67,8 @@ class PreparedFile:
     language: str | None
     content_hash: str
     size: int
-    # db.ChunkRecord without the embedding
-    chunks: list[tuple[int, int, int, str, str | None, str | None, str, bytes, bytes, int]]
+    # db.ChunkRecord: ..., text, tsv, term_freqs, body_length, embed_hash
+    chunks: list[tuple[int, int, int, str, str | None, str | None, str, bytes, bytes, int, bytes]]
     # word -> how many of the chunks hold it (the file's share of document frequencies)
     words: dict[str, int]
 
@@ -95,6 +96,7 @@ def prepare_file(source: SourceFile, max_bytes: int) -> PreparedFile | SkippedFi
             )
             for lexeme in lexemes:
                 words[lexeme] = words.get(lexeme, 0) + 1
+            text = c.text.replace("\x00", "")
             rows.append(
                 (
                     i,
@@ -103,10 +105,11 @@ def prepare_file(source: SourceFile, max_bytes: int) -> PreparedFile | SkippedFi
                     c.kind,
                     c.symbol,
                     c.language or loaded.language,
-                    c.text.replace("\x00", ""),
+                    text,
                     tsv,
                     term_freqs,
                     body_length,
+                    text_hash(embedding_text(source.rel_path, c.symbol, text)),
                 )
             )
     except Exception as exc:  # one bad file must not stop the job
@@ -197,22 +200,15 @@ def plan_changes(
     stored: dict[str, db.StoredFile],
     *,
     force: bool,
-    embedding: bool = True,
 ) -> Plan:
-    """Which files to (re)index: new, changed by content hash, stored without embeddings
-    (the embedder was down; only when there is an embedder now), or all with `force`;
-    which stored files are gone."""
+    """Which files to (re)index: new, changed by content hash, or all with `force`; which
+    stored files are gone. (Chunks stored without vectors are embedded by the background
+    catch-up, not by indexing their files again.)"""
     changed: list[SourceFile] = []
     unchanged = 0
     for source, digest in zip(discovered, hashes, strict=True):
         old = stored.get(source.rel_path)
-        if (
-            force
-            or old is None
-            or digest is None
-            or old.content_hash != digest
-            or (embedding and not old.embedded)
-        ):
+        if force or old is None or digest is None or old.content_hash != digest:
             changed.append(source)
         else:
             unchanged += 1
@@ -224,8 +220,8 @@ def plan_changes(
 def embedder_notice(error: str) -> str:
     """The job's message when the embedder failed during a run."""
     return (
-        f"embedder unavailable ({error}); files were stored for full-text search and get "
-        "embedded when the repository is indexed again"
+        f"embedder unavailable ({error}); files were stored for full-text search, and get "
+        "their vectors in the background once the embedder answers"
     )
 
 
@@ -261,6 +257,8 @@ class Counters:
     chunks_done: int = 0
     errors: list[FileError] = field(default_factory=list)
     skipped: Counter[str] = field(default_factory=Counter)
+    texts_embedded: int = 0  # sent to the embedder
+    texts_reused: int = 0  # found in the store (this model, the same text)
 
     def add_error(self, path: str, error: str) -> None:
         if len(self.errors) < MAX_ERRORS:
@@ -289,7 +287,7 @@ class Counters:
 class _Embedded:
     files: list[PreparedFile]
     skipped: list[SkippedFile]
-    vectors: list[list[float]] | None  # None: stored without embeddings (lexical only)
+    vectors: dict[bytes, list[float]]  # the texts newly embedded, by their hash
 
 
 @dataclass
@@ -307,6 +305,7 @@ class IndexRun:
         *,
         pool: db.Pool,
         embedder: Embedder | None,
+        model: embeddings.Model | None = None,
         executor: Executor,
         root: str,
         job: JobControl,
@@ -317,7 +316,8 @@ class IndexRun:
         bulk_min_files: int = 0,
     ) -> None:
         self.pool = pool
-        self.embedder = embedder
+        self.embedder = embedder if model is not None else None
+        self.model = model
         self.executor = executor
         self.root = root
         self.job = job
@@ -327,19 +327,16 @@ class IndexRun:
         self.read_ahead = max(2, read_ahead)
         self.bulk_min_files = bulk_min_files
         self.counters = Counters()
-        self.embedder_error: str | None = None if embedder is not None else "no embedder"
-        self.stored_vectors = False  # this run embedded something
+        self.embedder_error: str | None = None if self.embedder is not None else "no embedder"
 
     async def run(self) -> IndexResult:
         c = self.counters
         async with self.pool.acquire() as conn:
             repo = await db.upsert_repository(conn, self.root)
             stored = await db.stored_files(conn, repo.id)
-        model = self.embedder.model if self.embedder else None
-        # Vectors of another model are not comparable: re-embed everything.
-        force = self.force or (
-            model is not None and repo.embedding_model not in (None, model) and bool(stored)
-        )
+        # `force` re-reads and re-chunks every file; texts whose vectors the store holds
+        # (for this model) are not embedded again.
+        force = self.force
 
         discovery = DiscoveryStats()
         discovered: list[SourceFile] = await anyio.to_thread.run_sync(
@@ -360,9 +357,7 @@ class IndexRun:
             found = await anyio.to_thread.run_sync(hash_batch, batch)
             digests.update(zip((s.rel_path for s in batch), found, strict=True))
         hashes = [digests.get(s.rel_path) for s in discovered]
-        plan = plan_changes(
-            discovered, hashes, stored, force=force, embedding=self.embedder is not None
-        )
+        plan = plan_changes(discovered, hashes, stored, force=force)
 
         if plan.deleted:
             async with self.pool.acquire() as conn, conn.transaction():
@@ -373,11 +368,11 @@ class IndexRun:
         await self.job.report(**c.snapshot())
 
         bulk = False
-        if self.embedder is not None and self.bulk_min_files:
+        if self.model is not None and self.bulk_min_files:
             async with self.pool.acquire() as conn:
-                embedded = await db.count_embedded_files(conn)
+                held = await db.count_files(conn)
             bulk = vector_index.bulk_load_worthwhile(
-                len(plan.changed), embedded, self.bulk_min_files
+                len(plan.changed), held - len(plan.changed), self.bulk_min_files
             )
 
         async def announce(vectors: int) -> None:
@@ -385,6 +380,7 @@ class IndexRun:
 
         async with vector_index.bulk_load(
             self.pool,
+            self.model,
             enabled=bulk,
             build_after=lambda: not self.job.stop_requested,
             announce=announce,
@@ -392,6 +388,11 @@ class IndexRun:
             stopped = await self._process(repo.id, plan.changed, stored)
         async with self.pool.acquire() as conn:
             await stats.compact(conn, repo.id)
+            if plan.deleted or any(s.rel_path in stored for s in plan.changed):
+                # Texts this run replaced or removed may be nobody's any more.
+                collected = await embeddings.collect_garbage(conn)
+                if collected:
+                    log.info("vectors no chunk uses any more collected", vectors=collected)
         if not stopped:
             async with self.pool.acquire() as conn:
                 await db.mark_repository_indexed(
@@ -404,13 +405,10 @@ class IndexRun:
     async def _vectors_held(
         self, conn: db.Conn, repo: db.RepositoryRow
     ) -> tuple[str | None, int | None]:
-        """The model and size of the vectors the repository holds after this run: none
-        (lexical only), this run's model, or the one it held before."""
-        if not await db.count_embedded_files(conn, repo.id):
-            return None, None
-        if self.stored_vectors and self.embedder is not None:
-            return self.embedder.model, self.embedder.dimensions
-        return repo.embedding_model, repo.embedding_dimensions
+        """The model and size of the vectors the repository's chunks have after this run
+        (this run's model when it has any): none when lexical only."""
+        held = await embeddings.held_by(conn, repo.id, self.model)
+        return (held.name, held.dimensions) if held is not None else (None, None)
 
     async def _process(
         self, repository_id: int, changed: list[SourceFile], stored: dict[str, db.StoredFile]
@@ -485,43 +483,45 @@ class IndexRun:
             tg.cancel_scope.cancel()
         return self.job.stop_requested
 
-    async def _embed(self, files: list[PreparedFile]) -> list[list[float]] | None:
-        texts = [embedding_text(f.path, ch[4], ch[6]) for f in files for ch in f.chunks]
-        if not texts:
-            return []
-        if self.embedder is None or self.embedder_error is not None:
-            return None
+    async def _embed(self, files: list[PreparedFile]) -> dict[bytes, list[float]]:
+        """Vectors for the batch's texts the store does not hold yet for this model (a
+        text seen before, in this file or another, at this or another commit, is not
+        embedded again); nothing when there is no embedder or it failed (the chunks are
+        stored anyway, and get their vectors from the background catch-up)."""
+        if self.embedder is None or self.model is None or self.embedder_error is not None:
+            return {}
+        wanted: dict[bytes, str] = {}
+        for f in files:
+            for ch in f.chunks:
+                wanted.setdefault(ch[10], embedding_text(f.path, ch[4], ch[6]))
+        if not wanted:
+            return {}
+        async with self.pool.acquire() as conn:
+            held = await embeddings.known(conn, self.model, list(wanted))
+        todo = [(h, text) for h, text in wanted.items() if h not in held]
+        self.counters.texts_reused += len(wanted) - len(todo)
+        if not todo:
+            return {}
         try:
-            vectors = await self.embedder.embed_documents(texts)
+            vectors = await self.embedder.embed_documents([text for _, text in todo])
         except EmbedderError as exc:
-            # Keep indexing for lexical search; these files get embedded on a later run.
-            # A job-level notice: no file is at fault.
+            # Keep indexing for lexical search; a job-level notice: no file is at fault.
             self.embedder_error = str(exc)
             log.warning("embedder failed; storing chunks for lexical search only", error=str(exc))
             await self.job.report(message=embedder_notice(self.embedder_error))
-            return None
-        self.stored_vectors = True
-        return vectors
+            return {}
+        self.counters.texts_embedded += len(todo)
+        return {h: v for (h, _), v in zip(todo, vectors, strict=True)}
 
     async def _write(
         self, repository_id: int, batch: _Embedded, stored: dict[str, db.StoredFile]
     ) -> None:
         c = self.counters
-        embedded = batch.vectors is not None
-        rows: list[db.FileRow] = []
-        chunk_rows: list[list[db.ChunkRecord]] = []
-        offset = 0
-        for f in batch.files:
-            vecs: Sequence[Sequence[float] | None]
-            if batch.vectors is not None:
-                vecs = batch.vectors[offset : offset + len(f.chunks)]
-                offset += len(f.chunks)
-            else:
-                vecs = [None] * len(f.chunks)
-            rows.append(
-                db.FileRow(f.path, f.language, f.content_hash, f.size, len(f.chunks), embedded)
-            )
-            chunk_rows.append([(*ch, v) for ch, v in zip(f.chunks, vecs, strict=True)])
+        rows = [
+            db.FileRow(f.path, f.language, f.content_hash, f.size, len(f.chunks))
+            for f in batch.files
+        ]
+        chunk_rows = [f.chunks for f in batch.files]
         gone = [s.path for s in batch.skipped if s.path in stored]
         if rows or gone:
             words: dict[str, int] = {}
@@ -544,6 +544,11 @@ class IndexRun:
                     added=added,
                     replacing=any(f.path in stored for f in batch.files),
                 )
+                if self.model is not None and batch.vectors:
+                    hashes = list(batch.vectors)
+                    await embeddings.store(
+                        conn, self.model, hashes, [batch.vectors[h] for h in hashes]
+                    )
         for s in batch.skipped:
             c.skip(s.path, s.reason, s.error)
         c.files_done += len(batch.files) + len(batch.skipped)

@@ -208,7 +208,7 @@ class LocalEmbedder:
         threads: int | None = None,
     ) -> None:
         self.model = MODEL_NAME
-        self.dimensions = DIMENSIONS
+        self.dimensions: int | None = DIMENSIONS
         self.max_tokens = max_tokens
         self.token_budget = max(token_budget, max_tokens)
         self.max_rows = max_rows

@@ -102,5 +102,7 @@ class RepositoryInfo:
     files: int
     chunks: int
     last_indexed: datetime | None
+    # The active embedder's model and size when any chunk has a vector of it, else None.
     embedding_model: str | None
     embedding_dimensions: int | None = field(default=None)
+    chunks_embedded: int = 0  # chunks with a vector of that model (the rest catch up)

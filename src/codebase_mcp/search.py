@@ -18,6 +18,7 @@ import anyio
 import asyncpg
 
 from codebase_mcp import db, fusion
+from codebase_mcp.embeddings import Model
 from codebase_mcp.errors import first_cause
 from codebase_mcp.filters import Filters
 from codebase_mcp.lexical import LexicalQuery, lexical_rows, lexical_scores, prepare
@@ -37,13 +38,22 @@ def candidates_for(limit: int) -> int:
     return min(max(limit * 3, 30), 300)
 
 
-# The vector top k from chunks alone, then the repository's path for those k.
+# No sequential or bitmap scan of the model's vectors (or of the chunks the filters pick)
+# to compute every distance: that is what the HNSW index is there to avoid, and what the
+# planner picks when its statistics are young.
+VECTOR_SETTINGS = (
+    "SET LOCAL hnsw.iterative_scan = relaxed_order; SET LOCAL enable_seqscan = off; "
+    "SET LOCAL enable_bitmapscan = off"
+)
+
+# The vector top k: the model's vectors nearest first (its HNSW index), each joined to the
+# chunks embedded as that text (filters apply to them), then the repository's path.
 _VECTOR_TOP = """
     WITH top AS MATERIALIZED (
         SELECT c.id, c.repository_id, c.path, c.start_line, c.end_line, c.language,
-               c.symbol, c.kind, c.text, 1 - (c.embedding <=> $1) AS score
-        FROM chunks c
-        WHERE c.embedding IS NOT NULL{where}
+               c.symbol, c.kind, c.text, 1 - (e.embedding <=> $1) AS score
+        FROM embeddings e JOIN chunks c ON c.embed_hash = e.text_hash
+        WHERE e.model_id = {model}{where}
         ORDER BY {order} LIMIT $2
     )
     SELECT top.*, r.path AS repository FROM top JOIN repositories r ON r.id = top.repository_id
@@ -58,43 +68,50 @@ class Hit:
     row: asyncpg.Record
 
 
-def vector_sql(dimensions: int, filters: Filters) -> tuple[str, list[Any]]:
+def vector_sql(model: Model, filters: Filters) -> tuple[str, list[Any]]:
     """The vector top-k query ($1 the vector, $2 k) and its filter parameters. It orders
-    by the expression the HNSW index is built on (half precision: half the memory and
-    faster distances, migration 0004); the score is the exact cosine similarity."""
+    by the expression the model's HNSW index is built on (half precision: half the memory
+    and faster distances); the score is the exact cosine similarity. The model's id is
+    written into the text, not passed: a generic plan could not prove the partial index's
+    `WHERE model_id = N` and would scan every vector."""
     where, params = filters.sql(3)
-    half = f"halfvec({int(dimensions)})"
-    sql = _VECTOR_TOP.format(where=where, order=f"(c.embedding::{half}) <=> ($1::vector::{half})")
+    half = model.half()
+    sql = _VECTOR_TOP.format(
+        model=int(model.id),
+        where=where,
+        order=f"(e.embedding::{half}) <=> ($1::vector::{half})",
+    )
     return sql, params
 
 
 async def vector_hits(
-    conn: db.Conn, vector: Sequence[float], filters: Filters, k: int
+    conn: db.Conn, model: Model, vector: Sequence[float], filters: Filters, k: int
 ) -> list[Hit]:
-    sql, params = vector_sql(len(vector), filters)
+    sql, params = vector_sql(model, filters)
     async with conn.transaction():
         # ef_search: enough candidates for k. iterative_scan: with filters, keep walking
-        # the graph until k rows pass them (pgvector >= 0.8). No sequential scan: an exact
-        # distance over every row is what the HNSW index is there to avoid.
+        # the graph until k rows pass them (pgvector >= 0.8).
         await conn.execute(
-            f"SET LOCAL hnsw.ef_search = {max(EF_SEARCH, min(k, 1000))}; "
-            "SET LOCAL hnsw.iterative_scan = relaxed_order; SET LOCAL enable_seqscan = off"
+            f"SET LOCAL hnsw.ef_search = {max(EF_SEARCH, min(k, 1000))}; " + VECTOR_SETTINGS
         )
         rows = await conn.fetch(sql, vector, k, *params)
     return [Hit(r["id"], float(r["score"]), r) for r in rows]
 
 
 async def vector_scores(
-    conn: db.Conn, vector: Sequence[float], ids: Sequence[int]
+    conn: db.Conn, model: Model, vector: Sequence[float], ids: Sequence[int]
 ) -> dict[int, float]:
-    """The cosine similarity of these chunks to the query (chunks without a vector: none)."""
+    """The cosine similarity of these chunks to the query (chunks without a vector of the
+    model: none)."""
     if not ids:
         return {}
     rows = await conn.fetch(
-        "SELECT id, 1 - (embedding <=> $1) AS score FROM chunks "
-        "WHERE id = ANY($2::bigint[]) AND embedding IS NOT NULL",
+        "SELECT c.id, 1 - (e.embedding <=> $1) AS score FROM chunks c "
+        "JOIN embeddings e ON e.model_id = $3 AND e.text_hash = c.embed_hash "
+        "WHERE c.id = ANY($2::bigint[])",
         vector,
         list(ids),
+        model.id,
     )
     return {r["id"]: float(r["score"]) for r in rows}
 
@@ -118,7 +135,9 @@ async def _lexical(
 
 async def complete_scores(
     pool: db.Pool,
+    model: Model,
     vector: Sequence[float],
+    *,
     prepared: LexicalQuery | None,
     vector_list: Sequence[Hit],
     lexical_list: Sequence[Hit],
@@ -137,7 +156,7 @@ async def complete_scores(
         nonlocal extra_vector
         if need_vector:
             async with pool.acquire() as conn:
-                extra_vector = await vector_scores(conn, vector, need_vector)
+                extra_vector = await vector_scores(conn, model, vector, need_vector)
 
     async def lexical_side() -> None:
         nonlocal extra_lexical
@@ -225,12 +244,15 @@ async def run_search(
     filters: Filters,
     limit: int,
     *,
+    model: Model | None = None,
     want: SearchMode | None = None,
     notice: str | None = None,
 ) -> SearchResponse:
-    """Search with the query vector when there is one (None: no embedder answered, and
-    `notice` says why). `want` forces one retrieval (the retrieval benchmark compares
-    them); None picks hybrid when it can."""
+    """Search with the query vector of `model` when there is one (None: no embedder
+    answered, and `notice` says why). `want` forces one retrieval (the retrieval benchmark
+    compares them); None picks hybrid when it can."""
+    if model is None:
+        vector = None
     started = time.perf_counter()
     limit = max(1, min(limit, MAX_LIMIT))
     k = candidates_for(limit)
@@ -242,9 +264,9 @@ async def run_search(
 
     async def run_vector_list() -> None:
         nonlocal vector_list
-        if run_vector and vector is not None:
+        if run_vector and vector is not None and model is not None:
             async with pool.acquire() as conn:
-                vector_list = await vector_hits(conn, vector, filters, k)
+                vector_list = await vector_hits(conn, model, vector, filters, k)
 
     async def run_lexical_list() -> None:
         nonlocal lexical_list, prepared
@@ -268,9 +290,16 @@ async def run_search(
         mode = "lexical"
         notice = notice or "no embeddings stored yet: answered by full-text search only"
     extra: tuple[dict[int, float], dict[int, float]] = ({}, {})
-    if mode == "hybrid" and vector is not None:
+    if mode == "hybrid" and vector is not None and model is not None:
         try:
-            extra = await complete_scores(pool, vector, prepared, vector_list, lexical_list)
+            extra = await complete_scores(
+                pool,
+                model,
+                vector,
+                prepared=prepared,
+                vector_list=vector_list,
+                lexical_list=lexical_list,
+            )
         except ExceptionGroup as group:
             raise first_cause(group) from None
     results = fuse(vector_list, lexical_list, query, limit, mode, extra=extra)

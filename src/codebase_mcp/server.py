@@ -115,6 +115,7 @@ def repository_to_dict(repo: RepositoryInfo) -> dict[str, Any]:
         "last_indexed": _iso(repo.last_indexed),
         "embedding_model": repo.embedding_model,
         "embedding_dimensions": repo.embedding_dimensions,
+        "chunks_embedded": repo.chunks_embedded,
     }
 
 

@@ -1,5 +1,5 @@
-"""Bulk loading: the HNSW index is set aside while a large index job loads, and built once
-afterwards.
+"""Bulk loading: a model's HNSW index (embeddings.Model.index_name) is set aside while a
+large index job loads, and built once afterwards.
 
 An insert into an HNSW graph costs a search of the graph: on 2 cores, the 75,000 chunks
 (768 dimensions) of Python's standard library take ~45 s of inserts but ~13-16 s to build
@@ -27,13 +27,12 @@ import anyio
 import asyncpg
 import structlog
 
-from codebase_mcp import db
+from codebase_mcp import db, embeddings
 
 log = structlog.get_logger(__name__)
 
-VECTOR_INDEX = "chunks_embedding"
 # Advisory-lock keys (two-int form): the first names this module's locks.
-LOCK_SPACE = 0x6369
+LOCK_SPACE = embeddings.INDEX_LOCK_SPACE
 LOADERS = 1  # shared: a job is loading; exclusive: a build
 DDL = 2  # serializes the drop and the build
 # A drop waits this long for searches and writes in flight; else the job inserts as usual.
@@ -75,6 +74,7 @@ Announce = Callable[[int], Awaitable[None]]
 @asynccontextmanager
 async def bulk_load(
     pool: db.Pool,
+    model: embeddings.Model | None,
     *,
     enabled: bool,
     build_after: Callable[[], bool],
@@ -84,7 +84,7 @@ async def bulk_load(
     the job loads without it). On exit, when `build_after()` says so (not after a stop:
     a build may outlast the grace window), build whatever is set aside if no other job
     is loading; `announce(vectors)` is awaited before a build starts."""
-    if not enabled:
+    if not enabled or model is None:
         yield False
         if build_after():
             await build_deferred(pool, announce)
@@ -92,7 +92,7 @@ async def bulk_load(
     async with pool.acquire() as loader:
         await loader.execute("SELECT pg_advisory_lock_shared($1, $2)", LOCK_SPACE, LOADERS)
         try:
-            deferred = await _set_aside(loader)
+            deferred = await _set_aside(loader, model.index_name)
             yield deferred
         finally:
             with anyio.CancelScope(shield=True):
@@ -103,7 +103,7 @@ async def bulk_load(
         await build_deferred(pool, announce)
 
 
-async def _set_aside(conn: db.Conn) -> bool:
+async def _set_aside(conn: db.Conn, index: str) -> bool:
     """Drop the vector index and remember its definition, in one transaction. True when
     the index is set aside (by us or by a job still loading)."""
     try:
@@ -113,24 +113,24 @@ async def _set_aside(conn: db.Conn) -> bool:
             definition = await conn.fetchval(
                 "SELECT indexdef FROM pg_indexes "
                 "WHERE schemaname = current_schema() AND indexname = $1",
-                VECTOR_INDEX,
+                index,
             )
             if definition is None:
                 return bool(
                     await conn.fetchval(
-                        "SELECT count(*) FROM deferred_indexes WHERE name = $1", VECTOR_INDEX
+                        "SELECT count(*) FROM deferred_indexes WHERE name = $1", index
                     )
                 )
             await conn.execute(
                 "INSERT INTO deferred_indexes (name, definition) VALUES ($1, $2)",
-                VECTOR_INDEX,
+                index,
                 definition,
             )
-            await conn.execute(f'DROP INDEX "{VECTOR_INDEX}"')
+            await conn.execute(f'DROP INDEX "{index}"')
     except asyncpg.LockNotAvailableError:
-        log.info("vector index busy; this job updates it as it goes", index=VECTOR_INDEX)
+        log.info("vector index busy; this job updates it as it goes", index=index)
         return False
-    log.info("vector index set aside for a bulk load", index=VECTOR_INDEX)
+    log.info("vector index set aside for a bulk load", index=index)
     return True
 
 
@@ -149,23 +149,35 @@ async def build_deferred(pool: db.Pool, announce: Announce | None = None) -> boo
                 await conn.execute("SELECT pg_advisory_unlock($1, $2)", LOCK_SPACE, LOADERS)
 
 
+_MODEL_INDEX = re.compile(r"embeddings_hnsw_(\d+)$")
+
+
 async def _build(conn: db.Conn, announce: Announce | None) -> bool:
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", LOCK_SPACE, DDL)
         rows = await conn.fetch("SELECT name, definition FROM deferred_indexes FOR UPDATE")
         if not rows:
             return False
-        vectors = await conn.fetchval("SELECT count(*) FROM chunks WHERE embedding IS NOT NULL")
-        dimensions = await db.embedding_dimensions(conn) or 0
-        if announce is not None:
-            await announce(vectors)
-        memory = build_memory(vectors, dimensions)
-        await conn.execute(f"SET LOCAL maintenance_work_mem = '{memory // 1024}kB'")
         for row in rows:
+            found = _MODEL_INDEX.match(row["name"])
+            vectors, dimensions = 0, 0
+            if found is not None:
+                stats = await conn.fetchrow(
+                    "SELECT count(e.*) AS n, m.dimensions FROM embedding_models m "
+                    "LEFT JOIN embeddings e ON e.model_id = m.id WHERE m.id = $1 "
+                    "GROUP BY m.dimensions",
+                    int(found.group(1)),
+                )
+                if stats is not None:
+                    vectors, dimensions = int(stats["n"]), int(stats["dimensions"])
+            if announce is not None:
+                await announce(vectors)
+            memory = build_memory(vectors, dimensions)
+            await conn.execute(f"SET LOCAL maintenance_work_mem = '{memory // 1024}kB'")
             log.info("building the vector index", index=row["name"], vectors=vectors)
             await _create(conn, idempotent(row["definition"]))
             await conn.execute("DELETE FROM deferred_indexes WHERE name = $1", row["name"])
-    log.info("vector index built", vectors=vectors)
+            log.info("vector index built", index=row["name"], vectors=vectors)
     return True
 
 

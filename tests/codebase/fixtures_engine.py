@@ -126,6 +126,9 @@ def settings_for(
         "CODEBASE_ROOTS": str(roots),
         "CODEBASE_INDEX_WORKERS": "1",
         "CODEBASE_EMBED_RETRIES": "1",
+        # The test server's size, known up front: no probe embedding before a first job
+        # (tests count embedded texts). Unset, it is learned (test_embeddings_store).
+        "EMBEDDING_DIMENSIONS": "768",
     }
     env.update(extra)
     return load_settings(env=env)

@@ -9,7 +9,6 @@ import pytest
 from codebase_mcp import local_embed
 from codebase_mcp.config import (
     choose_provider,
-    default_dimensions_from_environment,
     load_settings,
 )
 from codebase_mcp.embed import HttpEmbedder, create_embedder
@@ -66,7 +65,8 @@ def test_auto_takes_the_local_model_when_nothing_is_configured() -> None:
 @pytest.mark.anyio
 async def test_an_explicit_server_keeps_today_s_behaviour() -> None:
     s = load_settings(env={**DB, "OLLAMA_BASE_URL": "http://gpu:11434"})
-    assert (s.provider, s.model_name, s.dimensions) == ("ollama", "nomic-embed-text", 768)
+    # its size is learned from its first answer unless EMBEDDING_DIMENSIONS says it
+    assert (s.provider, s.model_name, s.dimensions) == ("ollama", "nomic-embed-text", None)
     embedder = create_embedder(s)
     assert isinstance(embedder, HttpEmbedder) and embedder.where == "gpu:11434"
     await embedder.aclose()
@@ -81,7 +81,7 @@ def test_without_the_extra_auto_means_full_text_search() -> None:
     s = load_settings(env=DB)
     assert s.provider is None
     assert s.model_name is None
-    assert s.dimensions == 768
+    assert s.dimensions is None
     assert create_embedder(s) is None
 
 
@@ -100,23 +100,3 @@ def test_the_local_model_has_one_size() -> None:
         load_settings(env={**DB, "EMBEDDING_PROVIDER": "local", "EMBEDDING_DIMENSIONS": "768"})
     s = load_settings(env={**DB, "EMBEDDING_PROVIDER": "local", "EMBEDDING_DIMENSIONS": "384"})
     assert s.provider == "local" and s.dimensions == 384
-    assert not s.provider_is_automatic
-
-
-@pytest.mark.parametrize(
-    ("env", "local", "expected"),
-    [
-        ({}, True, 384),
-        ({}, False, 768),
-        ({"OLLAMA_BASE_URL": "http://o:11434"}, True, 768),
-        ({"OPENAI_BASE_URL": "http://o/v1"}, True, 768),
-        ({"EMBEDDING_PROVIDER": "local"}, True, 384),
-        ({"EMBEDDING_PROVIDER": "OLLAMA"}, True, 768),
-        ({"OLLAMA_BASE_URL": ""}, True, 384),  # set but empty: not asked for
-    ],
-)
-def test_the_migrations_size_a_new_schema_for_the_chosen_model(
-    env: dict[str, str], local: bool, expected: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(local_embed, "available", lambda: local)
-    assert default_dimensions_from_environment(env) == expected

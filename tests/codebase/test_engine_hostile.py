@@ -240,16 +240,23 @@ async def test_an_embedder_outage_is_a_job_notice_and_no_model_is_claimed(
 
         fake_ollama.fail_embed = False
         assert (await index_and_wait(engine, repo)).message is None
+        # the chunks stored without vectors get them in the background
+        await engine.catch_up_now()
         (info,) = await engine.list_repositories()
         assert (info.embedding_model, info.embedding_dimensions) == ("nomic-embed-text", 768)
+        assert info.chunks_embedded == info.chunks
 
-    other = write_repo(tmp_path, "lexical")
+    other = write_modules(tmp_path, "lexical", 3)
+    copy = write_repo(tmp_path, "copy")  # the same files as `repo`, at the same paths
     settings = settings_for(pg_url, fake_ollama, tmp_path)
     async with open_engine(settings, embedder=None, use_embedder=False) as engine:
         job = await index_and_wait(engine, other)
         assert job.errors == () and job.message is None
+        await index_and_wait(engine, copy)
         infos = {i.path: i for i in await engine.list_repositories()}
         assert infos[str(other)].embedding_model is None
+        # the store has a vector for each text already: the copy holds them too
+        assert infos[str(copy)].embedding_model == "nomic-embed-text"
         # unchanged files keep their vectors: the model stays named
         await index_and_wait(engine, repo)
         infos = {i.path: i for i in await engine.list_repositories()}

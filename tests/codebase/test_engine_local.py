@@ -10,10 +10,17 @@ import pytest
 
 from codebase_mcp import local_embed
 from codebase_mcp.config import Settings, load_settings
-from codebase_mcp.engine import JobState, SchemaError
+from codebase_mcp.engine import JobState
 from codebase_mcp.local_embed import LocalEmbedder
 from codebase_mcp.logs import configure_logging
-from tests.codebase.fixtures_engine import index_and_wait, migrate_async, open_engine, write_repo
+from tests.codebase.fixtures_engine import (
+    index_and_wait,
+    migrate_async,
+    open_engine,
+    settings_for,
+    write_repo,
+)
+from tests.support.fake_ollama import FakeOllama
 
 pytestmark = pytest.mark.anyio
 
@@ -91,33 +98,37 @@ async def test_without_the_extra_search_is_full_text_and_says_how_to_change_that
 
 
 @needs_model
-async def test_a_schema_of_another_size_means_full_text_when_auto_chose(
-    pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+async def test_a_database_holding_another_models_vectors_serves_the_local_model_too(
+    pg_url: str, fake_ollama: FakeOllama, tmp_path: Path
 ) -> None:
-    """A database made for Ollama's 768 dimensions, and a server that found no Ollama
-    configured: it starts, searches full text and says why."""
-    await migrate_async(pg_url, dimensions=768)
-    write_repo(tmp_path)
-    configure_logging("info", "console")
+    """A database indexed with Ollama's 768-dimensional model, then a server with no Ollama
+    configured: the local model's vectors are added beside the others (a catch-up pass,
+    no re-index) and search is by meaning again; switching back finds Ollama's vectors
+    still there and embeds nothing."""
+    await migrate_async(pg_url)
+    repo = write_repo(tmp_path)
+    async with open_engine(settings_for(pg_url, fake_ollama, tmp_path)) as engine:
+        job = await index_and_wait(engine, repo)
+        assert job.state is JobState.COMPLETED, job
+    chunks = job.chunks_total
+
     async with open_engine(no_server_settings(pg_url, tmp_path)) as engine:
+        await engine.catch_up_now()
+        (info,) = await engine.list_repositories()
+        assert (info.embedding_model, info.embedding_dimensions) == ("all-MiniLM-L6-v2-int8", 384)
+        assert info.chunks_embedded == info.chunks == chunks
+        response = await engine.search("turn text into a calendar day")
+        assert response.mode == "hybrid", response.notice
+        assert response.results[0].symbol == "parse_date", response.results
+
+    fake_ollama.embedded_texts.clear()
+    async with open_engine(settings_for(pg_url, fake_ollama, tmp_path)) as engine:
+        await engine.catch_up_now()
+        job = await index_and_wait(engine, repo, force=True)
+        assert job.state is JobState.COMPLETED, job
         response = await engine.search("parse_date")
-        assert response.mode == "lexical"
-        assert response.notice is not None
-        assert "768-dimensional vectors" in response.notice
-        assert "OLLAMA_BASE_URL" in response.notice
-    err = capsys.readouterr().err
-    assert sum("search by meaning is off" in line for line in err.splitlines()) == 1
-
-
-@needs_model
-async def test_a_schema_of_another_size_is_refused_when_the_local_model_was_asked_for(
-    pg_url: str, tmp_path: Path
-) -> None:
-    await migrate_async(pg_url, dimensions=768)
-    settings = no_server_settings(pg_url, tmp_path, EMBEDDING_PROVIDER="local")
-    with pytest.raises(SchemaError, match="stores 768-dimensional embeddings"):
-        async with open_engine(settings):
-            pass
+        assert response.mode == "hybrid", response.notice
+    assert [t for t in fake_ollama.embedded_texts if t.startswith("search_document: ")] == []
 
 
 @needs_model

@@ -228,26 +228,19 @@ def source(path: str) -> SourceFile:
 
 def test_plan_changes_by_content_hash() -> None:
     stored = {
-        "same.py": db.StoredFile(1, "h-same", embedded=True),
-        "edited.py": db.StoredFile(2, "h-old", embedded=True),
-        "lexical_only.py": db.StoredFile(3, "h-lex", embedded=False),
-        "gone.py": db.StoredFile(4, "h-gone", embedded=True),
+        "same.py": db.StoredFile(1, "h-same"),
+        "edited.py": db.StoredFile(2, "h-old"),
+        "gone.py": db.StoredFile(4, "h-gone"),
     }
-    found = [source(p) for p in ("same.py", "edited.py", "lexical_only.py", "new.py", "bad.py")]
-    hashes = ["h-same", "h-new", "h-lex", "h-x", None]
+    found = [source(p) for p in ("same.py", "edited.py", "new.py", "bad.py")]
+    hashes = ["h-same", "h-new", "h-x", None]
     plan = plan_changes(found, hashes, stored, force=False)
-    assert [s.rel_path for s in plan.changed] == [
-        "edited.py",
-        "lexical_only.py",
-        "new.py",
-        "bad.py",
-    ]
+    # chunks stored without vectors are the catch-up's, not a reason to index again
+    assert [s.rel_path for s in plan.changed] == ["edited.py", "new.py", "bad.py"]
     assert plan.unchanged == 1
     assert plan.deleted == ["gone.py"]
-    lexical = plan_changes(found, hashes, stored, force=False, embedding=False)
-    assert [s.rel_path for s in lexical.changed] == ["edited.py", "new.py", "bad.py"]
     forced = plan_changes(found, hashes, stored, force=True)
-    assert len(forced.changed) == 5 and forced.unchanged == 0
+    assert len(forced.changed) == 4 and forced.unchanged == 0
 
 
 def test_how_a_run_ends() -> None:
@@ -390,10 +383,23 @@ async def test_embedder_errors_say_what_is_wrong(fake_ollama: FakeOllama) -> Non
     finally:
         await embedder.aclose()
 
-    fake_ollama.dims = 384  # the model answers with another size than the schema's 768
+    fake_ollama.dims = 384  # the model answers with another size than configured
+    embedder = create_embedder(
+        load_settings(env=embedder_env(fake_ollama, EMBEDDING_DIMENSIONS="768"))
+    )
+    try:
+        with pytest.raises(EmbedderError, match="384-dimensional vectors where 768"):
+            await embedder.embed_query("q")
+    finally:
+        await embedder.aclose()
+    # unconfigured, the size is learned from the first answer, then held to
     embedder = create_embedder(load_settings(env=embedder_env(fake_ollama)))
     try:
-        with pytest.raises(EmbedderError, match="384-dimensional"):
+        assert embedder.dimensions is None
+        await embedder.embed_query("q")
+        assert embedder.dimensions == 384
+        fake_ollama.dims = 768
+        with pytest.raises(EmbedderError, match="768-dimensional vectors where 384"):
             await embedder.embed_query("q")
     finally:
         await embedder.aclose()

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import uuid
 from pathlib import Path
 
 import anyio
@@ -16,8 +15,9 @@ import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from codebase_mcp import db, local_embed
-from codebase_mcp.config import find_alembic_ini
+from codebase_mcp import db, embeddings
+from codebase_mcp.config import find_alembic_ini, load_settings
+from codebase_mcp.index import embedding_text
 from codebase_mcp.tokens import (
     WEIGHT_A,
     WEIGHT_B,
@@ -27,7 +27,7 @@ from codebase_mcp.tokens import (
     tsvector_positions,
 )
 from tests.codebase.fixtures_engine import ALEMBIC_INI, downgrade, migrate
-from tests.support.pg import PostgresCluster, running_cluster, system_bin_dir
+from tests.support.pg import running_cluster, system_bin_dir
 
 TABLES = {
     "repositories",
@@ -39,6 +39,8 @@ TABLES = {
     "lexeme_deltas",
     "corpus_deltas",
     "leases",
+    "embedding_models",
+    "embeddings",
 }
 
 
@@ -98,13 +100,11 @@ async def test_upgrade_to_head_and_down_to_base(pg_url: str) -> None:
     assert state["tables"] == TABLES
     assert state["versions"] == [db.SCHEMA_HEAD]
     assert "vector" in state["extensions"]  # type: ignore[operator]
-    assert state["dims"] == 768
+    assert state["dims"] is None  # vectors of any size live in the embeddings store
     indexes = state["indexes"]
     assert isinstance(indexes, dict)
-    assert (
-        "USING hnsw (((embedding)::halfvec(768)) halfvec_cosine_ops)"
-        in (indexes["chunks_embedding"])
-    )
+    assert "chunks_embedding" not in indexes
+    assert "(embed_hash)" in indexes["chunks_embed_hash"]
     assert "USING gin (tsv)" in indexes["chunks_tsv"]
     assert "WHERE (state = 'running'::text)" in indexes["jobs_one_running_per_repository"]
 
@@ -119,12 +119,31 @@ async def test_upgrade_to_head_and_down_to_base(pg_url: str) -> None:
 
 
 @pytest.mark.anyio
-async def test_embedding_size_comes_from_the_environment_at_migration_time(
-    pg_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("EMBEDDING_DIMENSIONS", "384")
+async def test_the_store_holds_models_of_any_size_each_with_its_own_index(pg_url: str) -> None:
     await anyio.to_thread.run_sync(migrate, pg_url)
-    assert (await schema(pg_url))["dims"] == 384
+    pool = await db.create_pool(load_settings(env={"REGISTRY_DATABASE_URL": pg_url}))
+    try:
+        async with pool.acquire() as conn:
+            small = await embeddings.register(conn, "small-model", 384)
+            large = await embeddings.register(conn, "large-model", 1024)
+            assert await embeddings.register(conn, "small-model", 384) == small
+            with pytest.raises(embeddings.ModelSizeError, match="384"):
+                await embeddings.register(conn, "small-model", 768)
+            key = embeddings.text_hash("def f(): pass")
+            await embeddings.store(conn, small, [key], [[0.1] * 384])
+            await embeddings.store(conn, large, [key], [[0.2] * 1024])
+            await embeddings.store(conn, small, [key], [[0.9] * 384])  # kept as it was
+            assert await embeddings.known(conn, small, [key, b"x"]) == {key}
+            value = await conn.fetchval(
+                "SELECT embedding FROM embeddings WHERE model_id = $1", small.id
+            )
+            assert value[:2] == pytest.approx([0.1, 0.1])
+    finally:
+        await pool.close()
+    indexes = (await schema(pg_url))["indexes"]
+    assert isinstance(indexes, dict)
+    assert "halfvec(384)" in indexes[small.index_name]
+    assert f"WHERE (model_id = {large.id})" in indexes[large.index_name]
 
 
 def tsvector_text(sections: list[tuple[str, int]]) -> str:
@@ -134,22 +153,6 @@ def tsvector_text(sections: list[tuple[str, int]]) -> str:
         "'" + word + "':" + ",".join(f"{p & 0x3FFF}{letters[p >> 14]}" for p in positions)
         for word, positions in sorted(tsvector_positions(sections).items())
     )
-
-
-@pytest.mark.skipif(not local_embed.available(), reason="the local-embed extra is not installed")
-@pytest.mark.anyio
-async def test_a_new_schema_is_sized_for_the_model_the_server_will_choose(
-    pg_cluster: PostgresCluster, tmp_path: Path
-) -> None:
-    """No EMBEDDING_DIMENSIONS: the migration (run by the supervisor with the server's
-    environment) sizes the schema as the server will expect it."""
-    cases = [({}, 384), ({"OLLAMA_BASE_URL": "http://127.0.0.1:9"}, 768)]
-    for extra, dims in cases:
-        url = pg_cluster.create_database("t_" + uuid.uuid4().hex[:12])
-        proc = run_alembic(url, tmp_path, "upgrade", "head", **extra)
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err
-        assert (await schema(url))["dims"] == dims, extra
 
 
 def run_alembic(url: str, cwd: Path, *args: str, **extra: str) -> subprocess.Popen[str]:
@@ -186,6 +189,7 @@ async def test_five_replicas_migrating_at_once_run_it_once(pg_url: str, tmp_path
     assert logs.count("Running upgrade 0004 -> 0005") == 1, logs
     assert logs.count("Running upgrade 0005 -> 0006") == 1, logs
     assert logs.count("Running upgrade 0006 -> 0007") == 1, logs
+    assert logs.count("Running upgrade 0007 -> 0008") == 1, logs
     state = await schema(pg_url)
     assert state["versions"] == [db.SCHEMA_HEAD]
     assert state["tables"] == TABLES
@@ -279,3 +283,63 @@ async def test_jobs_of_older_servers_are_interrupted_by_the_lease_migration(pg_u
         ("/s", "interrupted"),
     ]
     assert all("again to resume" in r["message"] for r in rows if r["state"] == "interrupted")
+
+
+@pytest.mark.anyio
+async def test_revision_0008_moves_vectors_into_the_store_keyed_as_the_indexer_keys_them(
+    pg_url: str,
+) -> None:
+    """Chunks embedded at revision 0007 keep their vectors: the store holds one per
+    text under the repository's model, keyed by the very hash the indexer computes (SQL
+    and Python must agree, or every chunk would be embedded again)."""
+    await anyio.to_thread.run_sync(migrate, pg_url, "0007")
+    conn = await asyncpg.connect(pg_url)
+    chunks = [
+        ("pkg/a b.py", "parse_date", "def parse_date(s):\n    return s  # ü"),
+        ("pkg/a b.py", None, "import os"),
+        ("docs/x.md", "", "# Title"),
+    ]
+    try:
+        await conn.execute(
+            "INSERT INTO repositories (path, embedding_model, embedding_dimensions) "
+            "VALUES ('/r', 'some-model', 3)"
+        )
+        await conn.execute(
+            "INSERT INTO files (repository_id, path, content_hash, size) "
+            "VALUES (1, 'pkg/a b.py', 'h', 1), (1, 'docs/x.md', 'h', 1)"
+        )
+        dims = await conn.fetchval(
+            "SELECT atttypmod FROM pg_attribute "
+            "WHERE attrelid = 'chunks'::regclass AND attname = 'embedding'"
+        )
+        for ordinal, (path, symbol, text) in enumerate(chunks):
+            await conn.execute(
+                "INSERT INTO chunks (file_id, repository_id, path, ordinal, start_line, "
+                "end_line, symbol, text, tsv, embedding) VALUES "
+                "((SELECT id FROM files WHERE path = $1), 1, $1, $2, 1, 1, $3, $4, '', "
+                f"array_fill($5::real, ARRAY[{dims}])::vector)",
+                path,
+                ordinal,
+                symbol,
+                text,
+                float(ordinal + 1),
+            )
+    finally:
+        await conn.close()
+    await anyio.to_thread.run_sync(migrate, pg_url)
+    conn = await asyncpg.connect(pg_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT path, symbol, text, embed_hash FROM chunks ORDER BY ordinal"
+        )
+        for row in rows:
+            expected = embeddings.text_hash(embedding_text(row["path"], row["symbol"], row["text"]))
+            assert bytes(row["embed_hash"]) == expected, row["path"]
+        models = await conn.fetch("SELECT name, dimensions FROM embedding_models")
+        assert [tuple(m) for m in models] == [("some-model", dims)]
+        assert await conn.fetchval("SELECT count(*) FROM embeddings") == len(chunks)
+        assert await conn.fetchval(
+            "SELECT count(*) FROM chunks c JOIN embeddings e ON e.text_hash = c.embed_hash"
+        ) == len(chunks)
+    finally:
+        await conn.close()

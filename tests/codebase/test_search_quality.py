@@ -204,7 +204,10 @@ async def test_scores_fall_as_the_rank_grows_even_on_a_hash_join_plan(
         async with engine.pool.acquire() as conn:
             assert await conn.fetchval("SHOW enable_nestloop") == "off"
             lexical = await lexical_hits(conn, "BasicAuth get", Filters(), 30)
-            vector = await vector_hits(conn, fake_ollama.embed(["BasicAuth"])[0], Filters(), 30)
+            assert engine.model is not None
+            vector = await vector_hits(
+                conn, engine.model, fake_ollama.embed(["BasicAuth"])[0], Filters(), 30
+            )
         for hits in (lexical, vector):
             scores = [h.score for h in hits]
             assert len(scores) > 5

@@ -1,5 +1,5 @@
-"""Bulk loading: a large index job sets the HNSW index aside and builds it once at the end;
-nothing is lost to a stop, a crash or a downgrade."""
+"""Bulk loading: a large index job sets its model's HNSW index aside and builds it once at
+the end; nothing is lost to a stop, a crash or a downgrade."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import anyio
 import asyncpg
 import pytest
 
-from codebase_mcp import vector_index
+from codebase_mcp import embeddings, vector_index
 from codebase_mcp.config import Settings
 from codebase_mcp.db import Pool, create_pool
 from codebase_mcp.engine import JobState
 from codebase_mcp.filters import Filters
-from codebase_mcp.search import vector_sql
+from codebase_mcp.search import VECTOR_SETTINGS, vector_sql
 from tests.codebase.fixtures_engine import (
     downgrade,
     index_and_wait,
@@ -90,17 +90,28 @@ async def database_pool(url: str) -> AsyncIterator[Pool]:
         await pool.close()
 
 
-async def index_state(url: str) -> tuple[str | None, list[str]]:
-    """(the vector index's definition or None, the names set aside)."""
+# The first model a fresh database registers (the engines here embed with one model).
+INDEX = "embeddings_hnsw_1"
+
+
+async def index_state(url: str, name: str = INDEX) -> tuple[str | None, list[str]]:
+    """(the model's vector index's definition or None, the names set aside)."""
     conn = await asyncpg.connect(url)
     try:
         definition = await conn.fetchval(
-            "SELECT indexdef FROM pg_indexes WHERE indexname = $1", vector_index.VECTOR_INDEX
+            "SELECT indexdef FROM pg_indexes WHERE indexname = $1", name
         )
         aside = [r[0] for r in await conn.fetch("SELECT name FROM deferred_indexes")]
     finally:
         await conn.close()
     return definition, aside
+
+
+async def a_model(pool: Pool, dimensions: int = 768) -> embeddings.Model:
+    async with pool.acquire() as conn:
+        model = await embeddings.register(conn, "test-model", dimensions)
+    assert model.index_name == INDEX
+    return model
 
 
 async def until_set_aside(url: str) -> None:
@@ -115,15 +126,15 @@ async def test_a_large_first_index_loads_without_the_vector_index_and_builds_it_
     pg_url: str, fake_ollama: FakeOllama, tmp_path: Path
 ) -> None:
     await migrate_async(pg_url)
-    original, _ = await index_state(pg_url)
-    assert original is not None
     repo = write_modules(tmp_path, "big", 40)
     fake_ollama.embed_delay = 0.05
     settings = bulk_settings(pg_url, fake_ollama, tmp_path)
     async with open_engine(settings) as engine:
+        original, _ = await index_state(pg_url)  # the model's, made when it registered
+        assert original is not None
         job = await engine.start_index(str(repo))
         await until_set_aside(pg_url)
-        assert (await index_state(pg_url))[1] == [vector_index.VECTOR_INDEX]
+        assert (await index_state(pg_url))[1] == [INDEX]
         # Meanwhile searches still answer by vector (exactly, without the index).
         await wait_for_progress(engine, job.id)
         response = await engine.search("big_lookup_3", mode="vector")
@@ -154,15 +165,15 @@ async def test_a_stopped_bulk_load_leaves_the_build_to_the_next_start(
     pg_url: str, fake_ollama: FakeOllama, tmp_path: Path
 ) -> None:
     await migrate_async(pg_url)
-    original, _ = await index_state(pg_url)
     repo = write_modules(tmp_path, "big", 40)
     fake_ollama.embed_delay = 0.1
     settings = bulk_settings(pg_url, fake_ollama, tmp_path)
     async with open_engine(settings) as engine:
+        original, _ = await index_state(pg_url)
         job = await engine.start_index(str(repo))
         await until_set_aside(pg_url)
     # The shutdown stopped the job at a safe point and did not start a build.
-    assert await index_state(pg_url) == (None, [vector_index.VECTOR_INDEX])
+    assert await index_state(pg_url) == (None, [INDEX])
     fake_ollama.embed_delay = 0
     async with open_engine(settings) as engine:
         assert (await engine.job_status(job.id)).state is JobState.QUEUED  # handed back
@@ -182,11 +193,11 @@ async def test_two_loaders_leave_the_build_to_the_last_one(
 ) -> None:
     """Two servers sharing the database load two repositories at once."""
     await migrate_async(pg_url)
-    original, _ = await index_state(pg_url)
     first, second = write_modules(tmp_path, "one", 30), write_modules(tmp_path, "two", 30)
     fake_ollama.embed_delay = 0.02
     settings = bulk_settings(pg_url, fake_ollama, tmp_path)
     async with open_engine(settings) as one, open_engine(settings) as two:
+        original, _ = await index_state(pg_url)
         jobs = [await one.start_index(str(first)), await two.start_index(str(second))]
         with anyio.fail_after(60):
             done = [await one.wait_job(jobs[0].id), await two.wait_job(jobs[1].id)]
@@ -194,50 +205,42 @@ async def test_two_loaders_leave_the_build_to_the_last_one(
     assert await index_state(pg_url) == (original, [])
     conn = await asyncpg.connect(pg_url)
     try:
-        assert await conn.fetchval("SELECT count(*) FROM chunks WHERE embedding IS NOT NULL") == 120
+        assert await conn.fetchval("SELECT count(*) FROM embeddings") == 120
     finally:
         await conn.close()
 
 
 async def test_a_downgrade_builds_what_is_set_aside(pg_url: str) -> None:
+    """Down past the store (revision 0008), vectors go back into chunks with their index
+    built: a model index set aside is not left behind half done."""
     await anyio.to_thread.run_sync(migrate, pg_url)
-    original, _ = await index_state(pg_url)
-    async with (
-        database_pool(pg_url) as pool,
-        vector_index.bulk_load(pool, enabled=True, build_after=lambda: False),
-    ):
-        pass
-    assert await index_state(pg_url) == (None, [vector_index.VECTOR_INDEX])
-    await anyio.to_thread.run_sync(downgrade, pg_url, "0002")
-    conn = await asyncpg.connect(pg_url)
-    try:
-        definition = await conn.fetchval(
-            "SELECT indexdef FROM pg_indexes WHERE indexname = $1", vector_index.VECTOR_INDEX
-        )
-    finally:
-        await conn.close()
-    # Revision 0002's own index (full precision), built on the way down.
-    assert original is not None
-    assert definition == original.replace(
-        "((embedding)::halfvec(768)) halfvec_cosine_ops", "embedding vector_cosine_ops"
-    )
+    async with database_pool(pg_url) as pool:
+        model = await a_model(pool)
+        async with vector_index.bulk_load(pool, model, enabled=True, build_after=lambda: False):
+            pass
+    assert await index_state(pg_url) == (None, [INDEX])
+    await anyio.to_thread.run_sync(downgrade, pg_url, "0007")
+    definition, aside = await index_state(pg_url, "chunks_embedding")
+    assert aside == []
+    assert "((embedding)::halfvec(768)) halfvec_cosine_ops" in (definition or "")
 
 
 async def test_a_build_is_announced_with_its_size_and_skipped_while_a_job_loads(
     pg_url: str,
 ) -> None:
     await anyio.to_thread.run_sync(migrate, pg_url)
-    original, _ = await index_state(pg_url)
     heard: list[int] = []
 
     async def announce(vectors: int) -> None:
         heard.append(vectors)
 
     async with database_pool(pg_url) as pool:
+        model = await a_model(pool)
+        original, _ = await index_state(pg_url)
         async with (
-            vector_index.bulk_load(pool, enabled=True, build_after=lambda: True) as first,
+            vector_index.bulk_load(pool, model, enabled=True, build_after=lambda: True) as first,
             vector_index.bulk_load(
-                pool, enabled=True, build_after=lambda: True, announce=announce
+                pool, model, enabled=True, build_after=lambda: True, announce=announce
             ) as second,
         ):
             assert (first, second) == (True, True)  # the second joins the first's load
@@ -246,51 +249,62 @@ async def test_a_build_is_announced_with_its_size_and_skipped_while_a_job_loads(
         assert heard == []
         assert await index_state(pg_url) == (original, [])
         async with vector_index.bulk_load(
-            pool, enabled=True, build_after=lambda: True, announce=announce
+            pool, model, enabled=True, build_after=lambda: True, announce=announce
         ):
             pass
         assert heard == [0]
 
 
 async def test_vector_search_walks_the_hnsw_index(pg_url: str) -> None:
-    """The query must order by the very expression the index is built on; otherwise
-    PostgreSQL silently computes every distance (a sequential scan)."""
+    """The query must order by the very expression the model's index is built on, and
+    name the model so that its partial index applies; otherwise PostgreSQL silently
+    computes every distance (a sequential scan). With filters, the planner may start
+    from the chunks they pick instead, through an index, never from a scan of all."""
     await anyio.to_thread.run_sync(migrate, pg_url)
-    sql, params = vector_sql(768, Filters())
-    async with database_pool(pg_url) as pool, pool.acquire() as conn, conn.transaction():
-        await conn.execute("SET LOCAL enable_seqscan = off")
-        rows = await conn.fetch("EXPLAIN " + sql, [0.5] * 768, 10, *params)
-    plan = "\n".join(r[0] for r in rows)
-    assert f"Index Scan using {vector_index.VECTOR_INDEX}" in plan, plan
+    async with database_pool(pg_url) as pool:
+        model = await a_model(pool)
+        for filters in (Filters(), Filters(language="python", path_glob="*.py")):
+            sql, params = vector_sql(model, filters)
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute(VECTOR_SETTINGS)
+                for _ in range(7):  # past asyncpg's switch to a generic plan
+                    rows = await conn.fetch("EXPLAIN " + sql, [0.5] * 768, 10, *params)
+            plan = "\n".join(r[0] for r in rows)
+            assert "Seq Scan" not in plan and "Bitmap" not in plan, plan
+            if filters == Filters():
+                assert f"Index Scan using {INDEX}" in plan, plan
 
 
 async def test_the_half_precision_index_migrates_both_ways(pg_url: str) -> None:
-    await anyio.to_thread.run_sync(migrate, pg_url)
-    assert "halfvec_cosine_ops" in ((await index_state(pg_url))[0] or "")
+    """Revision 0004's index, on its way down and up (0008 then replaces it)."""
+    await anyio.to_thread.run_sync(lambda: migrate(pg_url, "0007"))
+    assert "halfvec_cosine_ops" in ((await index_state(pg_url, "chunks_embedding"))[0] or "")
     await anyio.to_thread.run_sync(downgrade, pg_url, "0003")
-    assert "vector_cosine_ops" in ((await index_state(pg_url))[0] or "")
-    await anyio.to_thread.run_sync(migrate, pg_url)
-    assert "halfvec_cosine_ops" in ((await index_state(pg_url))[0] or "")
+    assert "vector_cosine_ops" in ((await index_state(pg_url, "chunks_embedding"))[0] or "")
+    await anyio.to_thread.run_sync(lambda: migrate(pg_url, "0007"))
+    assert "halfvec_cosine_ops" in ((await index_state(pg_url, "chunks_embedding"))[0] or "")
 
 
-async def test_an_upgrade_during_a_bulk_load_leaves_the_new_index_to_the_server(
-    pg_url: str,
-) -> None:
-    """Revision 0004 meets an index set aside: it swaps the definition, builds nothing
-    (the path a large database takes too), and the server's build makes the new one."""
-    await anyio.to_thread.run_sync(lambda: migrate(pg_url, "0003"))
-    async with (
-        database_pool(pg_url) as pool,
-        vector_index.bulk_load(pool, enabled=True, build_after=lambda: False),
-    ):
-        pass
+async def test_an_upgrade_during_a_bulk_load_leaves_nothing_half_done(pg_url: str) -> None:
+    """Revision 0008 meets the old index set aside (a bulk load cut short at 0007): the
+    old definition goes with the old column, the store starts with its own indexes."""
+    await anyio.to_thread.run_sync(lambda: migrate(pg_url, "0007"))
+    conn = await asyncpg.connect(pg_url)
+    try:
+        definition = await conn.fetchval(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'chunks_embedding'"
+        )
+        await conn.execute(
+            "INSERT INTO deferred_indexes (name, definition) VALUES ('chunks_embedding', $1)",
+            definition,
+        )
+        await conn.execute("DROP INDEX chunks_embedding")
+    finally:
+        await conn.close()
     await anyio.to_thread.run_sync(migrate, pg_url)
-    assert await index_state(pg_url) == (None, [vector_index.VECTOR_INDEX])
+    assert await index_state(pg_url, "chunks_embedding") == (None, [])
     async with database_pool(pg_url) as pool:
-        assert await vector_index.build_deferred(pool)
-    definition, aside = await index_state(pg_url)
-    assert aside == []
-    assert "halfvec_cosine_ops" in (definition or "")
+        assert not await vector_index.build_deferred(pool)
 
 
 @pytest.fixture
@@ -314,11 +328,9 @@ async def test_a_build_without_enough_shared_memory_falls_back_to_one_process(
         await conn.execute("ALTER DATABASE shm SET min_parallel_table_scan_size = 0")
         await conn.execute(
             """
-            INSERT INTO repositories (path) VALUES ('/r');
-            INSERT INTO files (repository_id, path, content_hash, size) VALUES (1, 'a.py', 'h', 1);
-            INSERT INTO chunks (file_id, repository_id, path, ordinal, start_line, end_line,
-                                text, tsv, embedding)
-            SELECT 1, 1, 'a.py', g, 1, 1, 'x', ''::tsvector,
+            INSERT INTO embedding_models (name, dimensions) VALUES ('test-model', 768);
+            INSERT INTO embeddings (model_id, text_hash, embedding)
+            SELECT 1, sha256(g::text::bytea),
                    (SELECT array_agg(random())::vector(768) FROM generate_series(1, 768)
                     WHERE g > 0)  -- correlated: a new vector per row
             FROM generate_series(1, 2000) g
@@ -326,17 +338,19 @@ async def test_a_build_without_enough_shared_memory_falls_back_to_one_process(
         )
     finally:
         await conn.close()
-    original, _ = await index_state(url)
     async with database_pool(url) as pool:
+        model = await a_model(pool)  # registered already: its index is made now
+        original, _ = await index_state(url)
+        assert original is not None
         async with pool.acquire() as probe:
             # The parallel build fails here as it does in such a container ...
             with pytest.raises(asyncpg.DiskFullError):
                 await probe.execute(
                     "SET maintenance_work_mem = '64MB'; "
-                    "CREATE INDEX probe ON chunks USING hnsw "
-                    "((embedding::halfvec(768)) halfvec_cosine_ops)"
+                    "CREATE INDEX probe ON embeddings USING hnsw "
+                    "((embedding::halfvec(768)) halfvec_cosine_ops) WHERE model_id = 1"
                 )
         # ... and the bulk load's build still makes the index.
-        async with vector_index.bulk_load(pool, enabled=True, build_after=lambda: True):
+        async with vector_index.bulk_load(pool, model, enabled=True, build_after=lambda: True):
             pass
     assert await index_state(url) == (original, [])

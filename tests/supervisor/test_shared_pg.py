@@ -66,9 +66,6 @@ def sup_env(base: Path, **extra: str) -> dict[str, str]:
         MCP_SUPERVISOR_DATA_DIR=str(base / "data"),
         MCP_SUPERVISOR_WAIT_FOR="postgres",
         MCP_SUPERVISOR_DEPENDENCY_TIMEOUT="60",
-        # The schema these supervisors migrate is sized for the CLI's (fake) Ollama model;
-        # unset, it would follow the model this environment picks (the local one).
-        EMBEDDING_DIMENSIONS="768",
         **extra,
     )
 

@@ -50,10 +50,16 @@ CHECKS: dict[str, str] = {
         FULL JOIN kept s
             ON s.repository_id = r.repository_id AND s.lexeme = r.lexeme COLLATE "C"
         WHERE r.df IS DISTINCT FROM s.df""",
-    # chunks of an embedded file without a vector
-    "embedded_chunks_without_vector": """
-        SELECT count(*) FROM chunks c JOIN files f ON f.id = c.file_id
-        WHERE f.embedded AND c.embedding IS NULL""",
+    # chunks without a vector of a model that embedded others (every model in the store
+    # is an active embedder's; a job with a working embedder leaves none without)
+    "chunks_without_vector": """
+        SELECT count(*) FROM chunks c CROSS JOIN embedding_models m
+        WHERE NOT EXISTS (SELECT 1 FROM embeddings e
+                          WHERE e.model_id = m.id AND e.text_hash = c.embed_hash)""",
+    # one vector per (model, text)
+    "duplicate_vectors": """
+        SELECT count(*) FROM (SELECT 1 FROM embeddings GROUP BY model_id, text_hash
+                              HAVING count(*) > 1) d""",
 }
 
 
@@ -64,9 +70,12 @@ async def integrity(url: str) -> dict[str, Any]:
         found: dict[str, Any] = {
             "files": await conn.fetchval("SELECT count(*) FROM files"),
             "chunks": await conn.fetchval("SELECT count(*) FROM chunks"),
+            # one HNSW index per model in the store
             "vector_index": await conn.fetchval(
-                "SELECT count(*) FROM pg_indexes WHERE indexname = 'chunks_embedding'"
-            ),
+                "SELECT count(*) - (SELECT count(*) FROM embedding_models) FROM pg_indexes "
+                "WHERE indexname LIKE 'embeddings_hnsw_%'"
+            )
+            + 1,
             "deferred": await conn.fetchval("SELECT count(*) FROM deferred_indexes"),
         }
         for name, sql in CHECKS.items():
