@@ -1,8 +1,8 @@
 """Zero set-up search by meaning, end to end over stdio: `mcp-supervisor` running
 `codebase-mcp serve` as real processes, driven by FastMCP's stdio client, with a real
 PostgreSQL and nothing about embeddings configured: no Ollama, no EMBEDDING_* setting,
-no MCP_SUPERVISOR_WAIT_FOR. The supervisor must not wait for Ollama, the migration sizes
-the schema for the local model, and search answers in hybrid mode."""
+no MCP_SUPERVISOR_WAIT_FOR. The supervisor must not wait for Ollama, the server registers
+the local model in the embeddings store, and search answers in hybrid mode."""
 
 from __future__ import annotations
 
