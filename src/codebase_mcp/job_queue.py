@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, NamedTuple
@@ -117,10 +117,13 @@ def pick_claim(
     me: str,
     now: datetime,
     reachable: Callable[[str], bool],
+    here: Collection[str] = (),
 ) -> ActiveJob | None:
     """The job a polling replica claims, if any: a running job whose lease expired
-    (its replica died or hangs), or the oldest queued job of a repository where nothing
-    runs; only in repositories this replica can reach (under its CODEBASE_ROOTS)."""
+    (its replica died or hangs, or it is this replica's own job that stopped when it
+    could not confirm the lease in time), or the oldest queued job of a repository where
+    nothing runs; only in repositories this replica can reach (under its CODEBASE_ROOTS).
+    `here`: the jobs running in this replica, never claimed again."""
     ordered = sorted(candidates, key=lambda c: c.created_at)
     busy = {c.repository for c in ordered if c.state is JobState.RUNNING}
     first_queued: dict[str, str] = {}
@@ -131,7 +134,14 @@ def pick_claim(
         if not reachable(c.repository):
             continue
         if c.state is JobState.RUNNING:
-            if c.holder != me and lease.may_take(c.holder, c.expires_at, me, now):
+            if c.id in here:
+                continue
+            if c.holder == me:
+                # Ours but not running here: it stopped for a lease it could not confirm.
+                # Once the lease has lapsed nobody else will resume it; we do.
+                if c.expires_at is None or c.expires_at <= now:
+                    return c
+            elif lease.may_take(c.holder, c.expires_at, me, now):
                 return c
         elif c.repository not in busy and first_queued[c.repository] == c.id:
             return c

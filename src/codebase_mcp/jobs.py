@@ -158,10 +158,17 @@ class JobManager:
         """Jobs running in this process."""
         return sum(1 for j in self._by_id.values() if not j.done.is_set())
 
+    def _running_ids(self) -> set[str]:
+        return {i for i, j in self._by_id.items() if not j.done.is_set()}
+
     def _lost(self, name: str) -> None:
         for job in self._by_id.values():
             if job.lease_name == name and not job.done.is_set():
                 job.request_stop("lost")
+                # Ours to resume if nobody takes it over meanwhile (pick_claim), also
+                # where this engine serves no queue (the CLI).
+                self._queued_here.add(job.info.id)
+                self._kick.set()
 
     # --- starting -----------------------------------------------------------------------
 
@@ -373,7 +380,8 @@ class JobManager:
                     for c in candidates
                     if c.id in self._queued_here or c.state is JobState.RUNNING
                 ]
-            pick = job_queue.pick_claim(candidates, self.owner, now, self.reachable)
+            here = self._running_ids()
+            pick = job_queue.pick_claim(candidates, self.owner, now, self.reachable, here)
             if pick is not None and not self.serve_queue and pick.id not in self._queued_here:
                 return None
             if pick is None:
@@ -387,7 +395,7 @@ class JobManager:
                     fresh = await job_queue.lock_job(conn, pick.id, skip_locked=True)
                     now = await job_queue.db_now(conn)
                     if fresh is None or not job_queue.pick_claim(
-                        [fresh], self.owner, now, self.reachable
+                        [fresh], self.owner, now, self.reachable, self._running_ids()
                     ):
                         return None
                     if fresh.cancel_requested:

@@ -11,8 +11,10 @@ The rules:
 - the owner counts a lease as lost once it could not confirm a renewal within a lease's
   length of sending it (`valid_until`): by then another may hold it, so it stops writing;
 - writes made under a lease check it in their own transaction (`fence`): the lease row is
-  share-locked until the write commits, so a takeover waits for a write in flight, and a
-  write after a takeover fails instead of landing beside the new owner's;
+  key-share-locked until the write commits, so a takeover (which locks the row FOR UPDATE)
+  waits for a write in flight, and a write after a takeover fails instead of landing
+  beside the new owner's; the owner's renewals, which change no key, do not wait for its
+  writes (a share lock made them wait: a write of more than a third of a lease lost it);
 - a takeover ends the previous owner's database sessions (`evict`): a hung owner holds
   row locks in an open transaction and session-level advisory locks that would
   otherwise block the new owner until it wakes up.
@@ -89,23 +91,27 @@ def session_name(owner: str) -> str:
 
 async def acquire(conn: db.Conn, name: str, owner: str, ttl: float) -> tuple[bool, str | None]:
     """Take the lease if `may_take` allows it: (taken, the previous holder when it was
-    another owner's). Atomic: of two claimants of an expired lease, one gets it."""
-    row = await conn.fetchrow(
-        """
-        WITH before AS (SELECT owner FROM leases WHERE name = $1)
-        INSERT INTO leases (name, owner, expires_at)
-        VALUES ($1, $2, now() + make_interval(secs => $3))
-        ON CONFLICT (name) DO UPDATE
-            SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at,
-                acquired_at = CASE WHEN leases.owner = EXCLUDED.owner THEN leases.acquired_at
-                                   ELSE now() END
-            WHERE leases.owner = EXCLUDED.owner OR leases.expires_at <= now()
-        RETURNING (SELECT owner FROM before) AS previous
-        """,
-        name,
-        owner,
-        ttl,
-    )
+    another owner's). Atomic: of two claimants of an expired lease, one gets it. The row
+    is locked FOR UPDATE first: that waits for the writes `fence` lets through (an
+    upsert's own lock would not)."""
+    async with conn.transaction():  # a savepoint inside the caller's transaction
+        await conn.execute("SELECT 1 FROM leases WHERE name = $1 FOR UPDATE", name)
+        row = await conn.fetchrow(
+            """
+            WITH before AS (SELECT owner FROM leases WHERE name = $1)
+            INSERT INTO leases (name, owner, expires_at)
+            VALUES ($1, $2, now() + make_interval(secs => $3))
+            ON CONFLICT (name) DO UPDATE
+                SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at,
+                    acquired_at = CASE WHEN leases.owner = EXCLUDED.owner THEN leases.acquired_at
+                                       ELSE now() END
+                WHERE leases.owner = EXCLUDED.owner OR leases.expires_at <= now()
+            RETURNING (SELECT owner FROM before) AS previous
+            """,
+            name,
+            owner,
+            ttl,
+        )
     if row is None:
         return False, None
     previous = row["previous"]
@@ -132,8 +138,9 @@ async def release(conn: db.Conn, name: str, owner: str) -> bool:
 
 async def fence(conn: db.Conn, name: str, owner: str) -> None:
     """Inside a write's transaction: raise LeaseLostError unless `owner` holds the lease,
-    and keep it from changing hands until the transaction ends."""
-    holder = await conn.fetchval("SELECT owner FROM leases WHERE name = $1 FOR SHARE", name)
+    and keep it from changing hands until the transaction ends (FOR KEY SHARE: a takeover's
+    FOR UPDATE waits for it; the owner's renewals do not)."""
+    holder = await conn.fetchval("SELECT owner FROM leases WHERE name = $1 FOR KEY SHARE", name)
     if holder != owner:
         raise LeaseLostError(f"lease {name} is held by {holder or 'nobody'}, not by {owner}")
 

@@ -15,6 +15,7 @@ import pytest
 
 from codebase_mcp import lease
 from codebase_mcp.engine import JobState
+from codebase_mcp.job_queue import lease_name
 from tests.codebase.fixtures_engine import (
     migrate_async,
     open_engine,
@@ -201,3 +202,42 @@ async def test_a_cancel_reaches_a_job_whose_replica_died_without_waiting_for_it(
         with anyio.fail_after(5):
             cancelled = await engine.cancel_job(str(dead))
     assert cancelled.state is JobState.CANCELLED
+
+
+async def test_a_job_dropped_for_a_renewal_it_could_not_confirm_is_resumed_by_its_replica(
+    pg_url: str, fake_ollama: FakeOllama, tmp_path: Path
+) -> None:
+    """One replica, and its lease renewals blocked for longer than a lease (a database
+    stalled, a lock held): the job stops as "lost", and once the lease has lapsed the same
+    replica resumes it; nobody else would, and it stayed "running" for ever."""
+    await migrate_async(pg_url)
+    repo = write_modules(tmp_path, "many", FILES)
+    fake_ollama.embed_delay = 0.1
+    settings = settings_for(
+        pg_url,
+        fake_ollama,
+        tmp_path,
+        CODEBASE_FILE_BATCH_SIZE="4",
+        CODEBASE_JOB_LEASE_SECONDS="3",
+        CODEBASE_JOB_POLL_SECONDS="0.5",
+    )
+    async with open_engine(settings) as engine:
+        job = await engine.start_index(str(repo))
+        await wait_for_progress(engine, job.id)
+        blocker = await asyncpg.connect(pg_url)
+        try:
+            async with blocker.transaction():  # what a takeover does, held 4 s
+                await blocker.execute(
+                    "SELECT 1 FROM leases WHERE name = $1 FOR UPDATE", lease_name(job.id)
+                )
+                await anyio.sleep(4)
+        finally:
+            await blocker.close()
+        with anyio.fail_after(60):
+            done = await engine.wait_job(job.id)
+        assert done.state is JobState.COMPLETED, done
+        assert done.replica == engine.owner
+        assert "taken over" in (done.message or ""), done.message
+    found = await integrity(pg_url)
+    assert found["files"] == FILES
+    assert problems(found) == {}

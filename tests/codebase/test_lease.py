@@ -122,9 +122,14 @@ def test_what_a_polling_replica_claims() -> None:
     assert pick_claim([live], "b", T0, reachable) is None
     dead = job("d", RUNNING, "/d", holder="a", expires_in=-1)
     assert pick_claim([live, dead], "b", T0, reachable) == dead
-    # its own job is never "taken over" (it runs here; renewal is late)
+    # its own job running here is never claimed again (renewal is merely late) ...
     mine = job("m", RUNNING, "/m", holder="b", expires_in=-1)
-    assert pick_claim([mine], "b", T0, reachable) is None
+    assert pick_claim([mine], "b", T0, reachable, here={"m"}) is None
+    # ... but one that stopped here for a lease it could not confirm is resumed once the
+    # lease lapsed: nobody else would (a single replica's job stayed "running" forever)
+    assert pick_claim([mine], "b", T0, reachable, here=set()) == mine
+    mine_live = job("m", RUNNING, "/m", holder="b", expires_in=20)
+    assert pick_claim([mine_live], "b", T0, reachable, here=set()) is None
     # a queued job waits while its repository's job runs, then the oldest goes first
     queued = job("q", QUEUED, "/r", at=1)
     assert pick_claim([live, queued], "b", T0, reachable) is None
@@ -231,6 +236,21 @@ async def test_a_fenced_write_holds_off_a_takeover_and_fails_after_one(
     with pytest.raises(lease.LeaseLostError, match=r"h:2:bbbb"):
         async with one.transaction():
             await lease.fence(one, "job:x", "h:1:aaaa")
+
+
+@pytest.mark.anyio
+async def test_a_long_fenced_write_does_not_hold_off_its_owners_renewal(
+    conns: tuple[asyncpg.Connection, asyncpg.Connection],
+) -> None:
+    """A batch that writes for longer than a third of the lease: the owner's renewal
+    (another connection of the owner) goes through meanwhile. A share lock made it wait
+    for the commit, the renewal timed out and the job was dropped as lost."""
+    one, two = conns
+    await lease.acquire(one, "job:x", "h:1:aaaa", 30)
+    async with one.transaction():
+        await lease.fence(one, "job:x", "h:1:aaaa")  # a write in flight
+        with anyio.fail_after(2):
+            assert await lease.renew(two, "h:1:aaaa", ["job:x"], 30) == {"job:x"}
 
 
 @pytest.mark.anyio
