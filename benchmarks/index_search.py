@@ -43,11 +43,12 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support.pg import running_cluster  # noqa: E402
 
-from codebase_mcp import db, local_embed  # noqa: E402
+from codebase_mcp import db, embeddings, local_embed, stats  # noqa: E402
 from codebase_mcp.config import load_settings  # noqa: E402
 from codebase_mcp.embed import Embedder  # noqa: E402
 from codebase_mcp.engine import Engine, JobState, Progress  # noqa: E402
 from codebase_mcp.filters import Filters  # noqa: E402
+from codebase_mcp.index import embedding_text  # noqa: E402
 from codebase_mcp.search import run_search  # noqa: E402
 
 DIMS = 768
@@ -133,10 +134,13 @@ async def timed_index(engine: Engine, path: Path) -> tuple[float, Any, float]:
     return ended - started, job, (ended - build_started[0]) if build_started else 0.0
 
 
-async def scale_up(pool: db.Pool, target: int, embedder: InstantEmbedder) -> tuple[int, float]:
+async def scale_up(
+    pool: db.Pool, model: embeddings.Model, target: int, embedder: InstantEmbedder
+) -> tuple[int, float]:
     """Copy real chunks into a synthetic repository until the table holds `target`
-    chunks, each with its own random vector; the HNSW index is rebuilt once afterwards
-    (as a bulk load would do). Returns (chunks, seconds)."""
+    chunks, each with its own text (a path of its own) and its own random vector in the
+    store; the model's HNSW index is rebuilt once afterwards (as a bulk load would do).
+    Returns (chunks, seconds)."""
     started = time.perf_counter()
     rng = random.Random(11)
     span = 1 << 40
@@ -150,22 +154,27 @@ async def scale_up(pool: db.Pool, target: int, embedder: InstantEmbedder) -> tup
             "c.language FROM chunks c ORDER BY c.id"
         )
         index_def = await conn.fetchval(
-            "SELECT indexdef FROM pg_indexes WHERE indexname = 'chunks_embedding'"
+            "SELECT indexdef FROM pg_indexes WHERE indexname = $1", model.index_name
         )
-        await conn.execute("DROP INDEX chunks_embedding")
+        await conn.execute(f'DROP INDEX "{model.index_name}"')
         repo = await db.upsert_repository(conn, "/synthetic/scale-up")
         per_file, written, file_no = 10, 0, 0
         while written < need:
             files: list[db.FileRow] = []
             chunk_rows: list[list[db.ChunkRecord]] = []
+            hashes: list[bytes] = []
+            vectors: list[list[float]] = []
             for _ in range(200):
                 if written >= need:
                     break
                 n = min(per_file, need - written)
+                path = f"synthetic/{file_no:06}/{source[written % len(source)]['path']}"
                 rows: list[db.ChunkRecord] = []
                 for i in range(n):
                     s = source[(written + i) % len(source)]
-                    vec = embedder.window(rng.randrange(span))
+                    key = embeddings.text_hash(embedding_text(path, s["symbol"], s["text"]))
+                    hashes.append(key)
+                    vectors.append(embedder.window(rng.randrange(span)))
                     rows.append(
                         (
                             i,
@@ -178,20 +187,24 @@ async def scale_up(pool: db.Pool, target: int, embedder: InstantEmbedder) -> tup
                             s["tsv"],
                             s["term_freqs"],
                             s["body_length"],
-                            vec,
+                            key,
                         )
                     )
-                path = f"synthetic/{file_no:06}/{source[written % len(source)]['path']}"
-                files.append(db.FileRow(path, "python", f"h{file_no}", 1000, n, True))
+                files.append(db.FileRow(path, "python", f"h{file_no}", 1000, n))
                 chunk_rows.append(rows)
                 written += n
                 file_no += 1
             async with conn.transaction():
-                await db.replace_files(conn, repo.id, files, chunk_rows)
+                await db.replace_files(conn, repo.id, files, chunk_rows, replacing=False)
+                await embeddings.store(conn, model, hashes, vectors)
+                added = await stats.share_of(conn, repo.id, [f.path for f in files])
+                await stats.record(conn, repo.id, added)
+        await stats.compact(conn, repo.id)
         await conn.execute("SET maintenance_work_mem = '512MB'")
         await conn.execute("SET max_parallel_maintenance_workers = 1")
         await conn.execute(index_def)
         await conn.execute("ANALYZE chunks")
+        await conn.execute("ANALYZE embeddings")
         total = await conn.fetchval("SELECT count(*) FROM chunks")
     return int(total), time.perf_counter() - started
 
@@ -225,6 +238,7 @@ def queries_from(symbols: list[str], rng: random.Random, n: int) -> list[str]:
 
 async def search_latencies(
     pool: db.Pool,
+    model: embeddings.Model,
     embedder: InstantEmbedder,
     queries: list[str],
     want: Any = None,
@@ -234,7 +248,7 @@ async def search_latencies(
     for q in queries:
         vector = embedder.vector("search_query: " + q)  # outside the timing, as stated
         started = time.perf_counter()
-        await run_search(pool, q, vector, filters or Filters(), 10, want=want)
+        await run_search(pool, q, vector, filters or Filters(), 10, model=model, want=want)
         out.append((time.perf_counter() - started) * 1000)
     return out
 
@@ -423,7 +437,8 @@ async def main_async(args: argparse.Namespace) -> None:
             engine = await open_bench_engine(cluster, "pipeline", base, args, embedder)
             try:
                 async with engine.pool.acquire() as conn:
-                    await conn.execute("DROP INDEX chunks_embedding")
+                    assert engine.model is not None
+                    await conn.execute(f'DROP INDEX IF EXISTS "{engine.model.index_name}"')
                 pipe_s, pipe, _ = await timed_index(engine, corpus)
                 again_s, again, _ = await timed_index(engine, corpus)
             finally:
@@ -451,15 +466,23 @@ async def main_async(args: argparse.Namespace) -> None:
                             "SELECT DISTINCT symbol FROM chunks WHERE symbol IS NOT NULL"
                         )
                     ]
-                total, scale_s = await scale_up(pool, args.chunks, embedder)
+                model = engine.model
+                assert model is not None
+                total, scale_s = await scale_up(pool, model, args.chunks, embedder)
                 rng = random.Random(3)
                 queries = queries_from(symbols, rng, args.queries)
-                await search_latencies(pool, embedder, queries)  # a warm server: caches filled
-                hybrid = await search_latencies(pool, embedder, queries)
-                lexical = await search_latencies(pool, embedder, queries, want="lexical")
-                vector = await search_latencies(pool, embedder, queries, want="vector")
+                await search_latencies(
+                    pool, model, embedder, queries
+                )  # a warm server: caches filled
+                hybrid = await search_latencies(pool, model, embedder, queries)
+                lexical = await search_latencies(pool, model, embedder, queries, want="lexical")
+                vector = await search_latencies(pool, model, embedder, queries, want="vector")
                 filtered = await search_latencies(
-                    pool, embedder, queries, filters=Filters(language="python", path_glob="*.py")
+                    pool,
+                    model,
+                    embedder,
+                    queries,
+                    filters=Filters(language="python", path_glob="*.py"),
                 )
             finally:
                 await engine.close()

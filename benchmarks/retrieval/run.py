@@ -404,11 +404,15 @@ async def ask_all(
         # Untimed: the two lists hybrid fuses, as deep as it takes them, for fusion.py.
         depth = candidates_for(limit)
         vector = model([question.question])[0]
+        stored = engine.model  # the model's vectors in the engine's store
+        assert stored is not None
         async with engine.pool.acquire() as conn:
-            vec = await vector_hits(conn, vector, Filters(), depth)
+            vec = await vector_hits(conn, stored, vector, Filters(), depth)
             lex = await lexical_hits(conn, question.question, Filters(), depth)
             prepared = await prepare(conn, question.question, Filters())
-        extra_vector, extra_lexical = await complete_scores(engine.pool, vector, prepared, vec, lex)
+        extra_vector, extra_lexical = await complete_scores(
+            engine.pool, stored, vector, prepared=prepared, vector_list=vec, lexical_list=lex
+        )
         raw.append(
             {
                 "vector": _raw(vec),
