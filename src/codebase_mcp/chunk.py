@@ -1,9 +1,10 @@
 """Cut a source file into chunks for embedding.
 
-Parsed languages (see ``languages.GRAMMARS``): one chunk per top-level definition; a
-class-like container (class, struct, interface, impl, trait, namespace, module ...) with
-methods is cut into one chunk per method plus "shell" chunks for the rest of the container
-(header, fields, text between methods), with the container's symbol. Decorators,
+Parsed languages (see ``languages.GRAMMARS``, and ``chunk_rules.RULES`` for what their
+nodes mean): one chunk per top-level definition; a class-like container (class, struct,
+interface, impl, trait, namespace, module ...) with methods is cut into one chunk per
+method plus "shell" chunks for the rest of the container (header, fields, text between
+methods), with the container's symbol. Decorators,
 attributes and comments right above a definition belong to it. Code between definitions
 becomes ``gap`` chunks. Other languages, and any parse failure, get line windows.
 
@@ -23,27 +24,33 @@ from __future__ import annotations
 import bisect
 import itertools
 import threading
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import cast
 
 import structlog
 import tree_sitter_language_pack
 from tree_sitter import Node, Parser
 
+from codebase_mcp.chunk_rules import (
+    BODY_TYPES,
+    DECLARATOR_NAMES,
+    FUNCTION,
+    FUNCTION_VALUES,
+    GAP,
+    KIND_KEYWORDS,
+    METHOD,
+    METHOD_OWNERS,
+    NAME_TYPES,
+    RULES,
+    WINDOW,
+    Rules,
+)
 from codebase_mcp.languages import grammar_for
 
 log = structlog.get_logger(__name__)
 # The pack types its argument as a Literal of grammar names; ours come from a table.
 _get_parser = cast("Callable[[str], Parser]", tree_sitter_language_pack.get_parser)
-
-# Chunk kinds. Definitions: the kind of the node. Shell pieces of a container carry the
-# container's kind. GAP: code between definitions. WINDOW: line windows.
-FUNCTION = "function"
-METHOD = "method"
-CLASS = "class"
-GAP = "gap"
-WINDOW = "window"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,322 +85,6 @@ class Chunk:
     language: str | None
 
 
-# --------------------------------------------------------------------------------------
-# Per-grammar rules: which tree-sitter node types are definitions, and of what kind.
-
-
-@dataclass(frozen=True, slots=True)
-class _Rules:
-    # node type -> kind, for definitions chunked on their own
-    defs: Mapping[str, str]
-    # definition types whose body members (methods, nested classes) get their own chunks
-    containers: frozenset[str] = frozenset()
-    # node types wrapping one definition (decorators, export, template ...): the chunk spans
-    # the wrapper; field name holding the definition, or "" to take the first definition child
-    wrappers: Mapping[str, str] = field(default_factory=dict)
-    # node types searched for definitions as if their children stood at this level
-    transparent: frozenset[str] = frozenset({"ERROR"})
-    # node types attached to the definition right below them (comments, attributes)
-    leading: frozenset[str] = frozenset({"comment"})
-    # definition types that count only with a body (not prototypes/abstract signatures)
-    need_body: frozenset[str] = frozenset()
-    # definition types that count only over several lines (a one-line typedef stays in
-    # its gap rather than make a chunk of its own)
-    multiline: frozenset[str] = frozenset()
-    # variable declarations that define a function when their value is one (JS/TS)
-    variables: frozenset[str] = frozenset()
-
-
-_C_LIKE_TRANSPARENT = frozenset(
-    {
-        "ERROR",
-        "preproc_if",
-        "preproc_ifdef",
-        "preproc_else",
-        "preproc_elif",
-        "preproc_elifdef",
-        "linkage_specification",
-        "declaration_list",
-    }
-)
-_JS_DEFS = {
-    "function_declaration": FUNCTION,
-    "generator_function_declaration": FUNCTION,
-    "class_declaration": CLASS,
-    "abstract_class_declaration": CLASS,
-    "class": CLASS,
-    "method_definition": METHOD,
-    "interface_declaration": "interface",
-    "type_alias_declaration": "type",
-    "enum_declaration": "enum",
-    "internal_module": "module",
-    "module": "module",
-}
-_JS_RULES = _Rules(
-    defs=_JS_DEFS,
-    containers=frozenset(
-        {"class_declaration", "abstract_class_declaration", "class", "internal_module", "module"}
-    ),
-    wrappers={
-        "export_statement": "declaration",
-        "ambient_declaration": "",
-        "expression_statement": "",
-    },
-    leading=frozenset({"comment", "decorator"}),
-    need_body=frozenset({"function_declaration", "method_definition"}),
-    multiline=frozenset({"type_alias_declaration"}),
-    variables=frozenset(
-        {
-            "lexical_declaration",
-            "variable_declaration",
-            "public_field_definition",
-            "field_definition",
-        }
-    ),
-)
-_C_RULES = _Rules(
-    defs={
-        "function_definition": FUNCTION,
-        "struct_specifier": "struct",
-        "union_specifier": "union",
-        "enum_specifier": "enum",
-        "type_definition": "type",
-    },
-    transparent=_C_LIKE_TRANSPARENT,
-    need_body=frozenset({"struct_specifier", "union_specifier", "enum_specifier"}),
-    multiline=frozenset({"type_definition"}),
-)
-_CPP_RULES = _Rules(
-    defs={
-        "function_definition": FUNCTION,
-        "class_specifier": CLASS,
-        "struct_specifier": "struct",
-        "union_specifier": "union",
-        "enum_specifier": "enum",
-        "namespace_definition": "namespace",
-        "concept_definition": "type",
-        "type_definition": "type",
-        "alias_declaration": "type",
-    },
-    containers=frozenset({"class_specifier", "struct_specifier", "namespace_definition"}),
-    wrappers={"template_declaration": ""},
-    transparent=_C_LIKE_TRANSPARENT,
-    need_body=frozenset(
-        {"class_specifier", "struct_specifier", "union_specifier", "enum_specifier"}
-    ),
-    multiline=frozenset({"type_definition", "alias_declaration"}),
-)
-
-_RULES: dict[str, _Rules] = {
-    "python": _Rules(
-        defs={"function_definition": FUNCTION, "class_definition": CLASS},
-        containers=frozenset({"class_definition"}),
-        wrappers={"decorated_definition": "definition"},
-        # definitions under `if sys.platform ...:` / `try: ... except ImportError:`
-        transparent=frozenset(
-            {
-                *("ERROR", "if_statement", "elif_clause", "else_clause", "block"),
-                *("try_statement", "except_clause", "finally_clause"),
-            }
-        ),
-    ),
-    "javascript": _JS_RULES,
-    "typescript": _JS_RULES,
-    "tsx": _JS_RULES,
-    "go": _Rules(
-        defs={
-            "function_declaration": FUNCTION,
-            "method_declaration": METHOD,
-            "type_declaration": "type",
-        },
-        multiline=frozenset({"type_declaration"}),
-    ),
-    "rust": _Rules(
-        defs={
-            "function_item": FUNCTION,
-            "struct_item": "struct",
-            "enum_item": "enum",
-            "union_item": "union",
-            "trait_item": "trait",
-            "impl_item": "impl",
-            "mod_item": "module",
-            "macro_definition": "macro",
-        },
-        containers=frozenset({"trait_item", "impl_item", "mod_item"}),
-        leading=frozenset({"line_comment", "block_comment", "attribute_item"}),
-        need_body=frozenset({"function_item", "mod_item"}),
-    ),
-    "java": _Rules(
-        defs={
-            "class_declaration": CLASS,
-            "interface_declaration": "interface",
-            "enum_declaration": "enum",
-            "record_declaration": "record",
-            "annotation_type_declaration": "interface",
-            "method_declaration": METHOD,
-            "constructor_declaration": METHOD,
-            "compact_constructor_declaration": METHOD,
-        },
-        containers=frozenset(
-            {"class_declaration", "interface_declaration", "enum_declaration", "record_declaration"}
-        ),
-        leading=frozenset({"line_comment", "block_comment"}),
-        need_body=frozenset({"method_declaration"}),
-    ),
-    "c": _C_RULES,
-    "cpp": _CPP_RULES,
-    "csharp": _Rules(
-        defs={
-            "class_declaration": CLASS,
-            "struct_declaration": "struct",
-            "interface_declaration": "interface",
-            "record_declaration": "record",
-            "record_struct_declaration": "record",
-            "enum_declaration": "enum",
-            "namespace_declaration": "namespace",
-            "method_declaration": METHOD,
-            "constructor_declaration": METHOD,
-            "destructor_declaration": METHOD,
-            "operator_declaration": METHOD,
-            "conversion_operator_declaration": METHOD,
-            "local_function_statement": FUNCTION,
-            "delegate_declaration": "type",
-        },
-        containers=frozenset(
-            {
-                "class_declaration",
-                "struct_declaration",
-                "interface_declaration",
-                "record_declaration",
-                "record_struct_declaration",
-                "namespace_declaration",
-            }
-        ),
-        transparent=frozenset({"ERROR", "file_scoped_namespace_declaration"}),
-        need_body=frozenset({"method_declaration", "operator_declaration"}),
-    ),
-    "ruby": _Rules(
-        defs={
-            "method": FUNCTION,
-            "singleton_method": METHOD,
-            "class": CLASS,
-            "module": "module",
-            "singleton_class": CLASS,
-        },
-        containers=frozenset({"class", "module", "singleton_class"}),
-    ),
-    "php": _Rules(
-        defs={
-            "function_definition": FUNCTION,
-            "class_declaration": CLASS,
-            "interface_declaration": "interface",
-            "trait_declaration": "trait",
-            "enum_declaration": "enum",
-            "method_declaration": METHOD,
-            "namespace_definition": "namespace",
-        },
-        containers=frozenset(
-            {
-                "class_declaration",
-                "interface_declaration",
-                "trait_declaration",
-                "enum_declaration",
-                "namespace_definition",
-            }
-        ),
-        need_body=frozenset({"method_declaration", "namespace_definition"}),
-    ),
-    "kotlin": _Rules(
-        defs={
-            "function_declaration": FUNCTION,
-            "class_declaration": CLASS,
-            "object_declaration": "object",
-            "companion_object": "object",
-        },
-        containers=frozenset({"class_declaration", "object_declaration", "companion_object"}),
-        leading=frozenset({"comment", "line_comment", "multiline_comment"}),
-        need_body=frozenset({"function_declaration"}),
-    ),
-    "swift": _Rules(
-        defs={
-            "function_declaration": FUNCTION,
-            "class_declaration": CLASS,
-            "protocol_declaration": "protocol",
-            "init_declaration": METHOD,
-            "deinit_declaration": METHOD,
-            "subscript_declaration": METHOD,
-        },
-        containers=frozenset({"class_declaration", "protocol_declaration"}),
-        leading=frozenset({"comment", "multiline_comment"}),
-        need_body=frozenset({"function_declaration"}),
-    ),
-    "scala": _Rules(
-        defs={
-            "function_definition": FUNCTION,
-            "class_definition": CLASS,
-            "object_definition": "object",
-            "trait_definition": "trait",
-            "enum_definition": "enum",
-        },
-        containers=frozenset(
-            {"class_definition", "object_definition", "trait_definition", "enum_definition"}
-        ),
-        leading=frozenset({"comment", "block_comment"}),
-    ),
-    "bash": _Rules(defs={"function_definition": FUNCTION}),
-}
-
-# Container kinds whose function members are methods (namespaces and modules keep functions).
-_METHOD_OWNERS = frozenset(
-    {
-        *(CLASS, "struct", "interface", "impl", "trait", "object", "protocol", "record"),
-        *("enum", "extension", "actor"),
-    }
-)
-# Kotlin/Swift share one node type for class/struct/enum/interface...: the keyword tells.
-_KIND_KEYWORDS = frozenset(
-    {"class", "struct", "enum", "interface", "extension", "actor", "protocol", "object"}
-)
-_BODY_TYPES = frozenset(
-    {
-        "class_body",
-        "function_body",
-        "enum_class_body",
-        "protocol_body",
-        "declaration_list",
-        "field_declaration_list",
-        "body_statement",
-        "template_body",
-        "block",
-        "compound_statement",
-        "statement_block",
-    }
-)
-_NAME_TYPES = frozenset(
-    {
-        "identifier",
-        "type_identifier",
-        "simple_identifier",
-        "constant",
-        "name",
-        "word",
-        "field_identifier",
-        "property_identifier",
-    }
-)
-_DECLARATOR_NAMES = frozenset(
-    {
-        "identifier",
-        "field_identifier",
-        "qualified_identifier",
-        "destructor_name",
-        "operator_name",
-        "type_identifier",
-    }
-)
-_FUNCTION_VALUES = frozenset(
-    {"arrow_function", "function_expression", "function", "generator_function"}
-)
 _MAX_DEPTH = 40
 _MAX_SYMBOL = 200
 
@@ -438,7 +129,7 @@ def _body(node: Node) -> Node | None:
     if body is not None:
         return body
     for child in reversed(node.named_children):
-        if child.type in _BODY_TYPES:
+        if child.type in BODY_TYPES:
             return child
     return None
 
@@ -447,7 +138,7 @@ def _declarator_name(node: Node) -> Node | None:
     """C/C++: follow declarator fields (pointer, function, reference) down to the name."""
     decl = node.child_by_field_name("declarator")
     for _ in range(_MAX_DEPTH):
-        if decl is None or decl.type in _DECLARATOR_NAMES:
+        if decl is None or decl.type in DECLARATOR_NAMES:
             return decl
         decl = decl.child_by_field_name("declarator")
     return None
@@ -465,7 +156,7 @@ def _name(node: Node) -> str | None:
         else:
             name_node = _declarator_name(node)
     if name_node is None:
-        name_node = next((c for c in node.named_children if c.type in _NAME_TYPES), None)
+        name_node = next((c for c in node.named_children if c.type in NAME_TYPES), None)
     if name_node is None:
         return None
     name = _text(name_node).split("\n", 1)[0].strip()
@@ -491,7 +182,7 @@ def _refine_kind(node: Node, kind: str) -> str:
             return "interface"
     elif node.type == "class_declaration":
         for child in node.children[:4]:
-            if not child.is_named and child.type in _KIND_KEYWORDS:
+            if not child.is_named and child.type in KIND_KEYWORDS:
                 return child.type
     return kind
 
@@ -504,7 +195,7 @@ def _qualify(owner: str | None, name: str | None) -> str | None:
     return f"{owner}.{name}"[:_MAX_SYMBOL]
 
 
-def _definition(node: Node, rules: _Rules, depth: int = 0) -> tuple[str, Node] | None:
+def _definition(node: Node, rules: Rules, depth: int = 0) -> tuple[str, Node] | None:
     """(kind, definition node) if ``node`` is a definition or wraps one."""
     node_type = node.type
     kind = rules.defs.get(node_type)
@@ -537,12 +228,12 @@ def _function_variable(node: Node) -> tuple[str, Node] | None:
             return None
         value = declarator.child_by_field_name("value")
         named = declarator
-    if value is not None and value.type in _FUNCTION_VALUES:
+    if value is not None and value.type in FUNCTION_VALUES:
         return FUNCTION, named
     return None
 
 
-def _members(node: Node, rules: _Rules, depth: int) -> list[_Def]:
+def _members(node: Node, rules: Rules, depth: int) -> list[_Def]:
     """The definitions among ``node``'s children, each with its leading comments."""
     found: list[_Def] = []
     lead_start = -1  # first row of the run of leading comments/attributes, or -1
@@ -574,7 +265,7 @@ def _members(node: Node, rules: _Rules, depth: int) -> list[_Def]:
 def _emit(
     owner: tuple[int, int, str, str | None, Node | None],
     members: list[_Def],
-    rules: _Rules,
+    rules: Rules,
     depth: int,
     out: list[_Seg],
 ) -> None:
@@ -591,7 +282,7 @@ def _emit(
         if member.start > cursor:
             out.append(_Seg(cursor, member.start - 1, kind, symbol, node))
         member_kind = member.kind
-        if member_kind == FUNCTION and kind in _METHOD_OWNERS:
+        if member_kind == FUNCTION and kind in METHOD_OWNERS:
             member_kind = METHOD
         qualified = _qualify(symbol, _name(member.node))
         inner: list[_Def] = []
@@ -705,7 +396,7 @@ class Chunker:
             text = text.replace("\r\n", "\n")  # same rows; no stray \r in chunk text
         lines = _Lines(text)
         grammar = grammar_for(language)
-        rules = _RULES.get(language) if language is not None else None
+        rules = RULES.get(language) if language is not None else None
         if grammar is not None and rules is not None:
             try:
                 segments = self._segments(
@@ -728,7 +419,7 @@ class Chunker:
             self._parsers[grammar] = parser
         return self._parsers[grammar]
 
-    def _segments(self, data: bytes, grammar: str, rules: _Rules) -> list[_Seg] | None:
+    def _segments(self, data: bytes, grammar: str, rules: Rules) -> list[_Seg] | None:
         parser = self._parser(grammar)
         if parser is None:
             return None
