@@ -199,20 +199,24 @@ async def coverage_by_repository(conn: db.Conn, model: Model) -> dict[str, int]:
 
 
 async def held_by(conn: db.Conn, repository_id: int, prefer: Model | None = None) -> Model | None:
-    """The model whose vectors the repository's chunks have (`prefer` when it has any,
-    else the one covering most chunks); None when its chunks have none."""
-    row = await conn.fetchrow(
-        """
-        SELECT m.id, m.name, m.dimensions FROM chunks c
-        JOIN embeddings e ON e.text_hash = c.embed_hash
-        JOIN embedding_models m ON m.id = e.model_id
-        WHERE c.repository_id = $1
-        GROUP BY m.id ORDER BY (m.id = $2) DESC, count(*) DESC, m.id LIMIT 1
-        """,
-        repository_id,
+    """A model whose vectors the repository's chunks have: `prefer` when they have any,
+    else the most recently registered one they have; None when they have none. One
+    EXISTS per model, each stopping at its first match (counting every chunk's vectors
+    cost an unchanged re-index of the standard library 90 ms, a third of its time)."""
+    rows = await conn.fetch(
+        "SELECT id, name, dimensions FROM embedding_models ORDER BY id = $1 DESC, id DESC",
         prefer.id if prefer is not None else -1,
     )
-    return None if row is None else Model(int(row["id"]), row["name"], int(row["dimensions"]))
+    for row in rows:
+        has = await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM chunks c JOIN embeddings e "
+            "ON e.model_id = $2 AND e.text_hash = c.embed_hash WHERE c.repository_id = $1)",
+            repository_id,
+            row["id"],
+        )
+        if has:
+            return Model(int(row["id"]), row["name"], int(row["dimensions"]))
+    return None
 
 
 async def count(conn: db.Conn, model: Model) -> int:
