@@ -95,12 +95,22 @@ INDEX = "embeddings_hnsw_1"
 
 
 async def index_state(url: str, name: str = INDEX) -> tuple[str | None, list[str]]:
-    """(the model's vector index's definition or None, the names set aside)."""
+    """(the model's vector index's definition or None, the names set aside).
+    Tests poll this while the engine drops and builds the index: pg_get_indexdef reads
+    the catalog outside the query's snapshot, so an index dropped meanwhile fails the
+    read ("cache lookup failed"); it is read again."""
     conn = await asyncpg.connect(url)
     try:
-        definition = await conn.fetchval(
-            "SELECT indexdef FROM pg_indexes WHERE indexname = $1", name
-        )
+        for attempt in range(20):
+            try:
+                definition = await conn.fetchval(
+                    "SELECT indexdef FROM pg_indexes WHERE indexname = $1", name
+                )
+                break
+            except asyncpg.InternalServerError as exc:
+                if "cache lookup failed" not in str(exc) or attempt == 19:
+                    raise
+                await anyio.sleep(0.01)
         aside = [r[0] for r in await conn.fetch("SELECT name FROM deferred_indexes")]
     finally:
         await conn.close()
