@@ -207,3 +207,27 @@ async def test_the_size_of_a_servers_model_is_learned_before_its_first_job(
         assert job.state is JobState.COMPLETED
         assert job.message is not None and job.message.startswith("embedder unavailable")
         assert (await engine.search("o_1", mode="lexical")).results
+
+
+async def test_two_writers_storing_the_same_text_keep_the_first_vector(
+    pg_url: str, fake_ollama: FakeOllama, tmp_path: Path
+) -> None:
+    """Writers race between `known` and `store`: the fast path (COPY) meets a vector
+    stored meanwhile, and the rest of the batch is still kept."""
+    await migrate_async(pg_url)
+    async with open_engine(settings_for(pg_url, fake_ollama, tmp_path)) as engine:
+        model = engine.model
+        assert model is not None
+        first, second, third = (embeddings.text_hash(t) for t in ("one", "two", "three"))
+        size = model.dimensions
+        async with engine.pool.acquire() as conn, conn.transaction():
+            await embeddings.store(conn, model, [second], [[0.5] * size])
+        async with engine.pool.acquire() as conn, conn.transaction():
+            await embeddings.store(
+                conn, model, [first, second, third], [[0.25] * size, [1.0] * size, [0.75] * size]
+            )
+            kept = await conn.fetch(
+                "SELECT text_hash, embedding FROM embeddings WHERE model_id = $1", model.id
+            )
+        values = {bytes(r["text_hash"]): r["embedding"][0] for r in kept}
+        assert values == {first: 0.25, second: 0.5, third: 0.75}
