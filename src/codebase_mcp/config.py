@@ -145,6 +145,37 @@ class Settings(BaseSettings):
         le=60,
         validation_alias=AliasChoices("CODEBASE_JOB_POLL_SECONDS", "job_poll_seconds"),
     )
+    # The cheap change check: a stored file whose (size, mtime_ns, inode) still match is
+    # not read again (its content hash still decides for every other one). Off: every
+    # stored file is read and hashed on every run (for file systems or tools that keep a
+    # file's size and mtime across a change of its content).
+    stat_check: bool = Field(
+        True, validation_alias=AliasChoices("CODEBASE_STAT_CHECK", "stat_check")
+    )
+    # Watch every indexed repository (index_repository(watch=...) decides per repository).
+    watch: bool = Field(False, validation_alias=AliasChoices("CODEBASE_WATCH", "watch"))
+    # A watcher starts its index job once no change came for this long (seconds)...
+    watch_debounce: float = Field(
+        0.3,
+        ge=0.01,
+        le=60,
+        validation_alias=AliasChoices("CODEBASE_WATCH_DEBOUNCE", "watch_debounce"),
+    )
+    # ... or this long after the first change it has not applied, when changes keep coming.
+    watch_max_delay: float = Field(
+        5.0,
+        ge=0.01,
+        le=600,
+        validation_alias=AliasChoices("CODEBASE_WATCH_MAX_DELAY", "watch_max_delay"),
+    )
+    # 0: file system events (inotify); N > 0: look at the watched directories every N ms
+    # instead (network file systems, where inotify sees only this machine's writes).
+    watch_poll_ms: int = Field(
+        0,
+        ge=0,
+        le=3_600_000,
+        validation_alias=AliasChoices("CODEBASE_WATCH_POLL_MS", "watch_poll_ms"),
+    )
 
     @field_validator("embedding_provider", mode="before")
     @classmethod

@@ -33,7 +33,7 @@ else:  # asyncpg's classes are generic only in the stubs
     Pool = asyncpg.Pool
 
 # The alembic head this code expects (a test checks it against migrations/).
-SCHEMA_HEAD = "0008"
+SCHEMA_HEAD = "0009"
 
 _HEADER = struct.Struct(">HH")
 _BIG_ENDIAN = sys.byteorder == "big"
@@ -170,20 +170,35 @@ async def upsert_repository(conn: Conn, path: str) -> RepositoryRow:
 
 
 async def mark_repository_indexed(
-    conn: Conn, repository_id: int, model: str | None, dimensions: int | None
+    conn: Conn,
+    repository_id: int,
+    model: str | None,
+    dimensions: int | None,
+    synced_at: datetime | None = None,
 ) -> None:
-    """`model` and `dimensions` describe the vectors the repository holds (None: none)."""
+    """`model` and `dimensions` describe the vectors the repository holds (None: none);
+    `synced_at`: when the run began to read the disk (the database's clock)."""
     await conn.execute(
         "UPDATE repositories SET last_indexed_at = now(), embedding_model = $2, "
-        "embedding_dimensions = $3 WHERE id = $1",
+        "embedding_dimensions = $3, synced_at = coalesce($4, synced_at) WHERE id = $1",
         repository_id,
         model,
         dimensions,
+        synced_at,
     )
 
 
+async def database_now(conn: Conn) -> datetime:
+    value: datetime = await conn.fetchval("SELECT now()")
+    return value
+
+
+# The watch columns and the holder of the repository's watch lease (watch.lease_name).
 _REPO_SUMMARY = """
     SELECT r.path, r.last_indexed_at, r.embedding_model, r.embedding_dimensions,
+           r.watch, r.synced_at, r.pending_changes, r.watch_error,
+           (SELECT l.owner FROM leases l
+            WHERE l.name = 'watch:' || r.path AND l.expires_at > now()) AS watcher,
            count(f.id) AS files, coalesce(sum(f.chunk_count), 0)::bigint AS chunks
     FROM repositories r LEFT JOIN files f ON f.repository_id = r.id
 """
@@ -197,6 +212,11 @@ def _repo_info(row: asyncpg.Record) -> RepositoryInfo:
         last_indexed=row["last_indexed_at"],
         embedding_model=row["embedding_model"],
         embedding_dimensions=row["embedding_dimensions"],
+        watch=row["watch"],
+        watcher=row["watcher"],
+        synced_at=row["synced_at"],
+        pending_changes=row["pending_changes"] if row["watcher"] is not None else None,
+        watch_error=row["watch_error"],
     )
 
 
@@ -230,17 +250,62 @@ async def delete_repository(conn: Conn, path: str) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
+class FileStat:
+    """What the change check compares (size, mtime_ns, inode); `trusted`: the stat was
+    taken long enough after the file's last write to vouch for its content (see
+    index.racily_clean)."""
+
+    size: int
+    mtime_ns: int | None
+    inode: int | None
+    trusted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class StoredFile:
     id: int
     content_hash: str
+    stat: FileStat | None = None
 
 
 async def stored_files(conn: Conn, repository_id: int) -> dict[str, StoredFile]:
     rows = await conn.fetch(
-        "SELECT id, path, content_hash FROM files WHERE repository_id = $1",
+        "SELECT id, path, content_hash, size, mtime_ns, inode, stat_trusted "
+        "FROM files WHERE repository_id = $1",
         repository_id,
     )
-    return {r["path"]: StoredFile(r["id"], r["content_hash"]) for r in rows}
+    return {
+        r["path"]: StoredFile(
+            r["id"],
+            r["content_hash"],
+            FileStat(r["size"], r["mtime_ns"], r["inode"], r["stat_trusted"]),
+        )
+        for r in rows
+    }
+
+
+async def update_file_stats(
+    conn: Conn, repository_id: int, stats_by_path: Sequence[tuple[str, FileStat]]
+) -> None:
+    """Store the stat of files whose content did not change (touched, rewritten with the
+    same bytes, or stored before their stat was kept)."""
+    if not stats_by_path:
+        return
+    await conn.execute(
+        """
+        UPDATE files f SET size = s.size, mtime_ns = s.mtime_ns, inode = s.inode,
+            stat_trusted = s.trusted
+        FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bool[])
+            AS s(path, size, mtime_ns, inode, trusted)
+        WHERE f.repository_id = $1 AND f.path = s.path
+        """,
+        repository_id,
+        [p for p, _ in stats_by_path],
+        [st.size for _, st in stats_by_path],
+        [st.mtime_ns for _, st in stats_by_path],
+        [st.inode for _, st in stats_by_path],
+        [st.trusted for _, st in stats_by_path],
+    )
 
 
 async def count_files(conn: Conn) -> int:
@@ -275,6 +340,9 @@ class FileRow:
     content_hash: str
     size: int
     chunk_count: int
+    mtime_ns: int | None = None
+    inode: int | None = None
+    stat_trusted: bool = False
 
 
 CHUNK_COLUMNS = (
@@ -335,9 +403,10 @@ async def replace_files(
         await _delete_files(conn, repository_id, [*paths, *forget])
     rows = await conn.fetch(
         """
-        INSERT INTO files (repository_id, path, language, content_hash, size, chunk_count)
+        INSERT INTO files (repository_id, path, language, content_hash, size, chunk_count,
+                           mtime_ns, inode, stat_trusted)
         SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[],
-                                 $6::int[])
+                                 $6::int[], $7::bigint[], $8::bigint[], $9::bool[])
         RETURNING id, path
         """,
         repository_id,
@@ -346,6 +415,9 @@ async def replace_files(
         [f.content_hash for f in files],
         [f.size for f in files],
         [f.chunk_count for f in files],
+        [f.mtime_ns for f in files],
+        [f.inode for f in files],
+        [f.stat_trusted for f in files],
     )
     ids = {r["path"]: r["id"] for r in rows}
     records = [

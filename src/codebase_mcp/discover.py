@@ -187,8 +187,9 @@ class SourceFile:
     ``rel_path`` is POSIX-style relative to the root (the link's path for a followed
     symlink), in the text form of ``codebase_mcp.paths`` (what is stored and shown);
     ``abs_path`` is the operating system's absolute path to open, a plain string (building a
-    ``Path`` per file was a third of the walk's time; ``path`` gives one). ``size`` and
-    ``mtime_ns`` come from the stat done during the walk.
+    ``Path`` per file was a third of the walk's time; ``path`` gives one). ``size``,
+    ``mtime_ns`` and ``inode`` come from the stat done during the walk (the indexer's
+    change check compares them with the stored ones).
     """
 
     rel_path: str
@@ -196,6 +197,7 @@ class SourceFile:
     size: int
     mtime_ns: int
     language: str | None
+    inode: int = 0
 
     @property
     def path(self) -> Path:
@@ -306,6 +308,31 @@ def is_gitignored(rel_path: str, is_dir: bool, chain: Sequence[_IgnoreFile]) -> 
     return False
 
 
+class DirectoryRules:
+    """The ignore rules in force inside one directory a walk visited: what a file watcher
+    asks about a name that appears there, without walking again."""
+
+    __slots__ = ("_chain", "_walk", "abs_dir", "rel_dir")
+
+    def __init__(self, walk: _Walk, abs_dir: str, rel_dir: str, chain: list[_IgnoreFile]):
+        self._walk = walk
+        self._chain = chain
+        self.abs_dir = abs_dir
+        self.rel_dir = rel_dir  # '' or 'a/b/' (the walk's OS form)
+
+    def ignores(self, name: str, is_dir: bool) -> bool:
+        """Whether the walk would leave out the entry `name` of this directory by an
+        ignore rule (built-in lists, .gitignore, excludes)."""
+        rel = self.rel_dir + name
+        if is_dir:
+            if _is_builtin_ignored_dir(name, self.abs_dir + os.sep + name):
+                return True
+            return self._walk._ignored(rel, True, self._chain) is not None
+        if builtin_file_skip(name) is SkipReason.IGNORED_BUILTIN:
+            return True
+        return self._walk._ignored(rel, False, self._chain) is not None
+
+
 def discover_files(
     root: str | os.PathLike[str],
     *,
@@ -313,18 +340,21 @@ def discover_files(
     use_gitignore: bool = True,
     exclude: Iterable[str] = (),
     stats: DiscoveryStats | None = None,
+    directories: dict[str, DirectoryRules] | None = None,
 ) -> Iterator[SourceFile]:
     """Yield the indexable candidate files under ``root`` (an operating-system path) in
     a stable (sorted) order.
 
     ``exclude``: extra gitignore-style patterns relative to the root (a caller's setting);
-    they win over everything else. Pass a ``DiscoveryStats`` to collect skip reasons.
+    they win over everything else. Pass a ``DiscoveryStats`` to collect skip reasons, and
+    ``directories`` to collect every directory visited (absolute OS path -> its rules).
     Files still need ``load()`` for the binary and decoding checks and the hash. Unreadable
     directories are reported and skipped.
     """
     patterns = [p for p in exclude if p.strip()]
     excluded = pathspec.GitIgnoreSpec.from_lines(patterns) if patterns else None
     walk = _Walk(root, max_file_bytes, use_gitignore, excluded, stats or DiscoveryStats())
+    walk.directories = directories
     chain: list[_IgnoreFile] = []
     if use_gitignore:
         info_exclude = _load_ignore_file(Path(walk.root, ".git", "info", "exclude"), "")
@@ -355,6 +385,7 @@ class _Walk:
         self.use_gitignore = use_gitignore
         self.excluded = excluded
         self.stats = stats
+        self.directories: dict[str, DirectoryRules] | None = None
 
     def _ignored(self, rel: str, is_dir: bool, chain: Sequence[_IgnoreFile]) -> SkipReason | None:
         if self.excluded is not None and self.excluded.match_file(rel + "/" if is_dir else rel):
@@ -386,6 +417,8 @@ class _Walk:
             local = _load_ignore_file(Path(abs_dir, ".gitignore"), rel_dir)
             if local is not None:
                 chain = [*chain, local]
+        if self.directories is not None:
+            self.directories[abs_dir] = DirectoryRules(self, abs_dir, rel_dir, chain)
         for entry in entries:
             name = entry.name
             rel = rel_dir + name
@@ -428,7 +461,7 @@ class _Walk:
         self.stats.files += 1
         self.stats.bytes += st.st_size
         text = paths.to_text(rel)
-        return SourceFile(text, path, st.st_size, st.st_mtime_ns, detect_language(text))
+        return SourceFile(text, path, st.st_size, st.st_mtime_ns, detect_language(text), st.st_ino)
 
     def _symlink(
         self, entry: os.DirEntry[str], rel: str, chain: Sequence[_IgnoreFile]

@@ -48,7 +48,13 @@ from codebase_mcp.errors import (
     first_cause,
 )
 from codebase_mcp.filters import Filters
-from codebase_mcp.index import IndexRun, embedder_notice, make_executor, warm_worker
+from codebase_mcp.index import (
+    IndexRun,
+    KnownSkips,
+    embedder_notice,
+    make_executor,
+    warm_worker,
+)
 from codebase_mcp.jobs import JobManager, Outcome, RunningJob
 from codebase_mcp.local_embed import INSTALL_HINT, LocalEmbedder
 from codebase_mcp.models import (
@@ -140,6 +146,8 @@ class Engine:
         self._catchup: asyncio.Task[None] | None = None
         self._catchup_wanted = asyncio.Event()
         self.catchup_progress = catchup.Progress()
+        # Per repository: files found not indexable, with their stat (index.KnownSkips).
+        self._known_skips: dict[str, KnownSkips] = {}
         self._closed = False
 
     @classmethod
@@ -434,6 +442,8 @@ class Engine:
             file_batch=self.settings.file_batch_size,
             read_ahead=2 * self.settings.workers,
             bulk_min_files=self.settings.bulk_index_min_files,
+            stat_check=self.settings.stat_check,
+            known_skips=self._known_skips.setdefault(job.info.repository, {}),
         )
         try:
             result = await run.run()
@@ -604,6 +614,7 @@ class Engine:
         Jobs running or queued for it are cancelled first."""
         found = await self._find_repository(path, "path")
         await self.jobs.cancel_repository(found)
+        self._known_skips.pop(found, None)
         async with self.pool.acquire() as conn:
             info = await db.repository_info(conn, found)
             await db.delete_repository(conn, found)

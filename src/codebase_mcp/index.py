@@ -14,6 +14,7 @@ import asyncio
 import multiprocessing.context
 import os
 import signal
+import time
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -194,6 +195,98 @@ class Plan:
     deleted: list[str]
 
 
+# A stat taken this soon after the file's last write cannot vouch for its content: a
+# second write within the file system's timestamp granularity (a jiffy here, 1-2 s on
+# some file systems) would leave size, mtime and inode alike. Git calls such entries
+# "racily clean" and so do we: they are hashed again by the next run.
+RACY_NS = 2_000_000_000
+
+
+def racily_clean(mtime_ns: int, scan_started_ns: int) -> bool:
+    """Whether a file last written at `mtime_ns` is too recent, at a scan that started
+    at `scan_started_ns` (wall clock), for its stat to be trusted later."""
+    return mtime_ns >= scan_started_ns - RACY_NS
+
+
+def stat_of(source: SourceFile, scan_started_ns: int) -> db.FileStat:
+    trusted = not racily_clean(source.mtime_ns, scan_started_ns)
+    return db.FileStat(source.size, source.mtime_ns, source.inode, trusted)
+
+
+def stat_unchanged(stored: db.FileStat | None, source: SourceFile) -> bool:
+    """The cheap change check, as git's index does it: a trusted stored stat that still
+    matches (size, mtime_ns, inode) stands for the content it was taken with."""
+    return (
+        stored is not None
+        and stored.trusted
+        and stored.size == source.size
+        and stored.mtime_ns == source.mtime_ns
+        and stored.inode == source.inode
+    )
+
+
+def known_hashes(
+    discovered: Sequence[SourceFile], stored: dict[str, db.StoredFile], stat_check: bool
+) -> tuple[dict[str, str | None], list[SourceFile]]:
+    """The hashes the stat check vouches for (the stored ones, unread), and the stored
+    files to read and hash. A new file needs no hash to decide: it is indexed anyway
+    (its chunking process hashes it as it reads it)."""
+    digests: dict[str, str | None] = {}
+    to_hash: list[SourceFile] = []
+    for source in discovered:
+        old = stored.get(source.rel_path)
+        if old is None:
+            continue
+        if stat_check and stat_unchanged(old.stat, source):
+            digests[source.rel_path] = old.content_hash
+        else:
+            to_hash.append(source)
+    return digests, to_hash
+
+
+def stats_to_store(
+    discovered: Sequence[SourceFile],
+    stored: dict[str, db.StoredFile],
+    changed: Sequence[SourceFile],
+    scan_started_ns: int,
+) -> list[tuple[str, db.FileStat]]:
+    """The stats to update: files whose content did not change but whose stored stat
+    differs from today's (touched, rewritten with the same bytes, trusted now, or stored
+    before stats were kept). Changed files get theirs with their new rows."""
+    rewritten = {s.rel_path for s in changed}
+    out: list[tuple[str, db.FileStat]] = []
+    for source in discovered:
+        old = stored.get(source.rel_path)
+        if old is None or source.rel_path in rewritten:
+            continue
+        new = stat_of(source, scan_started_ns)
+        if old.stat != new:
+            out.append((source.rel_path, new))
+    return out
+
+
+# What the runs of one repository found not indexable on reading (binary, undecodable,
+# too large, unreadable, failed): path -> (the stat it had, the reason, the error). Never
+# stored, such a file would be read again by every run; with the same trusted stat it is
+# counted again unread. Kept in memory per engine: a new process reads each once.
+KnownSkips = dict[str, tuple[db.FileStat, SkipReason, str | None]]
+
+
+def split_known_skips(
+    changed: Sequence[SourceFile], known: KnownSkips
+) -> tuple[list[SourceFile], list[SkippedFile]]:
+    """The files still to read, and those a known skip with the same stat vouches for."""
+    to_read: list[SourceFile] = []
+    skipped: list[SkippedFile] = []
+    for source in changed:
+        seen = known.get(source.rel_path)
+        if seen is not None and stat_unchanged(seen[0], source):
+            skipped.append(SkippedFile(source.rel_path, seen[1], seen[2]))
+        else:
+            to_read.append(source)
+    return to_read, skipped
+
+
 def plan_changes(
     discovered: Sequence[SourceFile],
     hashes: Sequence[str | None],
@@ -314,6 +407,8 @@ class IndexRun:
         file_batch: int = FILE_BATCH,
         read_ahead: int = 4,
         bulk_min_files: int = 0,
+        stat_check: bool = True,
+        known_skips: KnownSkips | None = None,
     ) -> None:
         self.pool = pool
         self.embedder = embedder if model is not None else None
@@ -326,7 +421,10 @@ class IndexRun:
         self.file_batch = file_batch
         self.read_ahead = max(2, read_ahead)
         self.bulk_min_files = bulk_min_files
+        self.stat_check = stat_check
+        self.known_skips: KnownSkips = {} if known_skips is None else known_skips
         self.counters = Counters()
+        self._stats: dict[str, db.FileStat] = {}  # of the files to (re)write
         self.embedder_error: str | None = None if self.embedder is not None else "no embedder"
 
     async def run(self) -> IndexResult:
@@ -334,37 +432,36 @@ class IndexRun:
         async with self.pool.acquire() as conn:
             repo = await db.upsert_repository(conn, self.root)
             stored = await db.stored_files(conn, repo.id)
+            synced_at = await db.database_now(conn)  # the index holds the disk of then
         # `force` re-reads and re-chunks every file; texts whose vectors the store holds
         # (for this model) are not embedded again.
         force = self.force
 
-        discovery = DiscoveryStats()
-        discovered: list[SourceFile] = await anyio.to_thread.run_sync(
-            lambda: list(
-                discover_files(
-                    paths.to_os(self.root), max_file_bytes=self.max_file_bytes, stats=discovery
-                )
-            )
-        )
-        for path, reason in discovery.skipped:
-            c.skip(path, reason, "unreadable" if reason is SkipReason.UNREADABLE else None)
-        # Only stored files need a hash to decide: a new file is indexed anyway (its
-        # chunking process hashes it as it reads it), and `force` indexes everything.
-        to_hash = [] if force else [s for s in discovered if s.rel_path in stored]
-        digests: dict[str, str | None] = {}
-        for i in range(0, len(to_hash), 512):
-            batch = to_hash[i : i + 512]
-            found = await anyio.to_thread.run_sync(hash_batch, batch)
-            digests.update(zip((s.rel_path for s in batch), found, strict=True))
-        hashes = [digests.get(s.rel_path) for s in discovered]
-        plan = plan_changes(discovered, hashes, stored, force=force)
+        scan_started_ns = time.time_ns()  # the file system's clock, for the racy check
+        discovered, plan = await self._discover_and_plan(stored, force)
 
         if plan.deleted:
             async with self.pool.acquire() as conn, conn.transaction():
                 await self.job.fence(conn)
                 c.files_deleted = await db.delete_files(conn, repo.id, plan.deleted)
+        restat = [] if force else stats_to_store(discovered, stored, plan.changed, scan_started_ns)
+        if restat:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await self.job.fence(conn)
+                await db.update_file_stats(conn, repo.id, restat)
+        self._stats = {s.rel_path: stat_of(s, scan_started_ns) for s in plan.changed}
+        changed: list[SourceFile] = plan.changed
+        still_skipped: list[SkippedFile] = []
+        if self.stat_check and not force:
+            present = {s.rel_path for s in discovered}
+            for gone in [p for p in self.known_skips if p not in present]:
+                del self.known_skips[gone]
+            changed, still_skipped = split_known_skips(changed, self.known_skips)
         c.files_total = len(discovered)
         c.files_done = c.files_unchanged = plan.unchanged
+        for skipped in still_skipped:
+            c.skip(skipped.path, skipped.reason, skipped.error)
+        c.files_done += len(still_skipped)
         await self.job.report(**c.snapshot())
 
         bulk = False
@@ -372,7 +469,7 @@ class IndexRun:
             async with self.pool.acquire() as conn:
                 held = await db.count_files(conn)
             bulk = vector_index.bulk_load_worthwhile(
-                len(plan.changed), held - len(plan.changed), self.bulk_min_files
+                len(changed), held - len(changed), self.bulk_min_files
             )
 
         async def announce(vectors: int) -> None:
@@ -385,7 +482,7 @@ class IndexRun:
             build_after=lambda: not self.job.stop_requested,
             announce=announce,
         ):
-            stopped = await self._process(repo.id, plan.changed, stored)
+            stopped = await self._process(repo.id, changed, stored)
         async with self.pool.acquire() as conn:
             await stats.compact(conn, repo.id)
             if plan.deleted or any(s.rel_path in stored for s in plan.changed):
@@ -396,11 +493,42 @@ class IndexRun:
         if not stopped:
             async with self.pool.acquire() as conn:
                 await db.mark_repository_indexed(
-                    conn, repo.id, *await self._vectors_held(conn, repo)
+                    conn, repo.id, *await self._vectors_held(conn, repo), synced_at
                 )
         return IndexResult(
             c, stopped, self.embedder_error if self.embedder_error != "no embedder" else None
         )
+
+    async def _discover_and_plan(
+        self, stored: dict[str, db.StoredFile], force: bool
+    ) -> tuple[list[SourceFile], Plan]:
+        """Walk the repository, hash what the stat check cannot vouch for, and plan."""
+        discovery = DiscoveryStats()
+        discovered: list[SourceFile] = await anyio.to_thread.run_sync(
+            lambda: list(
+                discover_files(
+                    paths.to_os(self.root), max_file_bytes=self.max_file_bytes, stats=discovery
+                )
+            )
+        )
+        for path, reason in discovery.skipped:
+            self.counters.skip(
+                path, reason, "unreadable" if reason is SkipReason.UNREADABLE else None
+            )
+        digests, to_hash = ({}, []) if force else known_hashes(discovered, stored, self.stat_check)
+        for i in range(0, len(to_hash), 512):
+            batch = to_hash[i : i + 512]
+            found = await anyio.to_thread.run_sync(hash_batch, batch)
+            digests.update(zip((s.rel_path for s in batch), found, strict=True))
+        hashes = [digests.get(s.rel_path) for s in discovered]
+        plan = plan_changes(discovered, hashes, stored, force=force)
+        return discovered, plan
+
+    def _remember_skip(self, skipped: SkippedFile) -> None:
+        stat = self._stats.get(skipped.path)
+        # Not an unreadable file: a chmod that makes it readable keeps its mtime.
+        if stat is not None and skipped.reason is not SkipReason.UNREADABLE:
+            self.known_skips[skipped.path] = (stat, skipped.reason, skipped.error)
 
     async def _vectors_held(
         self, conn: db.Conn, repo: db.RepositoryRow
@@ -517,10 +645,19 @@ class IndexRun:
         self, repository_id: int, batch: _Embedded, stored: dict[str, db.StoredFile]
     ) -> None:
         c = self.counters
-        rows = [
-            db.FileRow(f.path, f.language, f.content_hash, f.size, len(f.chunks))
-            for f in batch.files
-        ]
+        rows: list[db.FileRow] = []
+        for f in batch.files:
+            st = self._stats.get(f.path)
+            rows.append(
+                db.FileRow(
+                    f.path,
+                    f.language,
+                    f.content_hash,
+                    f.size,
+                    len(f.chunks),
+                    *((st.mtime_ns, st.inode, st.trusted) if st is not None else ()),
+                )
+            )
         chunk_rows = [f.chunks for f in batch.files]
         gone = [s.path for s in batch.skipped if s.path in stored]
         if rows or gone:
@@ -551,6 +688,7 @@ class IndexRun:
                     )
         for s in batch.skipped:
             c.skip(s.path, s.reason, s.error)
+            self._remember_skip(s)
         c.files_done += len(batch.files) + len(batch.skipped)
         c.chunks_done += sum(len(f.chunks) for f in batch.files)
 

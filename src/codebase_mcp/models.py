@@ -106,3 +106,12 @@ class RepositoryInfo:
     embedding_model: str | None
     embedding_dimensions: int | None = field(default=None)
     chunks_embedded: int = 0  # chunks with a vector of that model (the rest catch up)
+    # Freshness: the stored watch choice (None: CODEBASE_WATCH decides), the replica
+    # watching it now (None: nobody), when the last completed job began to read the disk,
+    # the changes its watcher saw that no finished job has applied yet (None: unknown, not
+    # watched), and why it cannot be watched.
+    watch: bool | None = None
+    watcher: str | None = None
+    synced_at: datetime | None = None
+    pending_changes: int | None = None
+    watch_error: str | None = None

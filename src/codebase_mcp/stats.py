@@ -134,7 +134,8 @@ async def share_of_files(conn: db.Conn, file_ids: Sequence[int]) -> Share:
 
 async def compact(conn: db.Conn, repository_id: int) -> None:
     """Fold the repository's deltas into its statistics in one transaction, dropping the
-    words no chunk holds any more."""
+    words no chunk holds any more. With no deltas it writes nothing (a run that changed
+    nothing commits no write here, and so waits for no WAL flush)."""
     async with conn.transaction():
         gone = await conn.fetchval(
             """
@@ -168,9 +169,9 @@ async def compact(conn: db.Conn, repository_id: int) -> None:
             UPDATE repositories r
             SET chunk_count = r.chunk_count + m.chunks,
                 body_length_sum = r.body_length_sum + m.body_length
-            FROM (SELECT coalesce(sum(chunks), 0) AS chunks,
+            FROM (SELECT count(*) AS n, coalesce(sum(chunks), 0) AS chunks,
                          coalesce(sum(body_length), 0) AS body_length FROM moved) m
-            WHERE r.id = $1
+            WHERE r.id = $1 AND m.n > 0
             """,
             repository_id,
         )

@@ -190,6 +190,7 @@ async def test_five_replicas_migrating_at_once_run_it_once(pg_url: str, tmp_path
     assert logs.count("Running upgrade 0005 -> 0006") == 1, logs
     assert logs.count("Running upgrade 0006 -> 0007") == 1, logs
     assert logs.count("Running upgrade 0007 -> 0008") == 1, logs
+    assert logs.count("Running upgrade 0008 -> 0009") == 1, logs
     state = await schema(pg_url)
     assert state["versions"] == [db.SCHEMA_HEAD]
     assert state["tables"] == TABLES
