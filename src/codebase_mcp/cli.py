@@ -61,6 +61,7 @@ environment:
                          loopback unless MCP_AUTH_DISABLED=true
   MCP_ALLOWED_HOSTS      http: Host headers accepted besides loopback and the address
                          a request came in on (MCP_ALLOWED_ORIGINS: browser origins)
+  CODEBASE_WATCH         serve: keep every indexed repository up to date (true/false)
   CODEBASE_LOG_LEVEL     debug, info (default), warning, error
   NOTIFY_SOCKET          sd_notify socket: READY=1, STOPPING=1, WATCHDOG=1 (set by
                          mcp-supervisor or systemd; WATCHDOG_USEC sets the ping period)
@@ -207,7 +208,8 @@ def format_results(response: SearchResponse, snippet_lines: int = 4) -> str:
     for rank, r in enumerate(response.results, 1):
         where = f"{r.path}:{r.start_line}-{r.end_line}"
         what = " ".join(x for x in (r.language and f"[{r.language}]", r.symbol) if x)
-        out.append(f"{rank:>2}. {where}  {what}  (score {r.score:.4f}, {r.mode})")
+        stale = "  (changed on disk since indexed)" if r.stale else ""
+        out.append(f"{rank:>2}. {where}  {what}  (score {r.score:.4f}, {r.mode}){stale}")
         out.append(f"    in {r.repository}")
         lines = r.snippet.splitlines()
         out.extend(f"    | {line}" for line in lines[:snippet_lines])
@@ -271,6 +273,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="re-embed every file (default: changed files only)"
     )
     index.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (default: shown on stderr)"
+    )
+
+    sync = sub.add_parser(
+        "sync",
+        help="apply what changed on disk now; return once search sees it",
+        description="Index what changed in a repository since the index last read it "
+        "(cheap: unchanged files are recognised by their size and mtime) and return once "
+        "search sees it. A job already running, here or in a server, may have read the "
+        "files before this call: the sync then runs after it.",
+    )
+    sync.add_argument("path", metavar="PATH", help="the repository's directory")
+    sync.add_argument(
         "--no-progress", action="store_true", help="no progress bar (default: shown on stderr)"
     )
 
@@ -455,7 +470,9 @@ def cli_repository(value: str) -> str:
     return value
 
 
-async def _run_index(settings: Settings, path: str, force: bool, show: bool) -> int:
+async def _run_index(
+    settings: Settings, path: str, force: bool, show: bool, fresh: bool = False
+) -> int:
     from codebase_mcp import paths
     from codebase_mcp.engine import Engine
 
@@ -463,7 +480,9 @@ async def _run_index(settings: Settings, path: str, force: bool, show: bool) -> 
     started = time.monotonic()
     async with Engine(settings) as engine:
         # A path from the command line is the OS's (bytes); the engine takes text form.
-        job = await engine.start_index(paths.to_text(path), force=force, progress=printer)
+        job = await engine.start_index(
+            paths.to_text(path), force=force, progress=printer, fresh=fresh
+        )
 
         async def work(_: anyio.CancelScope) -> JobInfo:
             return await engine.wait_job(job.id)
@@ -521,6 +540,12 @@ def cmd_index(args: argparse.Namespace) -> int:
     return result
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    settings = _settings_or_embedded()
+    result: int = anyio.run(_run_index, settings, args.path, False, not args.no_progress, True)
+    return result
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     settings = _settings_or_embedded()
     result: int = anyio.run(_run_search, settings, args)
@@ -530,6 +555,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": cmd_serve,
     "index": cmd_index,
+    "sync": cmd_sync,
     "search": cmd_search,
 }
 

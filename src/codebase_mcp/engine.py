@@ -25,6 +25,7 @@ from codebase_mcp import (
     catchup,
     db,
     embeddings,
+    freshness,
     job_queue,
     lease,
     paths,
@@ -32,6 +33,7 @@ from codebase_mcp import (
     tokens,
     validate,
     vector_index,
+    watch_manager,
 )
 from codebase_mcp.config import Settings
 from codebase_mcp.discover import resolve_under_roots
@@ -69,6 +71,8 @@ from codebase_mcp.models import (
     SearchResult,
 )
 from codebase_mcp.search import run_search
+from codebase_mcp.watch import Timing
+from codebase_mcp.watch_manager import WatchManager
 
 __all__ = [
     "ConfigError",
@@ -111,8 +115,8 @@ class Engine:
 
     `embedder` replaces the HTTP embedder built from the settings (benchmarks plug an
     instant one in); pass `embedder=None` with `use_embedder=False` for lexical only.
-    `serve_queue`: take jobs from the queue every replica shares (a server does; the CLI
-    runs only the jobs it starts)."""
+    `serve_queue`: take jobs from the queue every replica shares and watch repositories
+    (a server does; the CLI runs only the jobs it starts and watches nothing)."""
 
     def __init__(
         self,
@@ -129,6 +133,7 @@ class Engine:
         self._pool: db.Pool | None = None
         self._embedder: Embedder | None = None
         self._jobs: JobManager | None = None
+        self._watches: WatchManager | None = None
         self._executor: Executor | None = None
         # Who holds this process's leases; its database sessions carry the token.
         self.owner = lease.owner_id(socket.gethostname(), os.getpid(), secrets.token_hex(4))
@@ -196,6 +201,20 @@ class Engine:
             reachable=self._reachable,
         )
         self._jobs.open()
+        if self._serve_queue:
+            self._watches = WatchManager(
+                pool,
+                self.owner,
+                self._watch_sync,
+                default=self.settings.watch,
+                timing=Timing(self.settings.watch_debounce, self.settings.watch_max_delay),
+                lease_seconds=lease_s,
+                poll_seconds=self.settings.job_poll_seconds,
+                poll_ms=self.settings.watch_poll_ms,
+                max_file_bytes=self.settings.max_file_size,
+                reachable=self._reachable,
+            )
+            self._watches.open()
         self._warming = self._start_workers()
         # A bulk load cut short (a stop, a crash) left the vector index set aside.
         self._maintenance = asyncio.get_running_loop().create_task(self._leftovers())
@@ -245,6 +264,8 @@ class Engine:
             return
         self._closed = True
         with anyio.CancelScope(shield=True):
+            if self._watches is not None:  # first: they start jobs
+                await self._watches.close()
             if self._jobs is not None:
                 await self._jobs.stop_all(grace)
             for task in (self._maintenance, self._catchup, self._embedder_loading):
@@ -469,11 +490,19 @@ class Engine:
     # --- jobs ---------------------------------------------------------------------------
 
     async def start_index(
-        self, path: str, force: bool = False, progress: ProgressCallback | None = None
+        self,
+        path: str,
+        force: bool = False,
+        progress: ProgressCallback | None = None,
+        *,
+        watch: bool | None = None,
+        fresh: bool = False,
     ) -> JobInfo:
         """Start indexing `path` (the text form of codebase_mcp.paths) in the background
         and return its job at once. If a job for the same repository is queued or running,
-        that job is returned instead (see JobManager.start for `force`).
+        that job is returned instead (see JobManager.start for `force` and `fresh`).
+        `watch`: keep the repository up to date from now on (True), or stop (False); None
+        leaves the stored choice (else CODEBASE_WATCH) as it is.
         Raises discover.PathNotAllowedError for paths outside CODEBASE_ROOTS, EngineError
         for a path that is not a directory or overlaps an indexed repository."""
         os_path = validate.path("path", path)
@@ -493,7 +522,35 @@ class Engine:
             if containing or inside:
                 raise validate.overlap_error(repository, containing, inside)
 
-        return await self.jobs.start(repository, force, progress, refuse_overlaps)
+        job = await self.jobs.start(repository, force, progress, refuse_overlaps, fresh=fresh)
+        if watch is not None:
+            async with self.pool.acquire() as conn:
+                await watch_manager.set_watch(conn, repository, watch)
+            if self._watches is not None:
+                self._watches.kick()
+        return job
+
+    async def sync(self, path: str, progress: ProgressCallback | None = None) -> JobInfo:
+        """Apply what changed on disk now and return once search sees it: the ended job
+        of a run that read the disk after this call (a job already running may have read
+        it before: one is queued behind it, see job_queue.admit)."""
+        job = await self.start_index(path, progress=progress, fresh=True)
+        return await self.wait_job(job.id)
+
+    async def _watch_sync(self, repository: str) -> JobInfo:
+        """A watcher's job: as `sync`, for an indexed repository (removed meanwhile: an
+        error, the watcher stops)."""
+
+        async def still_watched(conn: db.Conn) -> None:
+            # Inside the admission's transaction: a removal turns the watch off first.
+            wanted = await conn.fetchval(
+                "SELECT watch IS NOT false FROM repositories WHERE path = $1", repository
+            )
+            if not wanted:
+                raise RepositoryNotFoundError(f"{repository} is no longer indexed and watched")
+
+        job = await self.jobs.start(repository, False, None, still_watched, fresh=True)
+        return await self.jobs.wait(job.id)
 
     async def wait_job(self, job_id: str) -> JobInfo:
         """Wait until the job has finished (any final state), wherever it runs, and return
@@ -535,7 +592,7 @@ class Engine:
         if mode != "lexical":
             vector, notice = await self._query_vector(query)
         try:
-            return await run_search(
+            response = await run_search(
                 self.pool,
                 query,
                 vector,
@@ -549,6 +606,7 @@ class Engine:
             raise validate.InvalidArgumentError(
                 f"path_glob: PostgreSQL cannot use this pattern ({exc})"
             ) from None
+        return await freshness.mark_stale(self.pool, response)
 
     async def _query_vector(self, query: str) -> tuple[list[float] | None, str | None]:
         if self._embedder is None:
@@ -577,9 +635,12 @@ class Engine:
     async def list_repositories(self) -> list[RepositoryInfo]:
         """Every repository, with how many of its chunks have a vector of the active
         model (the model shows only when some have). With no embedder: the model whose
-        vectors it held when last indexed."""
+        vectors it held when last indexed. `watch` is what holds for it (its own choice,
+        else CODEBASE_WATCH)."""
         async with self.pool.acquire() as conn:
-            found = await db.list_repositories(conn)
+            found = [
+                replace(r, watch=self._watched(r.watch)) for r in await db.list_repositories(conn)
+            ]
             if self._model is None:
                 return found
             embedded = await embeddings.coverage_by_repository(conn, self._model)
@@ -597,6 +658,9 @@ class Engine:
             )
         return out
 
+    def _watched(self, choice: bool | None) -> bool:
+        return self.settings.watch if choice is None else choice
+
     async def _find_repository(self, given: str, argument: str = "repository") -> str:
         """The indexed repository `given` names: its path (as indexed, or one that resolves
         to it) or its directory's name when no other repository has that name."""
@@ -613,6 +677,12 @@ class Engine:
         """Delete a repository with its files and chunks; raises RepositoryNotFoundError.
         Jobs running or queued for it are cancelled first."""
         found = await self._find_repository(path, "path")
+        # Watchers first (on any replica: no watcher job is admitted once this commits),
+        # then the jobs, then the rows.
+        async with self.pool.acquire() as conn:
+            await watch_manager.set_watch(conn, found, False)
+        if self._watches is not None:
+            await self._watches.forget(found)
         await self.jobs.cancel_repository(found)
         self._known_skips.pop(found, None)
         async with self.pool.acquire() as conn:
@@ -646,6 +716,7 @@ class Engine:
         database: dict[str, Any]
         # Running jobs across every replica (the table), and those running here.
         jobs: dict[str, Any] = {"running": 0, "here": self._jobs.running if self._jobs else 0}
+        repositories: list[dict[str, Any]] = []
         started = time.perf_counter()
         try:
             with anyio.fail_after(3):
@@ -653,6 +724,7 @@ class Engine:
                     await conn.fetchval("SELECT 1")
                     jobs["by_state"] = await db.job_counts(conn)
                     jobs["running"] = jobs["by_state"].get(JobState.RUNNING.value, 0)
+                    repositories = await watch_manager.freshness(conn, self.settings.watch)
             database = {
                 "ok": True,
                 "url": self.settings.database_url_masked,
@@ -678,6 +750,14 @@ class Engine:
         if self._model is not None:
             embedder["vectors"] = await self._coverage()
         status = "down" if not database["ok"] else "ok" if embedder.get("ok") else "degraded"
-        report = {"status": status, "database": database, "embedder": embedder, "jobs": jobs}
+        report = {
+            "status": status,
+            "database": database,
+            "embedder": embedder,
+            "jobs": jobs,
+            # Freshness per repository, and the watchers this server runs.
+            "repositories": repositories,
+            "watching_here": self._watches.status() if self._watches is not None else {},
+        }
         self._health_cache = (now, report)
         return report

@@ -83,13 +83,30 @@ class Admission:
     insert: Literal["running", "queued"] | None = None
     force_up: str | None = None
     message: str | None = None
+    queued_force: bool = True  # the `force` of an inserted queued job
 
 
-def admit(active: Sequence[ActiveJob], force: bool, me: str, now: datetime) -> Admission:
+def admit(
+    active: Sequence[ActiveJob], force: bool, me: str, now: datetime, fresh: bool = False
+) -> Admission:
     """One job per repository runs; a request gets back the job that covers it. With
-    `force` while a job without it runs, one forced job is queued to follow it."""
+    `force` while a job without it runs, one forced job is queued to follow it. With
+    `fresh` (a sync, a watcher), only a job that reads the disk after this request
+    covers it: a job running under a live lease may have read it already, so one job
+    is queued to follow it (a queued one, or a taken-over one, starts its run anew)."""
     running = next((a for a in active if a.state is JobState.RUNNING), None)
     queued = sorted((a for a in active if a.state is JobState.QUEUED), key=lambda a: a.created_at)
+    if running is not None and fresh and not (force and not running.force):
+        if not running.held(now) and running.holder != me:
+            return Admission(answer=running.id, take=running.id)  # its next run starts now
+        if queued:
+            return Admission(answer=queued[0].id)
+        return Admission(
+            insert="queued",
+            queued_force=False,
+            message=f"queued: job {running.id} runs for this repository and may have read "
+            "the files before this request; this job starts when it ends",
+        )
     if running is not None:
         if force and not running.force:
             forced = next((q for q in queued if q.force), None)

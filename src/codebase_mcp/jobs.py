@@ -178,15 +178,18 @@ class JobManager:
         force: bool,
         progress: ProgressCallback | None,
         check: AdmissionCheck | None = None,
+        *,
+        fresh: bool = False,
     ) -> JobInfo:
         """The job that covers a request to index `repository` (job_queue.admit): the
         one running for it anywhere, a forced one queued behind it, a queued one taken
-        to run here, or a new one that starts here."""
+        to run here, or a new one that starts here. `fresh`: only a job that reads the
+        disk after this request covers it."""
         if self._closed:
             raise EngineError("the engine is shutting down; no new jobs")
         for attempt in range(3):
             try:
-                return await self._admit(repository, force, progress, check)
+                return await self._admit(repository, force, progress, check, fresh)
             except asyncpg.UniqueViolationError:
                 # A replica claimed a queued job of this repository meanwhile: look again.
                 if attempt == 2:
@@ -199,6 +202,7 @@ class JobManager:
         force: bool,
         progress: ProgressCallback | None,
         check: AdmissionCheck | None,
+        fresh: bool = False,
     ) -> JobInfo:
         sent = time.monotonic()
         run_here: JobInfo | None = None
@@ -210,14 +214,16 @@ class JobManager:
                     await check(conn)
                 active = await job_queue.active_jobs(conn, repository)
                 now = await job_queue.db_now(conn)
-                plan = job_queue.admit(active, force, self.owner, now)
+                plan = job_queue.admit(active, force, self.owner, now, fresh)
                 if plan.force_up is not None:
                     await job_queue.make_forced(conn, plan.force_up)
                 answer: JobInfo | None = None
                 if plan.insert == "running":
                     run_here = answer = await self._insert_running(conn, repository, force)
                 elif plan.insert == "queued":
-                    answer = await job_queue.insert(conn, repository, True, None, plan.message)
+                    answer = await job_queue.insert(
+                        conn, repository, plan.queued_force, None, plan.message
+                    )
                     self._queued_here.add(answer.id)
                 if plan.take is not None:
                     target = next(a for a in active if a.id == plan.take)

@@ -84,6 +84,9 @@ class SearchResult:
     snippet: str
     score: float
     mode: SearchMode
+    # The file changed on disk (size or mtime) after it was indexed, or is gone; None:
+    # not known (its stat was not stored, or could not be read).
+    stale: bool | None = None
 
 
 @dataclass(frozen=True)

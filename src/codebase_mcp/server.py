@@ -33,7 +33,14 @@ from codebase_mcp.config import Settings, load_settings
 from codebase_mcp.discover import PathNotAllowedError
 from codebase_mcp.engine import Engine
 from codebase_mcp.errors import EngineError
-from codebase_mcp.models import JobInfo, Progress, RepositoryInfo, SearchResponse, SearchResult
+from codebase_mcp.models import (
+    JobInfo,
+    JobState,
+    Progress,
+    RepositoryInfo,
+    SearchResponse,
+    SearchResult,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -41,7 +48,9 @@ SERVER_NAME = "codebase-mcp"
 INSTRUCTIONS = (
     "Semantic and full-text search over local code repositories. Index a repository with "
     "index_repository (it returns a job id at once; follow it with get_indexing_status), "
-    "then find code with search_code."
+    "then find code with search_code. With watch=true the index follows the files as they "
+    "change; sync_repository applies what changed on disk now and returns once search "
+    "sees it."
 )
 # How long a stop lets running jobs reach a safe point: well inside the supervisor's
 # 8 s grace window, leaving time to mark them interrupted and close the pool.
@@ -94,6 +103,7 @@ def result_to_dict(result: SearchResult) -> dict[str, Any]:
         "snippet": result.snippet,
         "score": round(result.score, 6),
         "mode": result.mode,
+        "stale": result.stale,
     }
 
 
@@ -116,6 +126,17 @@ def repository_to_dict(repo: RepositoryInfo) -> dict[str, Any]:
         "embedding_model": repo.embedding_model,
         "embedding_dimensions": repo.embedding_dimensions,
         "chunks_embedded": repo.chunks_embedded,
+        **freshness_to_dict(repo),
+    }
+
+
+def freshness_to_dict(repo: RepositoryInfo) -> dict[str, Any]:
+    return {
+        "watched": bool(repo.watch),
+        "watcher": repo.watcher,
+        "synced_at": _iso(repo.synced_at),
+        "pending_changes": repo.pending_changes,
+        "watch_error": repo.watch_error,
     }
 
 
@@ -253,6 +274,14 @@ def _add_index_tools(mcp: FastMCP[AppState], state: AppState) -> None:
                 "By default the job id returns at once and the job goes on in the background."
             ),
         ] = False,
+        watch: Annotated[
+            bool | None,
+            Field(
+                description="true: keep the repository up to date from now on, across "
+                "restarts (a server watches its files and indexes what changes); false: "
+                "stop. Unset: as it was (CODEBASE_WATCH by default)"
+            ),
+        ] = None,
     ) -> dict[str, Any]:
         """Index (or incrementally update) a repository. Returns the job at once, or the
         job already running for that repository. A directory that contains an indexed
@@ -265,13 +294,48 @@ def _add_index_tools(mcp: FastMCP[AppState], state: AppState) -> None:
 
         try:
             job = await engine.start_index(
-                path, force=force, progress=on_progress if wait else None
+                path, force=force, progress=on_progress if wait else None, watch=watch
             )
             if wait:
                 job = await follow_job(engine, job, ctx, woken)
         except Exception as exc:
             raise _tool_error(exc, "index_repository") from None
         return job_to_dict(job)
+
+    @mcp.tool(annotations={"readOnlyHint": False, "idempotentHint": True, "openWorldHint": False})
+    async def sync_repository(
+        path: Annotated[
+            str,
+            Field(
+                description="Directory of the repository (as for index_repository); one "
+                "not indexed yet is indexed"
+            ),
+        ],
+        ctx: Context,
+    ) -> dict[str, Any]:
+        """Apply what changed on disk now (files created, changed, deleted since the
+        index last read them) and return once search sees it: the finished job
+        (`in_sync` true when it completed) and the repository's freshness. Cheap when
+        little changed: unchanged files are recognised by their size and mtime."""
+        engine = state.require_engine()
+        woken = Wakeup()
+
+        async def on_progress(_: Progress) -> None:
+            woken.set()
+
+        try:
+            job = await engine.start_index(path, progress=on_progress, fresh=True)
+            job = await follow_job(engine, job, ctx, woken)
+            repo = next(
+                (r for r in await engine.list_repositories() if r.path == job.repository), None
+            )
+        except Exception as exc:
+            raise _tool_error(exc, "sync_repository") from None
+        return {
+            **job_to_dict(job),
+            "in_sync": job.state is JobState.COMPLETED,
+            "repository": repository_to_dict(repo) if repo is not None else None,
+        }
 
     @mcp.tool(annotations={"readOnlyHint": True, "openWorldHint": False})
     async def get_indexing_status(
@@ -316,7 +380,9 @@ def _add_query_tools(mcp: FastMCP[AppState], state: AppState) -> None:
         limit: Annotated[int, Field(ge=1, le=100, description="Number of results")] = 10,
     ) -> dict[str, Any]:
         """Hybrid semantic + full-text code search. Each result has repository, path,
-        start/end line, language, symbol, snippet, score and the retrieval mode."""
+        start/end line, language, symbol, snippet, score, the retrieval mode, and `stale`:
+        true when the file changed on disk after it was indexed (the snippet may be out
+        of date: sync_repository brings it up to date)."""
         if not query.strip():
             raise ToolError("query must not be empty")
         engine = state.require_engine()
@@ -334,7 +400,10 @@ def _add_query_tools(mcp: FastMCP[AppState], state: AppState) -> None:
 
     @mcp.tool(annotations={"readOnlyHint": True, "openWorldHint": False})
     async def list_repositories() -> dict[str, Any]:
-        """Indexed repositories: path, files, chunks, last indexed, embedding model."""
+        """Indexed repositories: path, files, chunks, last indexed, embedding model, and
+        freshness: whether it is watched (and by which server), when the index last read
+        the disk (`synced_at`), changes seen but not applied yet (`pending_changes`, null
+        when nobody watches it) and why it cannot be watched (`watch_error`)."""
         engine = state.require_engine()
         try:
             repos = await engine.list_repositories()

@@ -125,7 +125,15 @@ def test_help_documents_defaults_and_exit_codes(capsys: pytest.CaptureFixture[st
         cli.main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for needle in ("serve", "index", "search", "REGISTRY_DATABASE_URL", "CODEBASE_ROOTS", "78"):
+    for needle in (
+        "serve",
+        "index",
+        "sync",
+        "search",
+        "REGISTRY_DATABASE_URL",
+        "CODEBASE_ROOTS",
+        "78",
+    ):
         assert needle in out
     with pytest.raises(SystemExit):
         cli.main(["search", "--help"])
@@ -241,6 +249,17 @@ def test_index_then_search(pg_url: str, fake_ollama: FakeOllama, tmp_path: Path)
     assert proc.returncode == 0, proc.stderr
     assert "web.js:1-3" in proc.stdout
     assert "dates.py" not in proc.stdout
+
+    (repo / "web.js").write_text("function emptyTheBasket() {\n  return [];\n}\n")
+    proc = _run(["search", "shopping cart", "--language", "javascript"], env, tmp_path)
+    assert "web.js:1-3" in proc.stdout and "changed on disk since indexed" in proc.stdout
+    proc = _run(["sync", "--no-progress", str(repo)], env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"completed: {repo}")
+    assert "1 unchanged" in proc.stdout
+    proc = _run(["search", "emptyTheBasket"], env, tmp_path)
+    assert "web.js:1-3" in proc.stdout.splitlines()[0], proc.stdout
+    assert "changed on disk" not in proc.stdout
 
     proc = _run(["index", "/etc"], env, tmp_path)
     assert proc.returncode == 2

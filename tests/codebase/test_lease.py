@@ -112,6 +112,32 @@ def test_admission_takes_a_queued_job_to_run_here() -> None:
     assert (plan.answer, plan.take, plan.force_up) == ("f", "q", None)
 
 
+def test_admission_of_a_sync_wants_a_job_that_reads_the_disk_after_it() -> None:
+    live = job("r", RUNNING, holder="a", expires_in=20)
+    # nothing active: a new job, running here, as for any request
+    assert admit([], False, "b", T0, fresh=True).insert == "running"
+    # a running job may have read the files already: one job queued behind it, unforced
+    plan = admit([live], False, "b", T0, fresh=True)
+    assert (plan.answer, plan.insert, plan.queued_force) == (None, "queued", False)
+    assert plan.message is not None and "r" in plan.message
+    mine = job("r", RUNNING, holder="b", expires_in=20)
+    assert admit([mine], False, "b", T0, fresh=True).insert == "queued"
+    # ... or the one already queued behind it, which has not started
+    follower = job("q", QUEUED, at=1)
+    plan = admit([live, follower], False, "b", T0, fresh=True)
+    assert (plan.answer, plan.take, plan.insert) == ("q", None, None)
+    # a taken-over job starts its run anew: it covers the request
+    dead = job("r", RUNNING, holder="a", expires_in=-1)
+    plan = admit([dead], False, "b", T0, fresh=True)
+    assert (plan.answer, plan.take, plan.insert) == ("r", "r", None)
+    # a queued job alone: taken to run here, as for any request
+    plan = admit([follower], False, "b", T0, fresh=True)
+    assert (plan.answer, plan.take) == ("q", "q")
+    # force and fresh: force's rule (a forced job queued behind) covers both
+    plan = admit([live], True, "b", T0, fresh=True)
+    assert (plan.insert, plan.queued_force) == ("queued", True)
+
+
 def reachable(repo: str) -> bool:
     return not repo.startswith("/elsewhere")
 

@@ -27,6 +27,7 @@ TOOLS = {
     "search_code",
     "list_repositories",
     "remove_repository",
+    "sync_repository",
 }
 
 
@@ -110,7 +111,8 @@ async def test_lists_the_tools_and_the_health_resource(
     client, _, _ = served
     tools = {t.name: t for t in await client.list_tools()}
     assert set(tools) == TOOLS
-    assert {"path", "force", "wait"} <= set(tools["index_repository"].input_schema["properties"])
+    index_props = tools["index_repository"].input_schema["properties"]
+    assert {"path", "force", "wait", "watch"} <= set(index_props)
     search_props = tools["search_code"].input_schema["properties"]
     assert {"query", "repository", "language", "path_glob", "limit"} <= set(search_props)
     resources = [str(r.uri) for r in await client.list_resources()]
@@ -158,11 +160,54 @@ async def test_index_poll_search_list_remove(
     assert [r["path"] for r in repos] == [str(repo)]
     assert repos[0]["chunks"] > 0
     assert repos[0]["embedding_model"]
+    # not watched: nobody counts pending changes
+    assert (repos[0]["watched"], repos[0]["watcher"], repos[0]["pending_changes"]) == (
+        False,
+        None,
+        None,
+    )
+    assert repos[0]["synced_at"] is not None
 
     removed = await call(client, "remove_repository", path=str(repo))
     assert removed["removed"]["path"] == str(repo)
     assert (await call(client, "list_repositories"))["repositories"] == []
     assert "repo" in await error_of(client, "remove_repository", path=str(repo))
+
+
+@pytest.mark.anyio
+async def test_sync_repository_applies_an_edit_that_search_flagged_stale(
+    served: tuple[Client[Any], FastMCP[AppState], AppState], repo: Path
+) -> None:
+    client, _, _ = served
+    first = await call(client, "sync_repository", path=str(repo))  # not indexed yet: indexed
+    assert (first["state"], first["in_sync"]) == ("completed", True)
+    before = first["repository"]["synced_at"]
+    found = await call(client, "search_code", query="parse_iso_date", limit=3)
+    assert found["results"][0]["stale"] is False
+
+    (repo / "pkg" / "dates.py").write_text("def parse_calendar_day(text):\n    return text\n")
+    found = await call(client, "search_code", query="parse_iso_date", limit=3)
+    assert (found["results"][0]["path"], found["results"][0]["stale"]) == ("pkg/dates.py", True)
+
+    seen: list[float] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append(progress)
+
+    result = await client.call_tool(
+        "sync_repository", {"path": str(repo)}, progress_handler=on_progress
+    )
+    synced = result.structured_content
+    assert synced is not None and synced["in_sync"] is True, synced
+    assert synced["files_unchanged"] == synced["files_done"] - 1
+    assert synced["repository"]["synced_at"] > before
+    assert seen
+    found = await call(client, "search_code", query="parse_calendar_day", limit=3)
+    assert (found["results"][0]["path"], found["results"][0]["stale"]) == ("pkg/dates.py", False)
+
+    health = json.loads(getattr((await client.read_resource("health://status"))[0], "text", ""))
+    (fresh,) = health["repositories"]
+    assert fresh["path"] == str(repo) and fresh["watched"] is False
 
 
 @pytest.mark.anyio
