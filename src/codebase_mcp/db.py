@@ -159,12 +159,19 @@ class RepositoryRow:
 
 
 async def upsert_repository(conn: Conn, path: str) -> RepositoryRow:
+    # Read first: a re-index of a known repository then writes nothing here (an upsert
+    # that updates the row would make every job wait for one more WAL flush).
     row = await conn.fetchrow(
-        "INSERT INTO repositories (path) VALUES ($1) "
-        "ON CONFLICT (path) DO UPDATE SET path = EXCLUDED.path "
-        "RETURNING id, path, embedding_model, embedding_dimensions",
+        "SELECT id, path, embedding_model, embedding_dimensions FROM repositories WHERE path = $1",
         path,
     )
+    if row is None:
+        row = await conn.fetchrow(
+            "INSERT INTO repositories (path) VALUES ($1) "
+            "ON CONFLICT (path) DO UPDATE SET path = EXCLUDED.path "
+            "RETURNING id, path, embedding_model, embedding_dimensions",
+            path,
+        )
     assert row is not None
     return RepositoryRow(**dict(row))
 
