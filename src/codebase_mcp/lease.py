@@ -1,6 +1,6 @@
 """Leases: a named piece of work held by one process at a time across replicas, through
-PostgreSQL (the `leases` table). Index jobs are the first user (`job:<id>`); one file
-watcher per repository is meant to be the next.
+PostgreSQL (the `leases` table). Index jobs are the first user (`job:<id>`), one file
+watcher per watched repository the second (`watch:<path>`, watch_manager.py).
 
 The rules:
 - a lease has an owner and an expiry, both kept by the database, and times are the

@@ -24,11 +24,15 @@ import anyio
 import structlog
 
 from codebase_mcp import db, lease
+from codebase_mcp.models import JobInfo
 from codebase_mcp.watch import RepositoryWatcher, Sync, Timing
 
 log = structlog.get_logger(__name__)
 
 LEASE_PREFIX = "watch:"
+# Watcher jobs this replica waits on at once: a server starting with many watched
+# repositories scans them a few at a time, not all together.
+CONCURRENT_SYNCS = 2
 
 
 def lease_name(repository: str) -> str:
@@ -194,6 +198,7 @@ class WatchManager:
         self._background: list[asyncio.Task[None]] = []
         self._kick = asyncio.Event()
         self._closed = False
+        self._syncs = asyncio.Semaphore(CONCURRENT_SYNCS)
 
     def open(self) -> None:
         loop = asyncio.get_running_loop()
@@ -245,10 +250,14 @@ class WatchManager:
             async with self.pool.acquire() as conn:
                 await write_status(conn, path, self.owner, pending, error)
 
+        async def sync(repository: str) -> JobInfo:
+            async with self._syncs:
+                return await self.sync(repository)
+
         watcher = RepositoryWatcher(
             path,
             timing=self.timing,
-            sync=self.sync,
+            sync=sync,
             report=report,
             poll_ms=self.poll_ms,
             max_file_bytes=self.max_file_bytes,
