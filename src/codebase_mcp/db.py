@@ -200,7 +200,7 @@ async def database_now(conn: Conn) -> datetime:
     return value
 
 
-# The watch columns and the holder of the repository's watch lease (watch.lease_name).
+# The watch columns and the holder of the repository's watch lease (watch_manager.lease_name).
 _REPO_SUMMARY = """
     SELECT r.path, r.last_indexed_at, r.embedding_model, r.embedding_dimensions,
            r.watch, r.synced_at, r.pending_changes, r.watch_error,
