@@ -5,7 +5,10 @@ Two callers:
   and waits for its exit code, so asyncpg, httpx and SQLAlchemy never load into PID 1
   and their memory goes away with this process;
 - the `mcp-supervisor wait` and `mcp-supervisor migrate` subcommands call `run()` in
-  their own process.
+  their own process. With no database URL they use the data directory's embedded
+  PostgreSQL as one more user (pg_share): join the one that runs, or start it (initdb on
+  first use), and leave when done; the keeper then stops it if no one else uses it. This
+  is how `scripts/run --setup` prepares the database ahead of the first MCP client.
 
 Exit codes: 0 ready, 69 a dependency unavailable at the deadline or unusable
 (authentication refused, no pgvector, model missing with pulling off, pull failed),
@@ -17,12 +20,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Literal, NoReturn
+from typing import Any, Literal, NoReturn
 
 import anyio
 import structlog
@@ -100,11 +104,7 @@ async def _steps(spec: RunSpec, mode: Mode) -> int:
         log.info("nothing to wait for", wait_for="none")
         return EX_OK
     if ("postgres" in steps) and not spec.database_url:
-        log.error(
-            "invalid configuration: REGISTRY_DATABASE_URL is not set (the embedded "
-            "PostgreSQL only runs under the supervisor itself)"
-        )
-        return EX_CONFIG
+        return await _with_embedded_postgres(spec, mode)
     deadline = time.monotonic() + spec.dependency_timeout
     waits: dict[str, Callable[[], Awaitable[None]]] = {}
     if "postgres" in steps:
@@ -128,6 +128,95 @@ async def _steps(spec: RunSpec, mode: Mode) -> int:
         log.error(str(exc), exit_code=exc.code, **exc.where)
         return exc.code
     return EX_OK
+
+
+async def _with_embedded_postgres(spec: RunSpec, mode: Mode) -> int:
+    """The steps against the data directory's shared PostgreSQL, as one of its users for
+    their duration (the runner's child never gets here: the runner passes it the URL)."""
+    try:
+        member = await _join_embedded(spec)
+    except _Failed as exc:
+        log.error(str(exc), exit_code=exc.code, step="postgres")
+        return exc.code
+    try:
+        return await _steps(dataclasses.replace(spec, database_url=member.url), mode)
+    finally:
+        member.close()
+        if member.started_owner and await _owner_stopped(member.paths):
+            # Nothing of ours outlives the command: a set-up leaves no PostgreSQL behind.
+            log.info("embedded PostgreSQL stopped", data_dir=member.paths.data_dir)
+        else:
+            log.debug("left the embedded PostgreSQL to its other users", port=member.port)
+
+
+async def _join_embedded(spec: RunSpec) -> Any:
+    """A pg_share.Membership once the shared PostgreSQL is ready (starting its keeper,
+    detached, when none runs); _Failed when it cannot be had in time."""
+    from mcp_supervisor import pg_share
+
+    started = time.monotonic()
+    try:
+        paths = pg_share.Paths.for_data_dir(spec.data_dir)
+        joining = pg_share.Joining(paths, pg_share.spawn_detached_keeper)
+        member = None
+        try:
+            with anyio.move_on_after(spec.dependency_timeout):
+                member = await _joined(joining)
+        finally:
+            joining.abandon()  # our users lock, unless a membership took it over
+    except pg_share.JoinError as exc:
+        raise _Failed(EX_UNAVAILABLE, str(exc)) from None
+    if member is None:
+        raise _Failed(
+            EX_UNAVAILABLE,
+            f"the embedded PostgreSQL in {paths.data_dir} was not ready within "
+            f"{spec.dependency_timeout:g} s (last phase: {joining.phase}; its log is "
+            f"{paths.log_file})",
+        )
+    log.info(
+        "embedded PostgreSQL started" if member.started_owner else "embedded PostgreSQL joined",
+        url=member.safe_url,
+        postmaster_pid=member.state.postmaster_pid,
+        duration_s=round(time.monotonic() - started, 3),
+    )
+    return member
+
+
+async def _joined(joining: Any) -> Any:
+    """Step `joining` (a pg_share.Joining) until it yields a membership, logging the
+    first use's initdb (the one phase that takes a while)."""
+    from mcp_supervisor import pg_share
+
+    seen = ""
+    member = None
+    while member is None:
+        member = joining.step()
+        if member is None and joining.phase != seen:
+            seen = joining.phase
+            if seen == pg_share.INITDB:
+                log.info("initialising embedded PostgreSQL", data_dir=joining.paths.data_dir)
+            else:
+                log.debug("waiting for the embedded PostgreSQL", phase=seen)
+        if member is None:
+            await anyio.sleep(0.02)
+    return member
+
+
+async def _owner_stopped(paths: Any, *, limit: float = 15.0, settle: float = 0.5) -> bool:
+    """After leaving a PostgreSQL we started: True once its keeper has stopped it and
+    exited. False when it stays ready for `settle` s (others joined meanwhile and use it)
+    or outlasts `limit`."""
+    from mcp_supervisor import pg_share
+
+    started = time.monotonic()
+    while pg_share.owner_alive(paths):
+        state = pg_share.read_state(paths)
+        ready = state is not None and state.phase == pg_share.READY
+        waited = time.monotonic() - started
+        if (ready and waited > settle) or waited > limit:
+            return False
+        await anyio.sleep(0.02)
+    return True
 
 
 async def _wait_all(waits: dict[str, Callable[[], Awaitable[None]]]) -> None:

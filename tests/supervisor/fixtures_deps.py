@@ -36,6 +36,10 @@ def dep_env(**extra: str) -> dict[str, str]:
         )
     }
     env.update(LOG_FORMAT="json", LOG_LEVEL="info")
+    # No test may use the default data directory (~/.local/share/codebase-mcp, the
+    # developer's own): one that forgets MCP_SUPERVISOR_DATA_DIR fails (no directory can
+    # be made under /dev/null, not even by root) instead of initialising a cluster there.
+    env["XDG_DATA_HOME"] = "/dev/null/no-default-data-dir-in-tests"
     env.update(extra)
     return env
 

@@ -224,9 +224,3 @@ async def test_migration_timeout_is_70_and_rolls_back(pg_url: str, tmp_path: Pat
         await watch.close()
     state = await schema_state(pg_url)
     assert state == {"version": None, "vector": 0, "tables": []}
-
-
-def test_migrate_without_a_database_url_is_78(tmp_path: Path) -> None:
-    code, _, err, _ = run_cli("migrate", dep_env(MCP_SUPERVISOR_WAIT_FOR="none"), tmp_path)
-    assert code == 78
-    assert "REGISTRY_DATABASE_URL" in err

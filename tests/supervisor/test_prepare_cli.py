@@ -223,14 +223,6 @@ def test_wait_for_none_waits_for_nothing(tmp_path: Path) -> None:
     assert not events(err, "step started")
 
 
-def test_no_database_url_is_a_configuration_error(tmp_path: Path) -> None:
-    env = dep_env(MCP_SUPERVISOR_WAIT_FOR="postgres")
-    code, _, err, _ = run_cli("wait", env, tmp_path)
-    assert code == 78
-    assert "REGISTRY_DATABASE_URL" in err
-    assert "Traceback" not in err
-
-
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_stop_signal_during_the_wait_exits_at_once(
     signum: signal.Signals, code: int, tmp_path: Path
