@@ -17,7 +17,9 @@ Progress goes to stderr in short lines; stdout belongs to MCP (even here: on the
 run an MCP client reads our stdout), so fd 1 is pointed at stderr before anything runs.
 `.venv/.codebase-mcp-setup` marks a finished install (a killed one leaves none, and the
 next run installs again); `.venv.lock` keeps two set-ups (two clients starting at once)
-from installing into one .venv together.
+from installing into one .venv together. A first run started by an MCP client (stdin is
+no terminal) sets up in a session of its own, so that a client giving up on `initialize`
+does not kill the install with it.
 """
 
 from __future__ import annotations
@@ -233,7 +235,9 @@ class Setup:
 
     def say(self, message: str) -> None:
         prefix = "" if self.interactive else "scripts/run: "
-        print(f"{prefix}{message}", file=sys.stderr, flush=True)
+        # The client that started us may have gone (and its pipe with it): carry on.
+        with contextlib.suppress(OSError):
+            print(f"{prefix}{message}", file=sys.stderr, flush=True)
 
     # -- .venv ------------------------------------------------------------------------
 
@@ -481,6 +485,12 @@ def main(argv: Sequence[str] | None = None, *, root: Path | None = None) -> int:
     mode.add_argument("--first-run", action="store_true", help="set up .venv only")
     parser.add_argument("options", nargs="*", help="mcp-supervisor options for `migrate`")
     args = parser.parse_args(argv)
+    if args.first_run and not os.isatty(0):
+        # Started by an MCP client, which may give up before the install is done and
+        # kill our process group (the Python SDK does): in a session of our own the
+        # install still finishes, and the client's next start finds it done.
+        with contextlib.suppress(OSError):
+            os.setsid()
     setup = Setup(
         Layout(root or Path(__file__).resolve().parent.parent),
         interactive=args.setup,

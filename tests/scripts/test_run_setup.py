@@ -431,3 +431,36 @@ def test_a_killed_first_run_leaves_its_install_finishing_under_the_lock(checkout
     assert "waiting for the set-up under way in another process" in second.stderr
     # The killed one left no marker (its install may be incomplete): installed again, after.
     assert len(fakes(checkout)) == 2
+
+
+def test_a_client_killing_the_process_group_leaves_the_install_finishing(
+    checkout: Path,
+) -> None:
+    """The Python MCP SDK starts its server in a new session and, giving up, SIGKILLs that
+    whole process group: the set-up, in a session of its own, finishes the install and
+    marks it, so the client's next start goes straight to the server."""
+    (checkout / ".venv" / rs.MARKER).unlink()
+    env = user_env(checkout, uv=True, FAKE_UV_SLEEP="2", **NO_DB)
+    client = subprocess.Popen(
+        [str(checkout / "scripts" / "run"), *SERVER],
+        env=env,
+        cwd=checkout.parent,
+        stdin=subprocess.PIPE,  # an MCP client's pipe, no terminal
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 30
+    while not fakes(checkout):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(client.pid, signal.SIGKILL)
+    client.communicate()
+    marker = checkout / ".venv" / rs.MARKER
+    while not marker.exists():
+        assert time.monotonic() < deadline, "the install did not finish"
+        time.sleep(0.05)
+    again = run(checkout, *SERVER, env=env)
+    assert again.returncode == 7, again.stderr
+    assert "scripts/run:" not in again.stderr
+    assert len(fakes(checkout)) == 1
