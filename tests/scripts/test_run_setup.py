@@ -464,3 +464,12 @@ def test_a_client_killing_the_process_group_leaves_the_install_finishing(
     assert again.returncode == 7, again.stderr
     assert "scripts/run:" not in again.stderr
     assert len(fakes(checkout)) == 1
+
+
+def test_setup_help_goes_to_stderr_and_sets_nothing_up(checkout: Path) -> None:
+    (checkout / ".venv" / rs.MARKER).unlink()
+    done = run(checkout, "--setup", "--help", env=user_env(checkout))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    assert "scripts/run --setup [SUPERVISOR OPTIONS]" in done.stderr
+    assert fakes(checkout) == []
