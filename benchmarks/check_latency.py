@@ -60,9 +60,10 @@ def compile_probe_path() -> None:
     for name in (
         "mcp_supervisor",
         "mcp_supervisor.cli",
-        "mcp_supervisor.check",
         "mcp_supervisor.health",
-        "mcp_supervisor.runtime",
+        "mcp_supervisor.health.check",
+        "mcp_supervisor.health.verdict",
+        "mcp_supervisor.health.runtime",
     ):
         spec = importlib.util.find_spec(name)
         if spec is not None and spec.origin:
@@ -106,7 +107,7 @@ def main() -> None:
     env["PYTHONDONTWRITEBYTECODE"] = "1"
 
     compile_probe_path()
-    from mcp_supervisor import runtime
+    from mcp_supervisor.health import runtime
 
     with tempfile.TemporaryDirectory(prefix="check-bench-") as tmp:
         hb = Path(tmp) / "heartbeat.json"
@@ -119,7 +120,7 @@ def main() -> None:
         claim = runtime.claim(None, env=env)
         write_heartbeat(Path(claim.heartbeat_file))
         no_launcher = "import sys\nfrom mcp_supervisor.cli import main\nsys.exit(main())\n"
-        check_only = "import sys\nfrom mcp_supervisor.check import main\nsys.exit(main())\n"
+        check_only = "import sys\nfrom mcp_supervisor.health.check import main\nsys.exit(main())\n"
         commands = {
             "python -c pass": [PYTHON, "-c", "pass"],
             "mcp-supervisor --check": [str(VENV_BIN / "mcp-supervisor"), *probe],

@@ -169,7 +169,7 @@ def leftovers(data_dir: Path) -> list[str]:
     for p in psutil.process_iter(["cmdline", "cwd", "name"]):
         with contextlib.suppress(psutil.Error):
             cmd = " ".join(p.info.get("cmdline") or [])
-            if ("pg_keeper" in cmd and str(data_dir) in cmd) or (
+            if ("mcp_supervisor.pg.keeper" in cmd and str(data_dir) in cmd) or (
                 p.info.get("cwd") or ""
             ).startswith(str(data_dir)):
                 found.append(f"{p.pid} {p.info.get('name')}")

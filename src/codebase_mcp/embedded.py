@@ -2,7 +2,7 @@
 
 With no REGISTRY_DATABASE_URL these commands use the embedded PostgreSQL of the
 supervisor's data directory ($MCP_SUPERVISOR_DATA_DIR, default
-~/.local/share/codebase-mcp), the way a second supervisor does (mcp_supervisor.pg_share):
+~/.local/share/codebase-mcp), the way a second supervisor does (mcp_supervisor.pg.share):
 they join the one that runs, as a user for as long as the command lasts, so it does not
 stop under them; when none runs they start it (and migrate a fresh database), and it
 stops again once its last user has gone.
@@ -27,7 +27,7 @@ _membership: Any = None
 
 
 def data_dir() -> str:
-    from mcp_supervisor.pg_share import default_data_dir
+    from mcp_supervisor.pg.share import default_data_dir
 
     return os.environ.get("MCP_SUPERVISOR_DATA_DIR", "").strip() or default_data_dir()
 
@@ -36,19 +36,19 @@ def database_url() -> str:
     """The URL of the data directory's embedded PostgreSQL, ready and migrated.
     Raises DatabaseConnectError (exit 69) when it cannot be had."""
     global _membership
-    from mcp_supervisor import pg_share
+    from mcp_supervisor.pg import share
 
     where = data_dir()
 
     def progress(phase: str) -> None:
-        if phase == pg_share.INITDB:
+        if phase == share.INITDB:
             log.info("creating the embedded PostgreSQL (first use)", data_dir=where)
-        elif phase == pg_share.STARTING:
+        elif phase == share.STARTING:
             log.info("starting the embedded PostgreSQL", data_dir=where)
 
     try:
-        member = pg_share.join(where, timeout=JOIN_TIMEOUT, on_phase=progress)
-    except pg_share.JoinError as exc:
+        member = share.join(where, timeout=JOIN_TIMEOUT, on_phase=progress)
+    except share.JoinError as exc:
         raise DatabaseConnectError(str(exc)) from None
     _membership = member
     import anyio
@@ -72,7 +72,7 @@ async def _migrate_if_behind(url: str) -> None:
     if version == SCHEMA_HEAD:
         return
     from codebase_mcp.config import find_alembic_ini
-    from mcp_supervisor.migrate import MigrationFailed, upgrade_head
+    from mcp_supervisor.prepare.migrate import MigrationFailed, upgrade_head
 
     log.info("migrating the embedded database", from_revision=version or "base")
     try:

@@ -162,19 +162,19 @@ def main(argv: list[str] | None = None) -> int:
     options, command = _split_command(argv)
 
     if _is_check(options):
-        from mcp_supervisor import check
+        from mcp_supervisor.health import check
 
         return check.main(options)
 
-    from mcp_supervisor import signals
+    from mcp_supervisor.pid1 import signals
 
     signals.block_all()
     args = _parser().parse_args(options)
     if command is not None and not command:
         _die(2, "mcp-supervisor: nothing after '--': give a COMMAND or leave '--' out")
 
-    from mcp_supervisor import exitcodes
     from mcp_supervisor.config import ConfigError, load_settings
+    from mcp_supervisor.pid1 import exitcodes
 
     overrides = {
         k: getattr(args, k)
@@ -202,12 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     spec = settings.to_spec(tuple(command) if command else None)
 
     if args.subcommand in ("wait", "migrate"):
-        from mcp_supervisor import prepare
         from mcp_supervisor.log import configure_logging
+        from mcp_supervisor.prepare import steps
 
         configure_logging(spec, phase="preparing", stdlib=True)
         # Skip the interpreter teardown of SQLAlchemy & co. (~1 s): stop promptly.
-        prepare.exit_now(prepare.run(spec, args.subcommand))
+        steps.exit_now(steps.run(spec, args.subcommand))
 
     # Re-exec into the lean runner: pydantic and friends do not stay resident in PID 1.
     fd = spec.write_to_pipe()

@@ -100,7 +100,7 @@ class SupervisorSettings(BaseSettings):
         None, validation_alias=_env("embedding_provider", "EMBEDDING_PROVIDER")
     )
 
-    # None: a runtime directory of the instance's own (runtime.py); a path is this
+    # None: a runtime directory of the instance's own (health/runtime.py); a path is this
     # instance's alone too: a second supervisor given the same directory is refused.
     heartbeat_file: str | None = Field(None, validation_alias=_env("heartbeat_file"))
     heartbeat_interval: float = Field(

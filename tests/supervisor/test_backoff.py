@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from mcp_supervisor.backoff import (
+from mcp_supervisor.prepare.backoff import (
     FIRST_RETRY,
     STARTING_RETRY,
     Cause,

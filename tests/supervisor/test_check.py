@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from mcp_supervisor import check, runtime
+from mcp_supervisor.health import check, runtime
 
 
 @pytest.fixture
@@ -178,7 +178,7 @@ def test_loads_matches_json(text: str) -> None:
 
 
 @pytest.mark.parametrize("found", [False, True], ids=["given-path", "found"])
-@pytest.mark.parametrize("entry", ["mcp_supervisor.check", "mcp_supervisor.cli"])
+@pytest.mark.parametrize("entry", ["mcp_supervisor.health.check", "mcp_supervisor.cli"])
 def test_probe_process_imports_nothing_heavy_and_prints_one_line(
     tmp_path: Path, entry: str, found: bool
 ) -> None:

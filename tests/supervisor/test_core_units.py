@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from mcp_supervisor import exitcodes, policy, signals
 from mcp_supervisor.config import ConfigError, load_settings
-from mcp_supervisor.policy import SignalAction
+from mcp_supervisor.pid1 import exitcodes, policy, signals
+from mcp_supervisor.pid1.policy import SignalAction
 from mcp_supervisor.redact import redact_secret, redact_url
 from mcp_supervisor.spec import RunSpec
 from mcp_supervisor.state import Phase

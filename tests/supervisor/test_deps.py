@@ -14,9 +14,9 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from mcp_supervisor import deps
-from mcp_supervisor.backoff import Cause
-from mcp_supervisor.deps import (
+from mcp_supervisor.prepare import deps
+from mcp_supervisor.prepare.backoff import Cause
+from mcp_supervisor.prepare.deps import (
     DependencyUnavailable,
     InvalidDependencyConfig,
     ProgressThrottle,

@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mcp_supervisor import pg_share
+from mcp_supervisor.pg import share
 from tests.supervisor.fixtures_deps import SUPERVISOR, dep_env
 from tests.supervisor.test_embedded_pg import (  # noqa: F401
     postgres_processes,
@@ -51,10 +51,10 @@ def test_postgres_dying_while_waiting_for_ollama_exits_69_at_once(scratch: Path)
         pgdata = data_dir / "postgres"
         deadline = time.monotonic() + 60
         postmaster: list[psutil.Process] = []
-        paths = pg_share.Paths.for_data_dir(str(data_dir))
+        paths = share.Paths.for_data_dir(str(data_dir))
         while time.monotonic() < deadline:
-            state = pg_share.read_state(paths)
-            if state is not None and state.phase == pg_share.READY and state.postmaster_pid:
+            state = share.read_state(paths)
+            if state is not None and state.phase == share.READY and state.postmaster_pid:
                 postmaster = [psutil.Process(state.postmaster_pid)]
                 break
             time.sleep(0.05)

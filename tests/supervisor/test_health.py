@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from mcp_supervisor.health import DEFAULT_MAX_AGE, max_age_of, verdict
+from mcp_supervisor.health.verdict import DEFAULT_MAX_AGE, max_age_of, verdict
 
 NOW = 1_000_000.0
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from mcp_supervisor import heartbeat
-from mcp_supervisor.check import loads
-from mcp_supervisor.health import verdict
+from mcp_supervisor.health import heartbeat
+from mcp_supervisor.health.check import loads
+from mcp_supervisor.health.verdict import verdict
 from mcp_supervisor.spec import RunSpec
 from mcp_supervisor.state import Phase, SupervisorState
 

@@ -236,7 +236,7 @@ def test_a_killed_supervisors_directory_is_removed_by_the_next(
 # and then drops to uid 65534 before it looks.
 PROBE_AS_NOBODY = """
 import _json, fcntl, json, os, sys
-from mcp_supervisor import check, health, runtime
+from mcp_supervisor.health import check, runtime, verdict
 os.setgroups([])
 os.setgid(65534)
 os.setuid(65534)

@@ -13,22 +13,22 @@ import pytest
 
 import mcp_supervisor
 from mcp_supervisor.config import load_settings
-from mcp_supervisor.migrate import AlembicIniNotFound, find_alembic_ini
+from mcp_supervisor.prepare.migrate import AlembicIniNotFound, find_alembic_ini
 
 PACKAGE = Path(mcp_supervisor.__file__).parent
 ROOT = Path(__file__).resolve().parents[2]
-# __main__ and pid1 run the supervisor when imported: the source check covers them.
+# The __main__ modules run the supervisor when imported: the source check covers them.
 MODULES = sorted(
-    f"mcp_supervisor.{m.name}"
-    for m in pkgutil.iter_modules([str(PACKAGE)])
-    if m.name not in ("__main__", "pid1")
+    m.name
+    for m in pkgutil.walk_packages([str(PACKAGE)], "mcp_supervisor.")
+    if m.name.rpartition(".")[2] != "__main__"
 )
 
 
 def test_no_module_imports_the_server_package() -> None:
     """Every import statement, those inside functions too (the lazy ones)."""
     offenders = []
-    for path in sorted(PACKAGE.glob("*.py")):
+    for path in sorted(PACKAGE.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
@@ -37,7 +37,9 @@ def test_no_module_imports_the_server_package() -> None:
             else:
                 continue
             offenders += [
-                f"{path.name}:{node.lineno} {n}" for n in names if n.split(".")[0] == "codebase_mcp"
+                f"{path.relative_to(PACKAGE)}:{node.lineno} {n}"
+                for n in names
+                if n.split(".")[0] == "codebase_mcp"
             ]
     assert offenders == []
 
@@ -47,7 +49,7 @@ def test_importing_every_module_never_loads_the_server_package() -> None:
         "import importlib, sys\n"
         "for name in sys.argv[1:]:\n"
         "    importlib.import_module(name)\n"
-        "from mcp_supervisor.migrate import find_alembic_ini\n"
+        "from mcp_supervisor.prepare.migrate import find_alembic_ini\n"
         "find_alembic_ini()\n"
         "print(sorted(n for n in sys.modules if n.split('.')[0] == 'codebase_mcp'))\n"
     )

@@ -16,7 +16,7 @@ import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from mcp_supervisor.migrate import MIGRATION_LOCK_KEY
+from mcp_supervisor.prepare.migrate import MIGRATION_LOCK_KEY
 from tests.support.pg import PASSWORD
 
 from .fixtures_deps import REPO, dep_env, events, log_lines, run_cli, start_cli, start_supervisor

@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 
 from codebase_mcp.db import SCHEMA_HEAD
-from mcp_supervisor import pg_share
+from mcp_supervisor.pg import share
 from tests.supervisor.fixtures_deps import REPO, dep_env, events, log_lines, run_cli, start_cli
 from tests.supervisor.test_embedded_pg import keepers, scratch, wait_until_gone  # noqa: F401
 from tests.supervisor.test_shared_pg import (  # noqa: F401
@@ -42,7 +42,7 @@ def schema_version(base: Path, port: int) -> str | None:
     password = (base / "data" / "postgres.password").read_text().strip()
 
     async def read() -> str | None:
-        conn = await asyncpg.connect(pg_share.database_url(password, port))
+        conn = await asyncpg.connect(share.database_url(password, port))
         try:
             return str(await conn.fetchval("SELECT version_num FROM alembic_version"))
         finally:
@@ -94,8 +94,8 @@ def test_migrate_beside_a_running_supervisor_joins_and_leaves_it_running(base: P
         assert events(err, "embedded PostgreSQL stopped") == []
         # Still serving the supervisor's child, migrated by the command.
         assert schema_version(base, port) == SCHEMA_HEAD
-        state = pg_share.read_state(pg_share.Paths.for_data_dir(str(base / "data")))
-        assert state is not None and state.phase == pg_share.READY and state.port == port
+        state = share.read_state(share.Paths.for_data_dir(str(base / "data")))
+        assert state is not None and state.phase == share.READY and state.port == port
     finally:
         server.send_signal(signal.SIGTERM)
         finish(server)

@@ -12,8 +12,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from mcp_supervisor import notify
-from mcp_supervisor.notify import Watchdog, apply, overdue, parse
+from mcp_supervisor.health import notify
+from mcp_supervisor.health.notify import Watchdog, apply, overdue, parse
 from mcp_supervisor.spec import RunSpec
 from mcp_supervisor.state import Phase, SupervisorState
 

@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from mcp_supervisor.prepare import Mode, steps_for
+from mcp_supervisor.prepare.steps import Mode, steps_for
 from mcp_supervisor.spec import Dependency, RunSpec
 from tests.support.fake_ollama import FakeOllama
 from tests.support.pg import PASSWORD, PostgresCluster, free_port, running_cluster, system_bin_dir

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mcp_supervisor.restart import (
+from mcp_supervisor.pid1.restart import (
     GIVE_UP_EXIT_CODE,
     RestartBudget,
     backoff_delay,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mcp_supervisor import runtime
+from mcp_supervisor.health import runtime
 
 KEY = runtime.namespace_key(runtime.pid_namespace())
 
@@ -21,7 +21,7 @@ KEY = runtime.namespace_key(runtime.pid_namespace())
 # bases of the environment, prints it, and holds it until killed.
 HOLDER = r"""
 import sys, time
-from mcp_supervisor import runtime
+from mcp_supervisor.health import runtime
 claim = runtime.claim(sys.argv[1] or None)
 print(claim.directory, flush=True)
 time.sleep(600)

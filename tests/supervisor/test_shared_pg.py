@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mcp_supervisor import embedded_pg
+from mcp_supervisor.pg import embedded
 from mcp_supervisor.spec import RunSpec
 from tests.supervisor.fixtures_deps import REPO, SUPERVISOR, dep_env
 from tests.supervisor.harness import children
@@ -178,10 +178,10 @@ def test_two_supervisors_and_the_cli_share_one_postgres(
     assert stop(first)[0] == 143
     time.sleep(0.5)
     assert len(postmasters(home)) == 1
-    from mcp_supervisor import pg_share  # here: the tests above also run on older code
+    from mcp_supervisor.pg import share  # here: the tests above also run on older code
 
-    state = pg_share.read_state(pg_share.Paths.for_data_dir(str(home / "data")))
-    assert state is not None and state.phase == pg_share.READY and state.port == port
+    state = share.read_state(share.Paths.for_data_dir(str(home / "data")))
+    assert state is not None and state.phase == share.READY and state.port == port
     password = (home / "data" / "postgres.password").read_text().strip()
     assert password not in (home / "data" / "postgres.state.json").read_text()
 
@@ -258,7 +258,7 @@ def test_a_postgres_left_running_in_our_data_directory_is_stopped(home: Path) ->
     wait_marker(home / "a", first)
     assert finish(first)[0] == 0
     wait_until_gone(home / "data" / "postgres")
-    plan = embedded_pg.plan(pg_share_spec(home))
+    plan = embedded.plan(pg_share_spec(home))
     kwargs: dict[str, object] = {}
     if plan.run_as is not None:
         kwargs = {"user": plan.run_as[0], "group": plan.run_as[1], "extra_groups": []}
@@ -272,7 +272,7 @@ def test_a_postgres_left_running_in_our_data_directory_is_stopped(home: Path) ->
     )
     try:
         deadline = time.monotonic() + 30
-        while not embedded_pg.postmaster_ready(plan.pgdata, leftover.pid):
+        while not embedded.postmaster_ready(plan.pgdata, leftover.pid):
             assert time.monotonic() < deadline
             time.sleep(0.02)
         second = start_supervisor(home, home / "b", stay=0)

@@ -7,7 +7,7 @@ import faulthandler
 import signal
 import sys
 
-from mcp_supervisor import runner
+from mcp_supervisor.pid1 import runner
 
 forward = runner.Supervisor.on_signal
 

@@ -22,10 +22,10 @@ import asyncpg
 import httpx
 import structlog
 
-from mcp_supervisor.backoff import Cause, next_retry
+from mcp_supervisor.prepare.backoff import Cause, next_retry
 from mcp_supervisor.redact import redact_secret
 
-log = structlog.get_logger("mcp_supervisor.deps")
+log = structlog.get_logger("mcp_supervisor.prepare.deps")
 
 T = TypeVar("T")
 

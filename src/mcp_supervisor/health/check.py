@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-from mcp_supervisor.health import verdict
+from mcp_supervisor.health.verdict import verdict
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -143,7 +143,7 @@ def probe(argv: list[str]) -> tuple[bool, str]:
     path = path or os.environ.get(ENV_FILE)
     if not path:
         # Each supervisor has a runtime directory of its own: find the one meant here.
-        from mcp_supervisor.runtime import find_heartbeat
+        from mcp_supervisor.health.runtime import find_heartbeat
 
         path, why = find_heartbeat(os.environ, os.geteuid())
         if path is None:

@@ -1,8 +1,8 @@
 """The keeper: the one process that runs a data directory's embedded PostgreSQL.
 
-    python -m mcp_supervisor.pg_keeper --data-dir DIR --lock-fd N
+    python -m mcp_supervisor.pg.keeper --data-dir DIR --lock-fd N
 
-Started by the first user that finds no owner (see `pg_share`), with the owner lock,
+Started by the first user that finds no owner (see `share`), with the owner lock,
 already taken, on fd N. It stops whatever PostgreSQL a killed predecessor left in the
 data directory, makes the cluster on first use (initdb into a side directory, flushed,
 then renamed into place), starts PostgreSQL, says "ready" in the state file, and waits:
@@ -33,8 +33,8 @@ import signal
 import sys
 import time
 
-from mcp_supervisor import embedded_pg, pg_share
-from mcp_supervisor.embedded_pg import EmbeddedPostgresError
+from mcp_supervisor.pg import embedded, share
+from mcp_supervisor.pg.embedded import EmbeddedPostgresError
 from mcp_supervisor.spec import RunSpec
 
 PR_SET_PDEATHSIG = 1
@@ -53,7 +53,7 @@ class Stopped(Exception):
 
 
 class Keeper:
-    def __init__(self, paths: pg_share.Paths, owner_fd: int) -> None:
+    def __init__(self, paths: share.Paths, owner_fd: int) -> None:
         self.paths = paths
         self.owner_fd = owner_fd
         self.users_fd = -1
@@ -76,7 +76,7 @@ class Keeper:
         started_at: float | None = None,
         error: str | None = None,
     ) -> None:
-        state = pg_share.State(
+        state = share.State(
             phase=phase,
             keeper_pid=os.getpid(),
             port=self.port,
@@ -84,7 +84,7 @@ class Keeper:
             started_at=started_at,
             error=error,
         )
-        pg_share.write_state(self.paths, state)
+        share.write_state(self.paths, state)
 
     # -- signals and waiting ------------------------------------------------------------
 
@@ -102,11 +102,11 @@ class Keeper:
     def users_left(self) -> bool:
         """True when no user holds the users lock; we then keep it exclusively, so a
         newcomer waits until we are done."""
-        return pg_share.try_lock(self.users_fd, exclusive=True)
+        return share.try_lock(self.users_fd, exclusive=True)
 
     # -- children ---------------------------------------------------------------------
 
-    def spawn(self, argv: list[str], plan: embedded_pg.EmbeddedPostgresPlan, deathsig: int) -> int:
+    def spawn(self, argv: list[str], plan: embedded.EmbeddedPostgresPlan, deathsig: int) -> int:
         """argv in its own process group, as the plan's user, with fds 0-2 ours and a
         parent-death signal (set after the uid change, which would clear it)."""
         import ctypes
@@ -147,7 +147,7 @@ class Keeper:
         self.children.pop(pid, None)
         return os.waitstatus_to_exitcode(status)
 
-    def run_to_end(self, argv: list[str], plan: embedded_pg.EmbeddedPostgresPlan) -> int:
+    def run_to_end(self, argv: list[str], plan: embedded.EmbeddedPostgresPlan) -> int:
         """Run a short job (initdb, its sync) to its end: a stop signal kills it
         (Stopped), the last user leaving does not (it finishes what it started)."""
         pid = self.spawn(argv, plan, signal.SIGKILL)
@@ -162,7 +162,7 @@ class Keeper:
                 raise KeeperError(f"{name} did not finish in {INITDB_TIMEOUT:g} s")
             self.pause(0.01)
 
-    def run_step(self, argv: list[str], plan: embedded_pg.EmbeddedPostgresPlan, what: str) -> None:
+    def run_step(self, argv: list[str], plan: embedded.EmbeddedPostgresPlan, what: str) -> None:
         code = self.run_to_end(argv, plan)
         if code != 0:
             raise KeeperError(f"{what} failed with exit code {code}")
@@ -177,8 +177,8 @@ class Keeper:
     def stop_postgres(self, pid: int) -> None:
         """Fast shutdown; SIGKILL for the whole group if it outstays STOP_TIMEOUT."""
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, embedded_pg.STOP_SIGNAL)
-        deadline = time.monotonic() + embedded_pg.STOP_TIMEOUT
+            os.kill(pid, embedded.STOP_SIGNAL)
+        deadline = time.monotonic() + embedded.STOP_TIMEOUT
         while time.monotonic() < deadline:
             code = self.exited(pid)
             if code is not None:
@@ -193,8 +193,8 @@ class Keeper:
     def run(self) -> int:
         for s in STOP_SIGNALS:
             signal.signal(s, self._on_signal)
-        self.users_fd = pg_share.open_lock(self.paths.users_lock)
-        self.state(pg_share.STARTING)
+        self.users_fd = share.open_lock(self.paths.users_lock)
+        self.state(share.STARTING)
         code = 0
         try:
             self.live()
@@ -203,22 +203,22 @@ class Keeper:
             code = 128 + (self.stop_signal or signal.SIGTERM)
         except (KeeperError, EmbeddedPostgresError, OSError) as exc:
             self.say(f"giving up: {exc}")
-            self.state(pg_share.FAILED, error=str(exc))
+            self.state(share.FAILED, error=str(exc))
             code = 1
         finally:
             for pid in list(self.children):
                 self.kill_group(pid)
         if code != 1:
-            pg_share.remove_state(self.paths)
+            share.remove_state(self.paths)
         # The owner lock first: a newcomer who gets the users lock next must find no owner.
         os.close(self.owner_fd)
         os.close(self.users_fd)
         return code
 
     def live(self) -> None:
-        plan = embedded_pg.plan(RunSpec(data_dir=self.paths.data_dir, wait_for=("postgres",)))
+        plan = embedded.plan(RunSpec(data_dir=self.paths.data_dir, wait_for=("postgres",)))
         if plan.initdb_argv is None:
-            for note in embedded_pg.stop_leftover_postgres(plan.pgdata, sleep=self.pause):
+            for note in embedded.stop_leftover_postgres(plan.pgdata, sleep=self.pause):
                 self.say(note)
         for note in plan.prepare_filesystem():
             self.say(note)
@@ -229,9 +229,9 @@ class Keeper:
                 return
         self.serve(plan)
 
-    def make_cluster(self, plan: embedded_pg.EmbeddedPostgresPlan) -> None:
+    def make_cluster(self, plan: embedded.EmbeddedPostgresPlan) -> None:
         assert plan.initdb_argv is not None and plan.sync_argv is not None
-        self.state(pg_share.INITDB)
+        self.state(share.INITDB)
         self.say(f"initialising a new cluster in {plan.pgdata}")
         started = time.monotonic()
         try:
@@ -246,20 +246,20 @@ class Keeper:
         os.rename(plan.pgdata_new, plan.pgdata)
         self.say(f"cluster initialised in {time.monotonic() - started:.2f} s")
 
-    def serve(self, plan: embedded_pg.EmbeddedPostgresPlan) -> None:
+    def serve(self, plan: embedded.EmbeddedPostgresPlan) -> None:
         self.port = plan.port
-        pid = self.spawn(plan.postgres_argv, plan, embedded_pg.STOP_SIGNAL)
-        self.state(pg_share.LAUNCHING, postmaster_pid=pid)
+        pid = self.spawn(plan.postgres_argv, plan, embedded.STOP_SIGNAL)
+        self.state(share.LAUNCHING, postmaster_pid=pid)
         deadline = time.monotonic() + READY_TIMEOUT
         try:
-            while not embedded_pg.postmaster_ready(plan.pgdata, pid):
+            while not embedded.postmaster_ready(plan.pgdata, pid):
                 code = self.exited(pid)
                 if code is not None:
                     raise KeeperError(f"PostgreSQL exited with code {code} while starting")
                 if time.monotonic() > deadline:
                     raise KeeperError(f"PostgreSQL was not ready within {READY_TIMEOUT:g} s")
                 self.pause(0.01)
-            self.state(pg_share.READY, postmaster_pid=pid, started_at=time.time())
+            self.state(share.READY, postmaster_pid=pid, started_at=time.time())
             self.say(f"PostgreSQL ready on 127.0.0.1:{plan.port} (pid {pid})")
             while True:
                 code = self.exited(pid)
@@ -270,16 +270,16 @@ class Keeper:
                     break
                 self.pause()
         except Stopped:
-            self.state(pg_share.STOPPING, postmaster_pid=pid)
+            self.state(share.STOPPING, postmaster_pid=pid)
             self.stop_postgres(pid)
             raise
-        self.state(pg_share.STOPPING, postmaster_pid=pid)
+        self.state(share.STOPPING, postmaster_pid=pid)
         self.stop_postgres(pid)
 
 
 def _parse(argv: list[str]) -> tuple[str, int]:
     if len(argv) != 4 or argv[0] != "--data-dir" or argv[2] != "--lock-fd":
-        raise SystemExit("usage: python -m mcp_supervisor.pg_keeper --data-dir DIR --lock-fd N")
+        raise SystemExit("usage: python -m mcp_supervisor.pg.keeper --data-dir DIR --lock-fd N")
     return argv[1], int(argv[3])
 
 
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     _own_fds(lock_fd)
     os.chdir("/")
     os.umask(0o077)
-    return Keeper(pg_share.Paths.for_data_dir(data_dir), lock_fd).run()
+    return Keeper(share.Paths.for_data_dir(data_dir), lock_fd).run()
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ Layout under `spec.data_dir` (persistent; reused by the next start):
                                    postgres/ behind (a leftover is removed and redone)
     <data_dir>/postgres.password   a random password made at initdb time, 0600
 The files that let several processes share one running PostgreSQL (its state, the locks,
-its log) are `pg_share`'s; the process that runs it is `pg_keeper`.
+its log) are `share`'s; the process that runs it is `keeper`.
 
 Connection: TCP on 127.0.0.1, a free port picked at each start, scram-sha-256 with that
 password. TCP rather than a unix socket because every client we have (asyncpg, SQLAlchemy

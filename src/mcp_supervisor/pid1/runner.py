@@ -22,17 +22,9 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 
-from mcp_supervisor import (
-    exitcodes,
-    heartbeat,
-    notify,
-    policy,
-    process,
-    restart,
-    runtime,
-    signals,
-)
+from mcp_supervisor.health import heartbeat, notify, runtime
 from mcp_supervisor.log import configure_logging, get_logger
+from mcp_supervisor.pid1 import exitcodes, policy, process, restart, signals
 from mcp_supervisor.spec import RunSpec
 from mcp_supervisor.state import Phase, SupervisorState
 
@@ -69,7 +61,7 @@ class Supervisor:
         self.stop_requested = anyio.Event()
         self.env_extra: dict[str, str] = {}
         self._aux_stop_signal: int = signal.SIGTERM
-        self.membership: Any = None  # pg_share.Membership: our use of the shared PostgreSQL
+        self.membership: Any = None  # share.Membership: our use of the shared PostgreSQL
         # Health hook: called after every change the heartbeat shows (phase, child).
         self.on_change: Callable[[], None] = lambda: None
 
@@ -202,7 +194,7 @@ class Supervisor:
         argv = [
             sys.executable,
             "-m",
-            "mcp_supervisor.prepare",
+            "mcp_supervisor.prepare.steps",
             "--spec-fd",
             str(fd),
             "--mode",
@@ -271,32 +263,32 @@ class Supervisor:
         return None
 
     async def _start_embedded_postgres(self) -> str | None:
-        """Join the data directory's shared PostgreSQL (pg_share), starting its keeper
+        """Join the data directory's shared PostgreSQL (pg.share), starting its keeper
         when none runs: detached, so that it outlives us while others use it; or, as
         PID 1 of a container (no other users), as our own child that we stop after the
         server. The URL, or None (logged) when it cannot be had or a stop came first."""
-        from mcp_supervisor import pg_share
+        from mcp_supervisor.pg import share
 
         started = time.monotonic()
         deadline = started + self.spec.dependency_timeout
-        spawn = self._spawn_keeper if os.getpid() == 1 else pg_share.spawn_detached_keeper
+        spawn = self._spawn_keeper if os.getpid() == 1 else share.spawn_detached_keeper
         try:
-            joining = pg_share.Joining(pg_share.Paths.for_data_dir(self.spec.data_dir), spawn)
-        except pg_share.JoinError as exc:
+            joining = share.Joining(share.Paths.for_data_dir(self.spec.data_dir), spawn)
+        except share.JoinError as exc:
             self.log.error(str(exc))
             return None
         seen = ""
         while True:
             try:
                 member = joining.step()
-            except pg_share.JoinError as exc:
+            except share.JoinError as exc:
                 self.log.error(str(exc))  # a broken or unusable data directory: exit 69
                 return None
             if member is not None:
                 break
             if joining.phase != seen:
                 seen = joining.phase
-                if seen == pg_share.INITDB:
+                if seen == share.INITDB:
                     where = joining.paths.data_dir
                     self.log.info("initialising embedded PostgreSQL", data_dir=where)
                 else:
@@ -329,12 +321,12 @@ class Supervisor:
     def _spawn_keeper(self, paths: Any, owner_fd: int) -> None:
         """PID 1: the keeper is our child (nothing outlives a container's PID 1 anyway),
         stopped with SIGTERM once the server has exited."""
-        from mcp_supervisor import pg_share
+        from mcp_supervisor.pg import share
 
         os.set_inheritable(owner_fd, True)
         try:
             keeper = self._spawn(
-                "postgres", pg_share.keeper_argv(paths.data_dir, owner_fd), pg_share.keeper_env()
+                "postgres", share.keeper_argv(paths.data_dir, owner_fd), share.keeper_env()
             )
         finally:
             os.set_inheritable(owner_fd, False)

@@ -1,6 +1,6 @@
 """One embedded PostgreSQL per data directory, shared by every process that uses it.
 
-Users (supervisors, `codebase-mcp index|search`) and one owner (`pg_keeper`, the process
+Users (supervisors, `codebase-mcp index|search`) and one owner (`keeper`, the process
 that runs PostgreSQL) meet through files beside the data, in the data directory:
 
     postgres.users.lock   every user holds a shared flock for its lifetime
@@ -28,7 +28,7 @@ that SIGKILLs its server's group leaves it alone), and is never a child of a sup
 library only: the supervisor's runner and the keeper import this.
 """
 
-# os.path, not pathlib (PID 1's memory): see embedded_pg.
+# os.path, not pathlib (PID 1's memory): see embedded.
 # ruff: noqa: PTH100, PTH103, PTH105, PTH108, PTH111, PTH118, PTH123, PTH202
 from __future__ import annotations
 
@@ -379,7 +379,7 @@ def keeper_argv(data_dir: str, lock_fd: int) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "mcp_supervisor.pg_keeper",
+        "mcp_supervisor.pg.keeper",
         "--data-dir",
         data_dir,
         "--lock-fd",
@@ -397,7 +397,7 @@ def keeper_env() -> dict[str, str]:
 
 
 def spawn_detached_keeper(paths: Paths, owner_fd: int) -> None:
-    """Start `pg_keeper` in its own session, not as our child: fork, setsid, fork again,
+    """Start `keeper` in its own session, not as our child: fork, setsid, fork again,
     exec; the middle process exits at once, and the keeper is re-parented to init (our
     own subreaper flag is off meanwhile, or it would come back to us). Its fds: stdin
     /dev/null, stdout and stderr onto postgres.log, 3 the owner lock; nothing else (no

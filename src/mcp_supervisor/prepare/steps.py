@@ -1,12 +1,12 @@
 """The preparing steps: wait for the dependencies, then migrate.
 
 Two callers:
-- the runner (PID 1) spawns `python -m mcp_supervisor.prepare --spec-fd N --mode MODE`
+- the runner (PID 1) spawns `python -m mcp_supervisor.prepare.steps --spec-fd N --mode MODE`
   and waits for its exit code, so asyncpg, httpx and SQLAlchemy never load into PID 1
   and their memory goes away with this process;
 - the `mcp-supervisor wait` and `mcp-supervisor migrate` subcommands call `run()` in
   their own process. With no database URL they use the data directory's embedded
-  PostgreSQL as one more user (pg_share): join the one that runs, or start it (initdb on
+  PostgreSQL as one more user (pg.share): join the one that runs, or start it (initdb on
   first use), and leave when done; the keeper then stops it if no one else uses it. This
   is how `scripts/run --setup` prepares the database ahead of the first MCP client.
 
@@ -42,7 +42,7 @@ EX_SOFTWARE = 70
 EX_CONFIG = 78
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-log = structlog.get_logger("mcp_supervisor.prepare")
+log = structlog.get_logger("mcp_supervisor.prepare.steps")
 
 
 class _Failed(Exception):
@@ -97,7 +97,7 @@ async def _run(spec: RunSpec, mode: Mode) -> int:
 
 
 async def _steps(spec: RunSpec, mode: Mode) -> int:
-    from mcp_supervisor import deps
+    from mcp_supervisor.prepare import deps
 
     steps = steps_for(spec, mode)
     if not steps:
@@ -150,21 +150,21 @@ async def _with_embedded_postgres(spec: RunSpec, mode: Mode) -> int:
 
 
 async def _join_embedded(spec: RunSpec) -> Any:
-    """A pg_share.Membership once the shared PostgreSQL is ready (starting its keeper,
+    """A share.Membership once the shared PostgreSQL is ready (starting its keeper,
     detached, when none runs); _Failed when it cannot be had in time."""
-    from mcp_supervisor import pg_share
+    from mcp_supervisor.pg import share
 
     started = time.monotonic()
     try:
-        paths = pg_share.Paths.for_data_dir(spec.data_dir)
-        joining = pg_share.Joining(paths, pg_share.spawn_detached_keeper)
+        paths = share.Paths.for_data_dir(spec.data_dir)
+        joining = share.Joining(paths, share.spawn_detached_keeper)
         member = None
         try:
             with anyio.move_on_after(spec.dependency_timeout):
                 member = await _joined(joining)
         finally:
             joining.abandon()  # our users lock, unless a membership took it over
-    except pg_share.JoinError as exc:
+    except share.JoinError as exc:
         raise _Failed(EX_UNAVAILABLE, str(exc)) from None
     if member is None:
         raise _Failed(
@@ -183,9 +183,9 @@ async def _join_embedded(spec: RunSpec) -> Any:
 
 
 async def _joined(joining: Any) -> Any:
-    """Step `joining` (a pg_share.Joining) until it yields a membership, logging the
+    """Step `joining` (a share.Joining) until it yields a membership, logging the
     first use's initdb (the one phase that takes a while)."""
-    from mcp_supervisor import pg_share
+    from mcp_supervisor.pg import share
 
     seen = ""
     member = None
@@ -193,7 +193,7 @@ async def _joined(joining: Any) -> Any:
         member = joining.step()
         if member is None and joining.phase != seen:
             seen = joining.phase
-            if seen == pg_share.INITDB:
+            if seen == share.INITDB:
                 log.info("initialising embedded PostgreSQL", data_dir=joining.paths.data_dir)
             else:
                 log.debug("waiting for the embedded PostgreSQL", phase=seen)
@@ -206,12 +206,12 @@ async def _owner_stopped(paths: Any, *, limit: float = 15.0, settle: float = 0.5
     """After leaving a PostgreSQL we started: True once its keeper has stopped it and
     exited. False when it stays ready for `settle` s (others joined meanwhile and use it)
     or outlasts `limit`."""
-    from mcp_supervisor import pg_share
+    from mcp_supervisor.pg import share
 
     started = time.monotonic()
-    while pg_share.owner_alive(paths):
-        state = pg_share.read_state(paths)
-        ready = state is not None and state.phase == pg_share.READY
+    while share.owner_alive(paths):
+        state = share.read_state(paths)
+        ready = state is not None and state.phase == share.READY
         waited = time.monotonic() - started
         if (ready and waited > settle) or waited > limit:
             return False
@@ -239,8 +239,8 @@ async def _wait_all(waits: dict[str, Callable[[], Awaitable[None]]]) -> None:
 
 
 async def _step(name: str, fn: Callable[[], Awaitable[object]]) -> None:
-    from mcp_supervisor.deps import DependencyUnavailable, InvalidDependencyConfig
-    from mcp_supervisor.migrate import MigrationFailed
+    from mcp_supervisor.prepare.deps import DependencyUnavailable, InvalidDependencyConfig
+    from mcp_supervisor.prepare.migrate import MigrationFailed
 
     log.info("step started", step=name)
     started = time.monotonic()
@@ -264,7 +264,7 @@ def _ms_since(started: float) -> int:
 
 
 async def _migrate(spec: RunSpec) -> None:
-    from mcp_supervisor.migrate import AlembicIniNotFound, upgrade_head
+    from mcp_supervisor.prepare.migrate import AlembicIniNotFound, upgrade_head
 
     try:
         result = await upgrade_head(
@@ -306,7 +306,7 @@ def _load_spec(fd: int | None) -> RunSpec:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m mcp_supervisor.prepare",
+        prog="python -m mcp_supervisor.prepare.steps",
         description="Wait for the dependencies (and migrate); exit 0 when ready.",
     )
     parser.add_argument("--spec-fd", type=int, help="read the run spec (JSON) from this fd")

@@ -21,7 +21,7 @@ import structlog
 
 from mcp_supervisor.redact import redact_secret
 
-log = structlog.get_logger("mcp_supervisor.migrate")
+log = structlog.get_logger("mcp_supervisor.prepare.migrate")
 
 # Must equal MIGRATION_LOCK_KEY in migrations/env.py (tests/supervisor/test_migrate.py
 # checks): the same lock serializes us, env.py's own path and `alembic upgrade` by hand.
@@ -66,7 +66,7 @@ def find_alembic_ini(configured: str | Path | None = None) -> Path:
         return path
     candidates = [
         Path.cwd() / "alembic.ini",
-        Path(__file__).resolve().parents[2] / "alembic.ini",
+        Path(__file__).resolve().parents[3] / "alembic.ini",
         Path("/app/alembic.ini"),
     ]
     for path in candidates:

@@ -9,7 +9,7 @@ import sys
 for _name in ("rich", "greenlet"):
     sys.modules.setdefault(_name, None)  # type: ignore[arg-type]
 
-from mcp_supervisor.runner import main  # noqa: E402
+from mcp_supervisor.pid1.runner import main  # noqa: E402
 
 # The runner ends the process itself once everything is down (no interpreter teardown).
 sys.exit(main(hard_exit=True))
