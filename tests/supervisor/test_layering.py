@@ -1,5 +1,6 @@
 """mcp_supervisor is a generic PID 1: it never imports the server it runs (codebase_mcp).
-What it needs from the server comes through settings or the command line."""
+What it needs from the server comes through settings or the command line. Inside, its
+parts import each other in one direction only (mcp_supervisor/__init__.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import ast
 import pkgutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,6 +44,70 @@ def test_no_module_imports_the_server_package() -> None:
                 if n.split(".")[0] == "codebase_mcp"
             ]
     assert offenders == []
+
+
+# What each part of mcp_supervisor may import, lazy imports included. "plain" is the
+# top level below the command line; the command line (cli, __main__) may import anything.
+PLAIN = {"config", "spec", "state", "log", "redact"}
+MAY_IMPORT = {
+    "plain": {"plain"},
+    "health": {"plain", "health"},
+    "pg": {"plain", "pg"},
+    "prepare": {"plain", "prepare", "pg"},
+    "pid1": {"plain", "pid1", "health", "pg"},
+}
+
+
+def _part(module: str) -> str:
+    """mcp_supervisor.pg.share -> pg, mcp_supervisor.spec -> plain, cli -> top."""
+    parts = module.split(".")[1:]
+    if not parts or parts[0] in ("cli", "__main__", "__init__", "__version__"):
+        return "top"
+    return "plain" if parts[0] in PLAIN else parts[0]
+
+
+def _supervisor_imports(path: Path) -> Iterator[tuple[int, str]]:
+    """(line, module) of every import of mcp_supervisor in `path`, relative ones resolved."""
+    package = ["mcp_supervisor", *path.relative_to(PACKAGE).parent.parts]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            # `from mcp_supervisor import x`: x is the module (or top-level name) imported.
+            modules = (
+                [f"{module}.{alias.name}" for alias in node.names]
+                if module == "mcp_supervisor"
+                else [module]
+            )
+        else:
+            continue
+        yield from ((node.lineno, m) for m in modules if m.split(".")[0] == "mcp_supervisor")
+
+
+def test_parts_import_each_other_in_one_direction_only() -> None:
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE)
+        me = _part(".".join(["mcp_supervisor", *rel.with_suffix("").parts]))
+        if me == "top":
+            continue
+        offenders += [
+            f"{rel}:{line} ({me}) imports {module}"
+            for line, module in _supervisor_imports(path)
+            if _part(module) not in MAY_IMPORT[me]
+        ]
+    assert offenders == []
+
+
+def test_subpackage_inits_are_a_docstring_only() -> None:
+    """--check and PID 1 load a subpackage's __init__ on the way to its modules."""
+    inits = sorted(PACKAGE.glob("*/__init__.py"))
+    assert {init.parent.name for init in inits} == set(MAY_IMPORT) - {"plain"}
+    for init in inits:
+        body = ast.parse(init.read_text()).body
+        assert len(body) == 1 and isinstance(body[0], ast.Expr), init
 
 
 def test_importing_every_module_never_loads_the_server_package() -> None:
