@@ -32,6 +32,7 @@ from pydantic_settings import (
 
 from codebase_mcp import local_embed
 from codebase_mcp.errors import ConfigError
+from mcp_supervisor.redact import mask_url
 
 # pgvector's HNSW index covers half-precision vectors of up to 4,000 dimensions.
 MAX_INDEXED_DIMENSIONS = 4000
@@ -339,19 +340,6 @@ def normalize_database_url(url: str, driver: str | None) -> str:
     parts = urlsplit(url.strip())
     scheme = "postgresql" if driver is None else f"postgresql+{driver}"
     return urlunsplit((scheme, parts.netloc, parts.path, parts.query, parts.fragment))
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password replaced by ***; safe for logs and error messages."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if parts.password is None:
-        return url
-    userinfo = f"{parts.username or ''}:***@"
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit((parts.scheme, userinfo + host, parts.path, parts.query, parts.fragment))
 
 
 def _describe(error: Mapping[str, Any]) -> str:

@@ -23,6 +23,7 @@ from codebase_mcp import stats
 from codebase_mcp.config import Settings
 from codebase_mcp.errors import DatabaseConnectError, SchemaError
 from codebase_mcp.models import FileError, JobInfo, JobState, RepositoryInfo
+from mcp_supervisor.redact import redact_secret
 
 # A pooled or a plain connection: queries take either.
 if TYPE_CHECKING:
@@ -128,8 +129,7 @@ async def create_pool(
 def _scrub(text: str, settings: Settings) -> str:
     from urllib.parse import urlsplit
 
-    password = urlsplit(settings.database_url).password
-    return text.replace(password, "***") if password else text
+    return redact_secret(text, urlsplit(settings.database_url).password)
 
 
 async def check_schema(conn: Conn) -> None:

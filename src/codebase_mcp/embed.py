@@ -17,8 +17,9 @@ from urllib.parse import urlsplit
 import anyio
 import httpx
 
-from codebase_mcp.config import Settings, mask_url
+from codebase_mcp.config import Settings
 from codebase_mcp.errors import EmbedderError, EmbedderUnavailableError, ModelMissingError
+from mcp_supervisor.redact import mask_url
 
 _TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 

@@ -173,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     if command is not None and not command:
         _die(2, "mcp-supervisor: nothing after '--': give a COMMAND or leave '--' out")
 
+    from mcp_supervisor import exitcodes
     from mcp_supervisor.config import ConfigError, load_settings
-    from mcp_supervisor.pid1 import exitcodes
 
     overrides = {
         k: getattr(args, k)

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from codebase_mcp import db
-from codebase_mcp.config import load_settings, mask_url, normalize_database_url
+from codebase_mcp.config import load_settings, normalize_database_url
 from codebase_mcp.discover import SourceFile
 from codebase_mcp.embed import backoff_delay, create_embedder, task_prefixes
 from codebase_mcp.errors import (
@@ -35,6 +35,7 @@ from codebase_mcp.tokens import (
     term_dimension,
     tsquery_of,
 )
+from mcp_supervisor.redact import mask_url
 from tests.support.fake_ollama import FakeOllama, hashed_bag_of_words
 
 # --- tokens ---------------------------------------------------------------------------

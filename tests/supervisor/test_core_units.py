@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from mcp_supervisor import exitcodes
 from mcp_supervisor.config import ConfigError, load_settings
-from mcp_supervisor.pid1 import exitcodes, policy, signals
+from mcp_supervisor.pid1 import policy, signals
 from mcp_supervisor.pid1.policy import SignalAction
-from mcp_supervisor.redact import redact_secret, redact_url
+from mcp_supervisor.redact import mask_url, redact_secret, redact_url
 from mcp_supervisor.spec import RunSpec
 from mcp_supervisor.state import Phase
 
@@ -123,6 +124,16 @@ def test_redaction() -> None:
     assert redact_url("no url here") == "no url here"
     assert "hunter2" not in redact_url("failed for postgresql+asyncpg://u:hunter2@h/db: refused")
     assert redact_secret("password hunter2 rejected", "hunter2") == "password *** rejected"
+    # a password typed with "@" in it: masked whole, in text as in a URL alone
+    assert redact_url("postgresql://me:p@ss@db:5432/x") == "postgresql://me:***@db:5432/x"
+    assert (
+        redact_url("at 'postgresql://me:p@ss@db/x', and http://u:pw@h?x=1")
+        == "at 'postgresql://me:***@db/x', and http://u:***@h?x=1"
+    )
+    assert redact_url("postgresql://me:p@ss@db") == "postgresql://me:***@db"
+    assert mask_url("postgresql://me:p@ss@db:5432/x") == "postgresql://me:***@db:5432/x"
+    assert mask_url("postgresql://db/x") == "postgresql://db/x"
+    assert mask_url("http://[::1") == "<unparseable URL>"
 
 
 def test_spec_round_trips_through_a_pipe() -> None:

@@ -2,5 +2,5 @@
 
 `python -m mcp_supervisor.pid1 --spec-fd N` (`__main__`) is what `cli` re-executes into:
 `runner` carries out the decisions of `policy` and `restart`, `signals` catches and
-forwards, `process` spawns and reaps, `exitcodes` maps a wait status to ours.
+forwards, `process` spawns and reaps (`mcp_supervisor.exitcodes` maps a wait status to ours).
 """

@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from mcp_supervisor import exitcodes
 from mcp_supervisor.spec import RestartPolicy
 
 BACKOFF_BASE = 0.5  # seconds before the first restart; doubles with each recent restart
-GIVE_UP_EXIT_CODE = 70  # EX_SOFTWARE: more than restart_limit restarts within restart_window
+GIVE_UP_EXIT_CODE = exitcodes.SOFTWARE  # more than restart_limit restarts within restart_window
 
 
 def should_restart(

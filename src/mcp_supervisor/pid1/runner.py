@@ -22,9 +22,10 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 
+from mcp_supervisor import exitcodes
 from mcp_supervisor.health import heartbeat, notify, runtime
 from mcp_supervisor.log import configure_logging, get_logger
-from mcp_supervisor.pid1 import exitcodes, policy, process, restart, signals
+from mcp_supervisor.pid1 import policy, process, restart, signals
 from mcp_supervisor.spec import RunSpec
 from mcp_supervisor.state import Phase, SupervisorState
 

@@ -31,15 +31,12 @@ from typing import Any, Literal, NoReturn
 import anyio
 import structlog
 
+from mcp_supervisor import exitcodes
 from mcp_supervisor.spec import RunSpec
 
 Mode = Literal["wait", "migrate"]
 MODES: tuple[Mode, ...] = ("wait", "migrate")
 
-EX_OK = 0
-EX_UNAVAILABLE = 69
-EX_SOFTWARE = 70
-EX_CONFIG = 78
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 log = structlog.get_logger("mcp_supervisor.prepare.steps")
@@ -102,7 +99,7 @@ async def _steps(spec: RunSpec, mode: Mode) -> int:
     steps = steps_for(spec, mode)
     if not steps:
         log.info("nothing to wait for", wait_for="none")
-        return EX_OK
+        return exitcodes.OK
     if ("postgres" in steps) and not spec.database_url:
         return await _with_embedded_postgres(spec, mode)
     deadline = time.monotonic() + spec.dependency_timeout
@@ -127,7 +124,7 @@ async def _steps(spec: RunSpec, mode: Mode) -> int:
     except _Failed as exc:
         log.error(str(exc), exit_code=exc.code, **exc.where)
         return exc.code
-    return EX_OK
+    return exitcodes.OK
 
 
 async def _with_embedded_postgres(spec: RunSpec, mode: Mode) -> int:
@@ -165,10 +162,10 @@ async def _join_embedded(spec: RunSpec) -> Any:
         finally:
             joining.abandon()  # our users lock, unless a membership took it over
     except share.JoinError as exc:
-        raise _Failed(EX_UNAVAILABLE, str(exc)) from None
+        raise _Failed(exitcodes.UNAVAILABLE, str(exc)) from None
     if member is None:
         raise _Failed(
-            EX_UNAVAILABLE,
+            exitcodes.UNAVAILABLE,
             f"the embedded PostgreSQL in {paths.data_dir} was not ready within "
             f"{spec.dependency_timeout:g} s (last phase: {joining.phase}; its log is "
             f"{paths.log_file})",
@@ -248,11 +245,11 @@ async def _step(name: str, fn: Callable[[], Awaitable[object]]) -> None:
         try:
             await fn()
         except InvalidDependencyConfig as exc:
-            raise _Failed(EX_CONFIG, f"invalid configuration: {exc}") from None
+            raise _Failed(exitcodes.CONFIG, f"invalid configuration: {exc}") from None
         except DependencyUnavailable as exc:
-            raise _Failed(EX_UNAVAILABLE, str(exc)) from None
+            raise _Failed(exitcodes.UNAVAILABLE, str(exc)) from None
         except MigrationFailed as exc:
-            raise _Failed(EX_SOFTWARE, str(exc)) from None
+            raise _Failed(exitcodes.SOFTWARE, str(exc)) from None
     except _Failed as failed:
         failed.where = {"step": name, "duration_ms": _ms_since(started)}
         raise
@@ -271,7 +268,7 @@ async def _migrate(spec: RunSpec) -> None:
             spec.database_url or "", time_limit=spec.migration_timeout, alembic_ini=spec.alembic_ini
         )
     except AlembicIniNotFound as exc:
-        raise _Failed(EX_CONFIG, f"invalid configuration: {exc}") from None
+        raise _Failed(exitcodes.CONFIG, f"invalid configuration: {exc}") from None
     if result.ran:
         log.info(
             "migrated",
@@ -316,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = _load_spec(args.spec_fd)
     except Exception as exc:  # ConfigError, or a broken pipe from the runner
         print(f"mcp-supervisor: {exc}", file=sys.stderr)
-        return EX_CONFIG
+        return exitcodes.CONFIG
     _configure_logging(spec)
     return run(spec, args.mode)
 
