@@ -136,6 +136,9 @@ def test_past_the_cap_candidates_must_hold_every_word_or_the_name() -> None:
     single = bm25.first_plan([a])
     assert single.tsquery == "'self':AB"
     assert single.exhaustive
+    # the cap is a count of rows to read: just under it, every holder is ranked
+    assert bm25.first_plan([term("sort", bm25.CANDIDATE_CAP)]).tsquery == "'sort'"
+    assert bm25.first_plan([term("sort", bm25.CANDIDATE_CAP + 1)]).tsquery == "'sort':AB"
 
 
 # --- fusion ---------------------------------------------------------------------------
