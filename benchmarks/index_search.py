@@ -536,7 +536,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 queries = queries_from(symbols, rng, args.queries)
                 points: list[ScalePoint] = []
                 for target in sorted({min(BASE_POINT, args.chunks), args.chunks}):
-                    total, load_s, build_s, fit = await scale_up(pool, model, target, embedder)
+                    total, load_s, graph_s, fit = await scale_up(pool, model, target, embedder)
                     await search_latencies(pool, model, embedder, queries)  # caches filled
                     latencies = {
                         "hybrid": await search_latencies(pool, model, embedder, queries),
@@ -558,7 +558,7 @@ async def main_async(args: argparse.Namespace) -> None:
                         ScalePoint(
                             total,
                             load_s,
-                            build_s,
+                            graph_s,
                             fit,
                             await relation_sizes(pool, model),
                             latencies,
