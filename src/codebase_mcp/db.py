@@ -260,7 +260,7 @@ async def delete_repository(conn: Conn, path: str) -> bool:
 class FileStat:
     """What the change check compares (size, mtime_ns, inode); `trusted`: the stat was
     taken long enough after the file's last write to vouch for its content (see
-    index.racily_clean)."""
+    changes.racily_clean)."""
 
     size: int
     mtime_ns: int | None

@@ -35,6 +35,7 @@ from codebase_mcp import (
     vector_index,
     watch_manager,
 )
+from codebase_mcp.changes import KnownSkips
 from codebase_mcp.config import Settings
 from codebase_mcp.discover import resolve_under_roots
 from codebase_mcp.embed import Embedder, create_embedder
@@ -52,7 +53,6 @@ from codebase_mcp.errors import (
 from codebase_mcp.filters import Filters
 from codebase_mcp.index import (
     IndexRun,
-    KnownSkips,
     embedder_notice,
     make_executor,
     warm_worker,
@@ -151,7 +151,7 @@ class Engine:
         self._catchup: asyncio.Task[None] | None = None
         self._catchup_wanted = asyncio.Event()
         self.catchup_progress = catchup.Progress()
-        # Per repository: files found not indexable, with their stat (index.KnownSkips).
+        # Per repository: files found not indexable, with their stat (changes.KnownSkips).
         self._known_skips: dict[str, KnownSkips] = {}
         self._closed = False
 

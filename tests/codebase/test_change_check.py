@@ -12,8 +12,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from codebase_mcp import db, index
-from codebase_mcp.discover import SourceFile
+from codebase_mcp import changes, db, index
+from codebase_mcp.discover import SkipReason, SourceFile
 from codebase_mcp.engine import JobState
 from tests.codebase.fixtures_engine import (
     index_and_wait,
@@ -40,33 +40,33 @@ def stored(stat: db.FileStat | None, digest: str = "h") -> db.StoredFile:
 
 
 def test_a_stat_taken_within_the_racy_window_of_a_write_is_not_trusted() -> None:
-    assert index.racily_clean(NOW, NOW)
-    assert index.racily_clean(NOW - index.RACY_NS + 1, NOW)
-    assert index.racily_clean(NOW + 5 * S, NOW)  # written during the scan
-    assert not index.racily_clean(NOW - index.RACY_NS - 1, NOW)
-    assert index.stat_of(source(mtime_ns=NOW), NOW) == db.FileStat(10, NOW, 7, False)
-    assert index.stat_of(source(), NOW) == db.FileStat(10, NOW - 60 * S, 7, True)
+    assert changes.racily_clean(NOW, NOW)
+    assert changes.racily_clean(NOW - changes.RACY_NS + 1, NOW)
+    assert changes.racily_clean(NOW + 5 * S, NOW)  # written during the scan
+    assert not changes.racily_clean(NOW - changes.RACY_NS - 1, NOW)
+    assert changes.stat_of(source(mtime_ns=NOW), NOW) == db.FileStat(10, NOW, 7, False)
+    assert changes.stat_of(source(), NOW) == db.FileStat(10, NOW - 60 * S, 7, True)
 
 
 def test_only_a_trusted_stat_that_matches_in_size_mtime_and_inode_vouches() -> None:
     good = db.FileStat(10, NOW - 60 * S, 7, True)
-    assert index.stat_unchanged(good, source())
-    assert not index.stat_unchanged(None, source())
-    assert not index.stat_unchanged(db.FileStat(10, NOW - 60 * S, 7, False), source())
-    assert not index.stat_unchanged(good, source(size=11))
-    assert not index.stat_unchanged(good, source(mtime_ns=NOW - 59 * S))
-    assert not index.stat_unchanged(good, source(inode=8))  # replaced by a rename
-    assert not index.stat_unchanged(db.FileStat(10, None, None, False), source())
+    assert changes.stat_unchanged(good, source())
+    assert not changes.stat_unchanged(None, source())
+    assert not changes.stat_unchanged(db.FileStat(10, NOW - 60 * S, 7, False), source())
+    assert not changes.stat_unchanged(good, source(size=11))
+    assert not changes.stat_unchanged(good, source(mtime_ns=NOW - 59 * S))
+    assert not changes.stat_unchanged(good, source(inode=8))  # replaced by a rename
+    assert not changes.stat_unchanged(db.FileStat(10, None, None, False), source())
 
 
 def test_known_hashes_reads_only_what_the_stat_cannot_vouch_for() -> None:
     trusted = db.FileStat(10, NOW - 60 * S, 7, True)
     files = [source("same.py"), source("touched.py", mtime_ns=NOW), source("new.py")]
     rows = {"same.py": stored(trusted, "h1"), "touched.py": stored(trusted, "h2")}
-    digests, to_hash = index.known_hashes(files, rows, stat_check=True)
+    digests, to_hash = changes.known_hashes(files, rows, stat_check=True)
     assert digests == {"same.py": "h1"}
     assert [s.rel_path for s in to_hash] == ["touched.py"]  # new.py: indexed anyway
-    digests, to_hash = index.known_hashes(files, rows, stat_check=False)
+    digests, to_hash = changes.known_hashes(files, rows, stat_check=False)
     assert digests == {}
     assert [s.rel_path for s in to_hash] == ["same.py", "touched.py"]
 
@@ -86,7 +86,7 @@ def test_stats_to_store_updates_unchanged_files_whose_stat_moved() -> None:
         "old-row.py": stored(db.FileStat(10, None, None, False)),  # before revision 0008
         "changed.py": stored(trusted),
     }
-    found = index.stats_to_store(files, rows, [files[3]], NOW)
+    found = changes.stats_to_store(files, rows, [files[3]], NOW)
     assert found == [
         ("touched.py", db.FileStat(10, NOW - 30 * S, 7, True)),
         ("old-row.py", db.FileStat(10, NOW - 60 * S, 7, True)),
@@ -231,14 +231,14 @@ async def test_a_change_that_keeps_size_mtime_and_inode_needs_stat_check_off(
 
 def test_a_known_skip_with_the_same_stat_is_counted_unread() -> None:
     trusted = db.FileStat(10, NOW - 60 * S, 7, True)
-    known: index.KnownSkips = {
-        "blob.py": (trusted, index.SkipReason.BINARY, None),
-        "grown.py": (trusted, index.SkipReason.TOO_LARGE, None),
+    known: changes.KnownSkips = {
+        "blob.py": (trusted, SkipReason.BINARY, None),
+        "grown.py": (trusted, SkipReason.TOO_LARGE, None),
     }
     files = [source("blob.py"), source("grown.py", size=99), source("new.py")]
-    to_read, skipped = index.split_known_skips(files, known)
+    to_read, skipped = changes.split_known_skips(files, known)
     assert [s.rel_path for s in to_read] == ["grown.py", "new.py"]
-    assert skipped == [index.SkippedFile("blob.py", index.SkipReason.BINARY, None)]
+    assert skipped == [changes.SkippedFile("blob.py", SkipReason.BINARY, None)]
 
 
 @pytestmark_anyio

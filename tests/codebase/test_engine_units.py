@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 
 from codebase_mcp import db
+from codebase_mcp.changes import plan_changes
 from codebase_mcp.config import load_settings, normalize_database_url
 from codebase_mcp.discover import SourceFile
 from codebase_mcp.embed import backoff_delay, create_embedder, task_prefixes
@@ -21,7 +22,6 @@ from codebase_mcp.errors import (
     ModelMissingError,
 )
 from codebase_mcp.filters import GlobError, glob_to_regex, normalize_language
-from codebase_mcp.index import plan_changes
 from codebase_mcp.job_queue import ending
 from codebase_mcp.models import JobState
 from codebase_mcp.search import plan_mode
