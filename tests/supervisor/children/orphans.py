@@ -1,5 +1,7 @@
-"""Leave N short-lived orphans behind, wait for them to die, count zombies in the PID
-namespace into RESULT, then exit with CODE.  usage: orphans.py N RESULT CODE"""
+"""Leave N short-lived orphans behind, wait for them to die, count the zombies the
+supervisor (our parent, their reaper) left unreaped into RESULT, then exit with CODE.
+Only its own count: outside a PID namespace /proc shows the machine's processes, and
+other work's zombies are not the supervisor's to reap.  usage: orphans.py N RESULT CODE"""
 
 import os
 import sys
@@ -19,6 +21,9 @@ for _ in range(n):
 time.sleep(1.0)  # the orphans die; the supervisor must have reaped them by now
 
 
+reaper = os.getppid()
+
+
 def zombies() -> list[int]:
     out = []
     for entry in Path("/proc").iterdir():
@@ -27,7 +32,8 @@ def zombies() -> list[int]:
                 stat = (entry / "stat").read_text()
             except OSError:
                 continue
-            if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+            if state == "Z" and int(ppid) == reaper:
                 out.append(int(entry.name))
     return out
 
