@@ -27,8 +27,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from codebase_mcp.chunk import Chunker, ChunkOptions
-from codebase_mcp.discover import DiscoveryStats, FileContent, discover_files
+from codebase_mcp.source.chunk import Chunker, ChunkOptions
+from codebase_mcp.source.discover import DiscoveryStats, FileContent, discover_files
 
 EXCLUDE = ["site-packages/", "dist-packages/"]
 PRUNE = {"site-packages", "dist-packages", "__pycache__"}

@@ -44,13 +44,14 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support.pg import running_cluster  # noqa: E402
 
-from codebase_mcp import db, embeddings, local_embed, stats  # noqa: E402
 from codebase_mcp.config import load_settings  # noqa: E402
-from codebase_mcp.embed import Embedder  # noqa: E402
+from codebase_mcp.embed import local_embed  # noqa: E402
+from codebase_mcp.embed.clients import Embedder  # noqa: E402
 from codebase_mcp.engine import Engine, JobState, Progress  # noqa: E402
-from codebase_mcp.filters import Filters  # noqa: E402
-from codebase_mcp.index import embedding_text  # noqa: E402
-from codebase_mcp.search import run_search  # noqa: E402
+from codebase_mcp.index.pipeline import embedding_text  # noqa: E402
+from codebase_mcp.search.filters import Filters  # noqa: E402
+from codebase_mcp.search.hybrid import run_search  # noqa: E402
+from codebase_mcp.store import db, embeddings, stats  # noqa: E402
 
 DIMS = 768
 UPSTREAM_FILES_PER_S = 10_649 / (24 * 60)  # ~7.4 files/s
@@ -407,7 +408,7 @@ async def local_model_runs(
 ) -> dict[str, Any]:
     """The same stdlib subset indexed with the instant embedder and with the local model;
     while the model indexes, searches (query embedding included) run twice a second."""
-    from codebase_mcp.local_embed import LocalEmbedder
+    from codebase_mcp.embed.local_embed import LocalEmbedder
 
     subset = copy_subset(corpus, base / "subset", args.local_files)
     out: dict[str, Any] = {}

@@ -1,4 +1,4 @@
-"""The embedded embedder (codebase_mcp/local_embed.py) on real code, model only (no
+"""The embedded embedder (codebase_mcp/embed/local_embed.py) on real code, model only (no
 database): throughput at a 128- and a 256-word-piece limit, resident memory, query latency
 idle and while a document batch runs, cosine against the fp32 reference model, and
 hit@1/hit@3 of docstring questions at each limit.
@@ -37,12 +37,12 @@ from pathlib import Path
 import anyio
 import psutil
 
-from codebase_mcp import local_embed
-from codebase_mcp.chunk import chunk_source
-from codebase_mcp.index import embedding_text
-from codebase_mcp.languages import detect_language
-from codebase_mcp.local_embed import LocalEmbedder, plan_runs
+from codebase_mcp.embed import local_embed
+from codebase_mcp.embed.local_embed import LocalEmbedder, plan_runs
+from codebase_mcp.index.pipeline import embedding_text
 from codebase_mcp.logs import configure_logging
+from codebase_mcp.source.chunk import chunk_source
+from codebase_mcp.source.languages import detect_language
 
 ROOT = Path(__file__).resolve().parents[1]
 

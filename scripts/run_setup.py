@@ -58,8 +58,8 @@ PIP_NOISE = "is ignored: it is neither a file nor a directory"
 CHECK_MODEL = """
 import json, time
 started = time.perf_counter()
-import codebase_mcp.server  # noqa: F401
-from codebase_mcp import local_embed
+import codebase_mcp.serve.server  # noqa: F401
+from codebase_mcp.embed import local_embed
 from codebase_mcp.errors import EmbedderError
 if not local_embed.available():
     result = {"ok": False, "missing": True}

@@ -69,7 +69,7 @@ def answer_problems(root: Path, answer: Answer, indexed: set[str]) -> list[str]:
 
 def indexed_files(root: Path) -> set[str]:
     """Paths (relative, "/"-separated) the engine's discovery yields for `root`."""
-    from codebase_mcp.discover import discover_files
+    from codebase_mcp.source.discover import discover_files
 
     return {f.rel_path for f in discover_files(root)}
 

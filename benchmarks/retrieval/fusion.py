@@ -1,6 +1,6 @@
 """Study of the hybrid fusion and the result list, offline, on the lists a benchmark run
-dumped (`run.py --dump DIR`): the engine's own pure functions (codebase_mcp.fusion and
-codebase_mcp.results) replayed with other parameters on the same vector and lexical
+dumped (`run.py --dump DIR`): the engine's own pure functions (codebase_mcp.search.fusion and
+codebase_mcp.search.results) replayed with other parameters on the same vector and lexical
 lists, so a ranking change can be judged on every question set at once, without
 re-indexing:
 
@@ -21,9 +21,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from codebase_mcp import fusion as engine_fusion
-from codebase_mcp import results as engine_results
-from codebase_mcp.results import Ranked, Shaping
+from codebase_mcp.search import fusion as engine_fusion
+from codebase_mcp.search import results as engine_results
+from codebase_mcp.search.results import Ranked, Shaping
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Case:
     answers: list[tuple[str, str, int]]  # path, symbol, def line
     vector: list[Ranked]
     lexical: list[Ranked]
-    # each list's scores of the other list's candidates (search.complete_scores)
+    # each list's scores of the other list's candidates (search.hybrid.complete_scores)
     vector_extra: dict[int, float] = field(default_factory=dict)
     lexical_extra: dict[int, float] = field(default_factory=dict)
 

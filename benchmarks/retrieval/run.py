@@ -358,7 +358,7 @@ class Bm25Anchor:
 
 
 def _raw(hits: Sequence[Any]) -> list[list[Any]]:
-    """A retrieval list as the fusion study needs it (codebase_mcp.results.Ranked fields)."""
+    """A retrieval list as the fusion study needs it (codebase_mcp.search.results.Ranked fields)."""
     return [
         [
             h.id,
@@ -378,9 +378,14 @@ def _raw(hits: Sequence[Any]) -> list[list[Any]]:
 async def ask_all(
     engine: Any, model: MiniLM, anchor: Bm25Anchor, prepared: Prepared, limit: int
 ) -> tuple[dict[str, ModeRun], list[dict[str, Any]]]:
-    from codebase_mcp.filters import Filters
-    from codebase_mcp.lexical import prepare
-    from codebase_mcp.search import candidates_for, complete_scores, lexical_hits, vector_hits
+    from codebase_mcp.search.filters import Filters
+    from codebase_mcp.search.hybrid import (
+        candidates_for,
+        complete_scores,
+        lexical_hits,
+        vector_hits,
+    )
+    from codebase_mcp.search.lexical import prepare
 
     runs = {mode: ModeRun(mode) for mode in MODES}
     raw: list[dict[str, Any]] = []
@@ -625,9 +630,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     args.sets = [s.strip() for s in args.sets.split(",") if s.strip()]
     if args.embed_text != "engine":
-        import codebase_mcp.index
+        import codebase_mcp.index.pipeline
 
-        codebase_mcp.index.embedding_text = EMBED_TEXTS[args.embed_text]
+        codebase_mcp.index.pipeline.embedding_text = EMBED_TEXTS[args.embed_text]
     unknown = [s for s in args.sets if s not in SETS]
     if unknown:
         parser.error(f"unknown sets {unknown}; known: {', '.join(SETS)}")

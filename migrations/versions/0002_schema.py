@@ -72,7 +72,7 @@ def upgrade() -> None:
     )
     # tsv: the full-text vector of the chunk: its symbol (weight A), its file path (B)
     # and its text (D) as lower-case words with identifiers split (parseDate ->
-    # parsedate parse date). The indexer builds it (codebase_mcp.tokens) and sends it in
+    # parsedate parse date). The indexer builds it (codebase_mcp.source.tokens) and sends it in
     # binary: computing it with to_tsvector() in a generated column cost more than all the
     # rest of indexing, and the 'simple'-style words (no stemming, no stop words) are
     # what code needs. Queries split identifiers the same way (tokens.tsquery_for).
@@ -101,7 +101,7 @@ def upgrade() -> None:
     op.execute("CREATE INDEX chunks_tsv ON chunks USING gin (tsv)")
     # m=8, ef_construction=32 instead of pgvector's 16/64: every chunk written pays an
     # HNSW insert, the largest cost of indexing; measured ~4x cheaper inserts at 768
-    # dimensions. Search compensates with a larger hnsw.ef_search (see search.py); the
+    # dimensions. Search compensates with a larger hnsw.ef_search (see search/hybrid.py); the
     # benchmark prints the recall against exact search.
     op.execute(
         "CREATE INDEX chunks_embedding ON chunks USING hnsw (embedding vector_cosine_ops) "

@@ -4,7 +4,7 @@ A large first index drops the HNSW index, loads the chunks, then builds the inde
 far cheaper than an insert into the graph per chunk (pgvector's own advice for loading).
 The drop and the row that remembers the index's definition commit together, and so do
 the build and the row's removal, so a crash in between loses nothing: the next server
-start (or job) builds what is listed here. See codebase_mcp/vector_index.py.
+start (or job) builds what is listed here. See codebase_mcp/store/vector_index.py.
 
 Revision ID: 0003
 Revises: 0002

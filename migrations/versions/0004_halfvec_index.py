@@ -6,7 +6,7 @@ computations when building and inserting, for a change in ranking far below what
 approximate graph already makes. The column keeps full precision, and so do the scores.
 
 A database with many chunks gets the new index built by the server after it starts (the
-index is listed in deferred_indexes, see codebase_mcp/vector_index.py): a rebuild can
+index is listed in deferred_indexes, see codebase_mcp/store/vector_index.py): a rebuild can
 outlast the migration timeout, and the server answers meanwhile by exact search.
 
 Revision ID: 0004

@@ -7,7 +7,7 @@
 - lexeme_stats: per repository, how many chunks hold each word (document frequency).
 - lexeme_deltas, corpus_deltas: what each committed batch of an index job added and took
   away, appended in the batch's transaction (cheap, and no two writers ever wait on each
-  other's rows); folded into lexeme_stats and repositories when a job ends (stats.py).
+  other's rows); folded into lexeme_stats and repositories when a job ends (store/stats.py).
 These tables hold no foreign key: a row-by-row key check cost a first index of the
 standard library ~1 s per table; removing a repository removes its rows (stats.forget).
 
@@ -79,7 +79,7 @@ def _build_again(indexes: list[tuple[str, str]]) -> None:
 
 
 def _backfill() -> None:
-    from codebase_mcp.tokens import sparsevec_text, term_counts
+    from codebase_mcp.source.tokens import sparsevec_text, term_counts
 
     bind = op.get_bind()
     after = 0

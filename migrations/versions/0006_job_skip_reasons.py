@@ -3,7 +3,7 @@
 `files_skipped` held the files left alone because their content hash had not changed,
 which the name did not say, while files skipped for a reason (too large, binary,
 undecodable, unreadable, ...) appeared in no count. `skipped` maps each reason to its
-count (codebase_mcp.discover.SkipReason values).
+count (codebase_mcp.source.discover.SkipReason values).
 
 Revision ID: 0006
 Revises: 0005

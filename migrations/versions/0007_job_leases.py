@@ -1,4 +1,4 @@
-"""Leases: work any replica may claim, held by one at a time (codebase_mcp/lease.py).
+"""Leases: work any replica may claim, held by one at a time (codebase_mcp/store/lease.py).
 
 A lease names a piece of work (`job:<id>` for an index job; later one file watcher per
 repository), its holder and when it expires unless renewed. Index jobs become a queue

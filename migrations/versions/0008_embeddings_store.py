@@ -5,7 +5,8 @@
   a fixed size), with one HNSW index per model (partial: `WHERE model_id = N`, over the
   half-precision cast of its size);
 - chunks.embed_hash: the SHA-256 of the text a chunk is embedded as (its path, symbol and
-  text: codebase_mcp.index.embedding_text), replacing chunks.embedding; files.embedded goes.
+  text: codebase_mcp.index.pipeline.embedding_text), replacing chunks.embedding;
+  files.embedded goes.
 
 So a chunk whose text did not change keeps its vector when its file changes, the same text
 in another branch or repository (at the same path) is embedded once, several models live
@@ -35,7 +36,7 @@ depends_on: str | Sequence[str] | None = None
 
 # Up to this many stored vectors, an HNSW index is built here and now (seconds at most).
 BUILD_NOW_LIMIT = 20_000
-# What index.embedding_text makes of a chunk, in SQL.
+# What index.pipeline.embedding_text makes of a chunk, in SQL.
 _EMBEDDING_TEXT = (
     "CASE WHEN coalesce(symbol, '') <> '' THEN path || ' ' || symbol ELSE path END "
     "|| E'\\n' || text"
@@ -43,7 +44,8 @@ _EMBEDDING_TEXT = (
 
 
 def index_definition(model_id: int, dimensions: int) -> str:
-    """The model's HNSW index (codebase_mcp.embeddings.index_definition says the same)."""
+    """The model's HNSW index (codebase_mcp.store.embeddings.Model.index_definition says the
+    same)."""
     return (
         f"CREATE INDEX embeddings_hnsw_{model_id} ON embeddings USING hnsw "
         f"((embedding::halfvec({dimensions})) halfvec_cosine_ops) "

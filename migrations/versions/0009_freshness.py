@@ -12,7 +12,7 @@ they are hashed once, then their stat is stored.
 to follow CODEBASE_WATCH. `synced_at`: when the last completed index job began to read
 the disk (the index holds the disk as it was then). `pending_changes` and `watch_error`
 are written by the replica holding the repository's `watch:<path>` lease
-(codebase_mcp/watch.py): changes it saw that no finished job has applied yet, and why it
+(codebase_mcp/jobs/watch.py): changes it saw that no finished job has applied yet, and why it
 cannot watch (NULL: none, or nobody watches).
 
 Revision ID: 0009

@@ -1,4 +1,4 @@
-/* A chunk's search vectors, a compiled twin of codebase_mcp.tokens.chunk_vectors_python,
+/* A chunk's search vectors, a compiled twin of codebase_mcp.source.tokens.chunk_vectors_python,
  * which it must match byte for byte (a test compares them on the standard library and on
  * generated text): its tsvector in PostgreSQL's binary wire format, its term-frequency
  * sparsevec in pgvector's, the length of its body in words, and its distinct words.
@@ -8,7 +8,7 @@
  * of the distinct lexemes, and a copy: ~6x faster. ASCII text only: a section with any
  * other character returns None, and the caller takes the Python path (Unicode word rules).
  *
- * What it computes (see tokens.py for why):
+ * What it computes (see source/tokens.py for why):
  *   - identifiers are runs of [A-Za-z0-9_]; every other character separates them;
  *   - an identifier longer than 64 characters is data and yields no word;
  *   - its parts are what the regex [A-Z]?[a-z]+|[A-Z]+(?![a-z])|[0-9]+ finds, lower-cased;
@@ -517,7 +517,7 @@ static PyMethodDef methods[] = {
      "chunk_vectors(sections) -> (tsvector, sparsevec, body_length, lexemes) | None\n\n"
      "The tsvector and the term-frequency sparsevec of (text, weight) sections in\n"
      "PostgreSQL's and pgvector's binary formats, the body's length in words, and the\n"
-     "distinct words in byte order; the same as codebase_mcp.tokens.chunk_vectors_python.\n"
+     "distinct words in byte order; the same as codebase_mcp.source.tokens.chunk_vectors_python.\n"
      "None when a section is not ASCII (the Unicode word rules are Python's)."},
     {NULL, NULL, 0, NULL},
 };
@@ -525,7 +525,7 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     "codebase_mcp._tsvector",
-    "Compiled tsvector building for the indexer (see codebase_mcp.tokens).",
+    "Compiled tsvector building for the indexer (see codebase_mcp.source.tokens).",
     -1,
     methods,
     NULL,

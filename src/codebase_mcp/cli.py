@@ -22,13 +22,13 @@ import anyio
 import structlog
 
 from codebase_mcp.errors import ConfigError, DatabaseConnectError, EngineError, SchemaError
-from codebase_mcp.lifecycle import ServeError
 from codebase_mcp.logs import LEVELS, configure_logging
+from codebase_mcp.serve.lifecycle import ServeError
 
 if TYPE_CHECKING:
     from codebase_mcp.config import Settings
-    from codebase_mcp.http_security import HttpSecuritySettings
     from codebase_mcp.models import JobInfo, Progress, SearchResponse
+    from codebase_mcp.serve.http_security import HttpSecuritySettings
 
 log = structlog.get_logger("codebase-mcp")
 
@@ -85,7 +85,7 @@ def exit_code_for(exc: BaseException) -> int:
 
 
 def _exit_code(exc: BaseException, seen: set[int]) -> int:
-    from codebase_mcp.discover import PathNotAllowedError
+    from codebase_mcp.source.discover import PathNotAllowedError
     from codebase_mcp.validate import InvalidArgumentError
 
     if id(exc) in seen:  # exception chains can loop through groups
@@ -334,7 +334,7 @@ def _settings() -> Settings:
 def _http_security(host: str) -> HttpSecuritySettings:
     """Who may use the http transport; a non-loopback address without authentication
     is a configuration error (exit 78) unless MCP_AUTH_DISABLED=true."""
-    from codebase_mcp.http_security import check_exposure, load_http_security
+    from codebase_mcp.serve.http_security import check_exposure, load_http_security
 
     security = load_http_security()
     check_exposure(host, security)
@@ -366,9 +366,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     security = _http_security(host) if transport == "http" else None
     settings = _settings()
 
-    from codebase_mcp import lifecycle
-    from codebase_mcp.notify import Notifier
-    from codebase_mcp.server import build_server
+    from codebase_mcp.serve import lifecycle
+    from codebase_mcp.serve.notify import Notifier
+    from codebase_mcp.serve.server import build_server
 
     mcp, state = build_server(settings)
     notifier = Notifier.from_env()
@@ -526,7 +526,7 @@ async def _run_search(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         import json
 
-        from codebase_mcp.server import search_to_dict
+        from codebase_mcp.serve.server import search_to_dict
 
         print(json.dumps(search_to_dict(response), indent=2))  # stdout-ok: requested output
     else:

@@ -30,7 +30,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from codebase_mcp import local_embed
+from codebase_mcp.embed import local_embed
 from codebase_mcp.errors import ConfigError
 from mcp_supervisor.redact import mask_url
 
@@ -121,7 +121,7 @@ class Settings(BaseSettings):
     )
     # A job that brings at least this many files to embed, and at least half as many as
     # the database holds embedded, loads without the HNSW index and builds it once at the
-    # end (codebase_mcp/vector_index.py); 0: never.
+    # end (codebase_mcp/store/vector_index.py); 0: never.
     bulk_index_min_files: int = Field(
         500,
         ge=0,
@@ -130,7 +130,7 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(
         8, ge=2, le=200, validation_alias=AliasChoices("CODEBASE_DB_POOL_SIZE", "db_pool_size")
     )
-    # A running index job's lease (codebase_mcp/lease.py): renewed every third of it; a
+    # A running index job's lease (codebase_mcp/store/lease.py): renewed every third of it; a
     # job whose replica stops renewing it for this long is taken over by another.
     job_lease_seconds: float = Field(
         30.0,

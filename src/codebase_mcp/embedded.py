@@ -60,7 +60,7 @@ def database_url() -> str:
 async def _migrate_if_behind(url: str) -> None:
     import asyncpg
 
-    from codebase_mcp.db import SCHEMA_HEAD
+    from codebase_mcp.store.db import SCHEMA_HEAD
 
     conn = await asyncpg.connect(url, timeout=30)
     try:

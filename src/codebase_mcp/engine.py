@@ -21,24 +21,10 @@ import anyio
 import asyncpg
 import structlog
 
-from codebase_mcp import (
-    catchup,
-    db,
-    embeddings,
-    freshness,
-    job_queue,
-    lease,
-    paths,
-    stats,
-    tokens,
-    validate,
-    vector_index,
-    watch_manager,
-)
-from codebase_mcp.changes import KnownSkips
+from codebase_mcp import paths, validate
 from codebase_mcp.config import Settings
-from codebase_mcp.discover import resolve_under_roots
-from codebase_mcp.embed import Embedder, create_embedder
+from codebase_mcp.embed.clients import Embedder, create_embedder
+from codebase_mcp.embed.local_embed import INSTALL_HINT, LocalEmbedder
 from codebase_mcp.errors import (
     ConfigError,
     EmbedderError,
@@ -50,15 +36,18 @@ from codebase_mcp.errors import (
     SchemaError,
     first_cause,
 )
-from codebase_mcp.filters import Filters
-from codebase_mcp.index import (
+from codebase_mcp.index import catchup
+from codebase_mcp.index.changes import KnownSkips
+from codebase_mcp.index.pipeline import (
     IndexRun,
     embedder_notice,
     make_executor,
     warm_worker,
 )
-from codebase_mcp.jobs import JobManager, Outcome, RunningJob
-from codebase_mcp.local_embed import INSTALL_HINT, LocalEmbedder
+from codebase_mcp.jobs import job_queue, watch_manager
+from codebase_mcp.jobs.manager import JobManager, Outcome, RunningJob
+from codebase_mcp.jobs.watch import Timing
+from codebase_mcp.jobs.watch_manager import WatchManager
 from codebase_mcp.models import (
     FileError,
     JobInfo,
@@ -70,9 +59,12 @@ from codebase_mcp.models import (
     SearchResponse,
     SearchResult,
 )
-from codebase_mcp.search import run_search
-from codebase_mcp.watch import Timing
-from codebase_mcp.watch_manager import WatchManager
+from codebase_mcp.search import freshness
+from codebase_mcp.search.filters import Filters
+from codebase_mcp.search.hybrid import run_search
+from codebase_mcp.source import tokens
+from codebase_mcp.source.discover import resolve_under_roots
+from codebase_mcp.store import db, embeddings, lease, stats, vector_index
 
 __all__ = [
     "ConfigError",

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 
 from codebase_mcp import paths
 from codebase_mcp.errors import EngineError, RepositoryNotFoundError
-from codebase_mcp.filters import GlobError, glob_to_regex
+from codebase_mcp.search.filters import GlobError, glob_to_regex
 
 MAX_QUERY_CHARS = 2000
 MAX_PATH_CHARS = 4096  # PATH_MAX on Linux; escapes make the text form longer

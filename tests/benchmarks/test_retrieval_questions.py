@@ -139,12 +139,12 @@ def test_question_file_is_valid_json_with_only_known_fields() -> None:
 
 
 def test_the_fusion_study_replays_the_engines_own_ranking(tmp_path: Path) -> None:
-    """fusion.py on a dumped list: its "hybrid (engine)" is what search.fuse answers, so a
+    """fusion.py on a dumped list: its "hybrid (engine)" is what search.hybrid.fuse answers, so a
     variant judged there is a variant of the product, not of a copy."""
     from benchmarks.retrieval import fusion as study
 
-    from codebase_mcp.search import Hit as EngineHit
-    from codebase_mcp.search import fuse
+    from codebase_mcp.search.hybrid import Hit as EngineHit
+    from codebase_mcp.search.hybrid import fuse
 
     def row(key: int, path: str, symbol: str, score: float) -> list[object]:
         return [key, "/r", path, key * 10, key * 10 + 5, symbol, "function", "python", score]

@@ -12,9 +12,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from codebase_mcp import changes, db, index
-from codebase_mcp.discover import SkipReason, SourceFile
 from codebase_mcp.engine import JobState
+from codebase_mcp.index import changes, pipeline
+from codebase_mcp.source.discover import SkipReason, SourceFile
+from codebase_mcp.store import db
 from tests.codebase.fixtures_engine import (
     index_and_wait,
     migrate_async,
@@ -103,13 +104,13 @@ class HashCounter:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.paths: list[str] = []
-        real = index.hash_batch
+        real = pipeline.hash_batch
 
         def counting(sources: Sequence[SourceFile]) -> list[str | None]:
             self.paths.extend(s.rel_path for s in sources)
             return real(sources)
 
-        monkeypatch.setattr(index, "hash_batch", counting)
+        monkeypatch.setattr(pipeline, "hash_batch", counting)
 
     def take(self) -> list[str]:
         taken, self.paths = sorted(self.paths), []
@@ -251,13 +252,13 @@ async def test_files_found_binary_are_counted_again_without_being_read(
     for f in repo.iterdir():
         age(f)
     read: list[str] = []
-    real = index.prepare_batch
+    real = pipeline.prepare_batch
 
     def counting(sources: Sequence[SourceFile], max_bytes: int) -> list[object]:
         read.extend(s.rel_path for s in sources)
         return real(sources, max_bytes)  # type: ignore[return-value]
 
-    monkeypatch.setattr(index, "prepare_batch", counting)
+    monkeypatch.setattr(pipeline, "prepare_batch", counting)
     async with open_engine(settings_for(pg_url, fake_ollama, tmp_path)) as engine:
         first = await index_and_wait(engine, repo)
         assert dict(first.skipped) == {"binary": 1}

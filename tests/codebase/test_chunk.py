@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from codebase_mcp import chunk as chunk_module
-from codebase_mcp.chunk import Chunk, Chunker, ChunkOptions, chunk_source
-from codebase_mcp.languages import GRAMMARS, detect_language
+from codebase_mcp.source import chunk as chunk_module
+from codebase_mcp.source.chunk import Chunk, Chunker, ChunkOptions, chunk_source
+from codebase_mcp.source.languages import GRAMMARS, detect_language
 
 # One file per parsed language: (file name, source, {symbol: kind} that must come out).
 SOURCES: dict[str, tuple[str, dict[str, str]]] = {

@@ -7,7 +7,7 @@ import os
 import signal
 import time
 
-from codebase_mcp.index import make_executor
+from codebase_mcp.index.pipeline import make_executor
 from tests.codebase.fixtures_engine import child_pids, chunking_processes
 
 

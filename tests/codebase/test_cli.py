@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from codebase_mcp import cli
-from codebase_mcp.discover import PathNotAllowedError
 from codebase_mcp.errors import ConfigError, DatabaseConnectError, EngineError, SchemaError
 from codebase_mcp.models import (
     FileError,
@@ -22,6 +21,7 @@ from codebase_mcp.models import (
     SearchResponse,
     SearchResult,
 )
+from codebase_mcp.source.discover import PathNotAllowedError
 from tests.codebase.fixtures_engine import migrate
 from tests.support.fake_ollama import FakeOllama
 from tests.support.pg import PASSWORD, free_port

@@ -1,4 +1,4 @@
-"""How bytes become text (codebase_mcp.decoding): marks, cookies, UTF-8, a guess, or a
+"""How bytes become text (codebase_mcp.source.decoding): marks, cookies, UTF-8, a guess, or a
 reason. Pure."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from codebase_mcp.decoding import coding_cookie, decode
+from codebase_mcp.source.decoding import coding_cookie, decode
 
 POLISH = "// Zażółć gęślą jaźń, to jest test kodowania\nint x;\n"
 RUSSIAN = "// Привет мир, это тест кодировки\nint main() { return 0; }\n"

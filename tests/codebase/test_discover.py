@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from codebase_mcp.discover import (
+from codebase_mcp.source.discover import (
     DiscoveryStats,
     FileContent,
     PathNotAllowedError,
@@ -21,7 +21,7 @@ from codebase_mcp.discover import (
     discover_files,
     resolve_under_roots,
 )
-from codebase_mcp.languages import detect_language, detect_language_from_shebang, grammar_for
+from codebase_mcp.source.languages import detect_language, detect_language_from_shebang, grammar_for
 
 
 def write(root: Path, rel: str, content: str | bytes = "x = 1\n") -> Path:

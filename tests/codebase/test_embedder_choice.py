@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import pytest
 
-from codebase_mcp import local_embed
 from codebase_mcp.config import (
     choose_provider,
     load_settings,
 )
-from codebase_mcp.embed import HttpEmbedder, create_embedder
+from codebase_mcp.embed import local_embed
+from codebase_mcp.embed.clients import HttpEmbedder, create_embedder
+from codebase_mcp.embed.local_embed import LocalEmbedder
 from codebase_mcp.errors import ConfigError
-from codebase_mcp.local_embed import LocalEmbedder
 
 DB = {"REGISTRY_DATABASE_URL": "postgresql://h/x"}
 

@@ -11,8 +11,8 @@ import anyio
 import asyncpg
 import pytest
 
-from codebase_mcp import embeddings
 from codebase_mcp.engine import Engine, JobState
+from codebase_mcp.store import embeddings
 from tests.codebase.fixtures_engine import index_and_wait, migrate_async, open_engine, settings_for
 from tests.support.fake_ollama import FakeOllama
 

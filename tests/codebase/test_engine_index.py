@@ -9,8 +9,8 @@ import anyio
 import asyncpg
 import pytest
 
-from codebase_mcp.discover import PathNotAllowedError
 from codebase_mcp.engine import EngineError, JobState
+from codebase_mcp.source.discover import PathNotAllowedError
 from tests.codebase.fixtures_engine import (
     index_and_wait,
     migrate_async,

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from codebase_mcp import local_embed
 from codebase_mcp.config import Settings, load_settings
+from codebase_mcp.embed import local_embed
+from codebase_mcp.embed.local_embed import LocalEmbedder
 from codebase_mcp.engine import JobState
-from codebase_mcp.local_embed import LocalEmbedder
 from codebase_mcp.logs import configure_logging
 from tests.codebase.fixtures_engine import (
     index_and_wait,

@@ -10,22 +10,21 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from codebase_mcp import db
-from codebase_mcp.changes import plan_changes
 from codebase_mcp.config import load_settings, normalize_database_url
-from codebase_mcp.discover import SourceFile
-from codebase_mcp.embed import backoff_delay, create_embedder, task_prefixes
+from codebase_mcp.embed.clients import backoff_delay, create_embedder, task_prefixes
 from codebase_mcp.errors import (
     ConfigError,
     EmbedderError,
     EmbedderUnavailableError,
     ModelMissingError,
 )
-from codebase_mcp.filters import GlobError, glob_to_regex, normalize_language
-from codebase_mcp.job_queue import ending
+from codebase_mcp.index.changes import plan_changes
+from codebase_mcp.jobs.job_queue import ending
 from codebase_mcp.models import JobState
-from codebase_mcp.search import plan_mode
-from codebase_mcp.tokens import (
+from codebase_mcp.search.filters import GlobError, glob_to_regex, normalize_language
+from codebase_mcp.search.hybrid import plan_mode
+from codebase_mcp.source.discover import SourceFile
+from codebase_mcp.source.tokens import (
     WEIGHT_A,
     WEIGHT_D,
     chunk_vectors,
@@ -35,6 +34,7 @@ from codebase_mcp.tokens import (
     term_dimension,
     tsquery_of,
 )
+from codebase_mcp.store import db
 from mcp_supervisor.redact import mask_url
 from tests.support.fake_ollama import FakeOllama, hashed_bag_of_words
 

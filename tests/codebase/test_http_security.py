@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from codebase_mcp.errors import ConfigError
-from codebase_mcp.http_security import (
+from codebase_mcp.serve.http_security import (
     allowed_hosts,
     check_exposure,
     default_http_security,

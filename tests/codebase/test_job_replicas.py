@@ -13,9 +13,9 @@ import anyio
 import asyncpg
 import pytest
 
-from codebase_mcp import lease
 from codebase_mcp.engine import JobState
-from codebase_mcp.job_queue import lease_name
+from codebase_mcp.jobs.job_queue import lease_name
+from codebase_mcp.store import lease
 from tests.codebase.fixtures_engine import (
     migrate_async,
     open_engine,

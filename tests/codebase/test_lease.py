@@ -1,4 +1,4 @@
-"""The lease (codebase_mcp/lease.py): its decisions as plain functions, then its SQL against
+"""The lease (codebase_mcp/store/lease.py): its decisions as plain functions, then its SQL against
 a real PostgreSQL, with the database's clock deciding expiry."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import anyio
 import asyncpg
 import pytest
 
-from codebase_mcp import lease
-from codebase_mcp.job_queue import ActiveJob, admit, cancel_action, claim_note, pick_claim
+from codebase_mcp.jobs.job_queue import ActiveJob, admit, cancel_action, claim_note, pick_claim
 from codebase_mcp.models import JobState
+from codebase_mcp.store import lease
 from tests.codebase.fixtures_engine import migrate_async
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)

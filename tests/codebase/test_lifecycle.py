@@ -26,7 +26,7 @@ import anyio
 import psutil
 import pytest
 
-from codebase_mcp import lifecycle, notify
+from codebase_mcp.serve import lifecycle, notify
 from tests.codebase.fixtures_engine import migrate as _migrate
 from tests.support.fake_ollama import FakeOllama
 from tests.support.pg import PASSWORD, PostgresCluster
@@ -144,9 +144,9 @@ HELPER = textwrap.dedent(
     from pathlib import Path
 
     import anyio
-    from codebase_mcp import lifecycle, server as _server_module  # sets FASTMCP_* first
+    from codebase_mcp.serve import lifecycle, server as _server_module  # sets FASTMCP_* first
     from codebase_mcp.logs import configure_logging
-    from codebase_mcp.notify import Notifier
+    from codebase_mcp.serve.notify import Notifier
     from fastmcp import FastMCP
 
     marker = Path(os.environ["MARKER"])

@@ -13,15 +13,15 @@ from pathlib import Path
 import anyio
 import pytest
 
-from codebase_mcp import local_embed
-from codebase_mcp.errors import EmbedderError
-from codebase_mcp.local_embed import (
+from codebase_mcp.embed import local_embed
+from codebase_mcp.embed.local_embed import (
     MODEL_SHA256,
     LocalEmbedder,
     ModelIntegrityError,
     plan_runs,
     read_verified,
 )
+from codebase_mcp.errors import EmbedderError
 
 needs_model = pytest.mark.skipif(
     not local_embed.available(),

@@ -15,10 +15,9 @@ import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from codebase_mcp import db, embeddings
 from codebase_mcp.config import find_alembic_ini, load_settings
-from codebase_mcp.index import embedding_text
-from codebase_mcp.tokens import (
+from codebase_mcp.index.pipeline import embedding_text
+from codebase_mcp.source.tokens import (
     WEIGHT_A,
     WEIGHT_B,
     WEIGHT_D,
@@ -26,6 +25,7 @@ from codebase_mcp.tokens import (
     term_counts,
     tsvector_positions,
 )
+from codebase_mcp.store import db, embeddings
 from tests.codebase.fixtures_engine import ALEMBIC_INI, downgrade, migrate
 from tests.support.pg import running_cluster, system_bin_dir
 

@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from codebase_mcp import bm25, fusion, results
-from codebase_mcp.results import Ranked, Shaping
-from codebase_mcp.tokens import WEIGHT_A, WEIGHT_D, identifier_words, term_dimension, words
+from codebase_mcp.search import bm25, fusion, results
+from codebase_mcp.search.results import Ranked, Shaping
+from codebase_mcp.source.tokens import WEIGHT_A, WEIGHT_D, identifier_words, term_dimension, words
 
 # --- words ----------------------------------------------------------------------------
 

@@ -11,8 +11,8 @@ import asyncpg
 import pytest
 
 from codebase_mcp.engine import Engine, JobState
-from codebase_mcp.filters import Filters
-from codebase_mcp.search import lexical_hits, vector_hits
+from codebase_mcp.search.filters import Filters
+from codebase_mcp.search.hybrid import lexical_hits, vector_hits
 from tests.codebase.fixtures_engine import index_and_wait, migrate_async, open_engine, settings_for
 from tests.support.fake_ollama import FakeOllama
 
@@ -300,7 +300,7 @@ async def test_statistics_follow_indexing_edits_deletions_and_removal(
 async def test_deltas_count_at_once_and_a_crashed_jobs_are_folded_in_at_start(
     pg_url: str, fake_ollama: FakeOllama, tmp_path: Path
 ) -> None:
-    from codebase_mcp import db, stats
+    from codebase_mcp.store import db, stats
 
     repo = write(tmp_path / "repo", getters(20))
     await migrate_async(pg_url)

@@ -16,7 +16,7 @@ from fastmcp import Client, FastMCP
 
 from codebase_mcp.config import load_settings
 from codebase_mcp.models import JobInfo, JobState
-from codebase_mcp.server import AppState, build_server, progress_message
+from codebase_mcp.serve.server import AppState, build_server, progress_message
 from tests.codebase.fixtures_engine import migrate
 from tests.support.fake_ollama import FakeOllama
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from codebase_mcp import tokens
-from codebase_mcp.chunk import ChunkOptions, chunk_source
 from codebase_mcp.logs import configure_logging
-from codebase_mcp.tokens import WEIGHT_A, WEIGHT_B, WEIGHT_D, chunk_vectors_python
+from codebase_mcp.source import tokens
+from codebase_mcp.source.chunk import ChunkOptions, chunk_source
+from codebase_mcp.source.tokens import WEIGHT_A, WEIGHT_B, WEIGHT_D, chunk_vectors_python
 from tests.codebase.fixtures_engine import migrate_async, open_engine, settings_for
 from tests.support.fake_ollama import FakeOllama
 

@@ -12,12 +12,12 @@ import anyio
 import asyncpg
 import pytest
 
-from codebase_mcp import embeddings, vector_index
 from codebase_mcp.config import Settings
-from codebase_mcp.db import Pool, create_pool
 from codebase_mcp.engine import JobState
-from codebase_mcp.filters import Filters
-from codebase_mcp.search import VECTOR_SETTINGS, vector_sql
+from codebase_mcp.search.filters import Filters
+from codebase_mcp.search.hybrid import VECTOR_SETTINGS, vector_sql
+from codebase_mcp.store import embeddings, vector_index
+from codebase_mcp.store.db import Pool, create_pool
 from tests.codebase.fixtures_engine import (
     downgrade,
     index_and_wait,

@@ -11,12 +11,12 @@ from typing import Any
 import anyio
 import pytest
 
-from codebase_mcp import watch
-from codebase_mcp.discover import DirectoryRules, discover_files
-from codebase_mcp.freshness import is_stale
+from codebase_mcp.jobs import watch
+from codebase_mcp.jobs.watch import Batch, Change, Timing, Verdict, classify
+from codebase_mcp.jobs.watch_manager import WatchRow, plan_watches
 from codebase_mcp.models import JobInfo, JobState
-from codebase_mcp.watch import Batch, Change, Timing, Verdict, classify
-from codebase_mcp.watch_manager import WatchRow, plan_watches
+from codebase_mcp.search.freshness import is_stale
+from codebase_mcp.source.discover import DirectoryRules, discover_files
 
 T = Timing(debounce=0.3, max_delay=5.0)
 

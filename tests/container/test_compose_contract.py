@@ -304,7 +304,7 @@ def _env_names(model: type[Any]) -> dict[str, set[str]]:
     [
         "mcp_supervisor.config:SupervisorSettings",
         "codebase_mcp.config:Settings",
-        "codebase_mcp.http_security:HttpSecuritySettings",
+        "codebase_mcp.serve.http_security:HttpSecuritySettings",
     ],
 )
 def test_env_example_documents_every_setting(module: str) -> None:

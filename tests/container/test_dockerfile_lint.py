@@ -215,7 +215,7 @@ def test_prune_grammars_keeps_the_listed_ones(tmp_path: Path) -> None:
 
 def test_the_chunker_s_grammars_are_kept_in_the_image() -> None:
     """TREE_SITTER_GRAMMARS must cover every language the chunker parses."""
-    from codebase_mcp import languages
+    from codebase_mcp.source import languages
 
     match = re.search(r'ARG TREE_SITTER_GRAMMARS="([^"]+)"', (ROOT / "Dockerfile").read_text())
     assert match is not None

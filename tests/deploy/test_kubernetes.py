@@ -170,7 +170,7 @@ def test_server_runs_read_only_and_unprivileged(overlay: str) -> None:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_server_is_http_authenticated_and_accepts_its_service_names(overlay: str) -> None:
-    from codebase_mcp.http_security import HttpSecuritySettings, check_exposure
+    from codebase_mcp.serve.http_security import HttpSecuritySettings, check_exposure
 
     c = container(find(overlay, "Deployment", "codebase-mcp"))
     env = env_of(c)
@@ -283,7 +283,7 @@ def _secret_refs(overlay: str) -> set[tuple[str, str]]:
 
 
 def test_dev_secrets_hold_every_key_the_pods_read_and_work_as_settings() -> None:
-    from codebase_mcp.http_security import load_http_security
+    from codebase_mcp.serve.http_security import load_http_security
 
     secret = find("dev", "Secret", "codebase-mcp-secrets")
     refs = _secret_refs("dev")

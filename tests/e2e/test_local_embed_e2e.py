@@ -15,7 +15,7 @@ import pytest
 from fastmcp import Client
 from fastmcp.client.transports import StdioTransport
 
-from codebase_mcp import local_embed
+from codebase_mcp.embed import local_embed
 from tests.support.pg import PASSWORD
 
 BIN = Path(sys.executable).parent

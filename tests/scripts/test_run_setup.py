@@ -27,8 +27,8 @@ from types import ModuleType
 import psutil
 import pytest
 
-from codebase_mcp import local_embed
-from codebase_mcp.db import SCHEMA_HEAD
+from codebase_mcp.embed import local_embed
+from codebase_mcp.store.db import SCHEMA_HEAD
 from tests.supervisor.test_embedded_pg import wait_until_gone
 
 REPO = Path(__file__).resolve().parents[2]

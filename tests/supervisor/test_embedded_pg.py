@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from codebase_mcp.db import SCHEMA_HEAD
+from codebase_mcp.store.db import SCHEMA_HEAD
 from mcp_supervisor.pg import embedded
 from mcp_supervisor.pg.embedded import EmbeddedPostgresError, plan
 from mcp_supervisor.spec import RunSpec

@@ -12,7 +12,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from codebase_mcp.db import SCHEMA_HEAD
+from codebase_mcp.store.db import SCHEMA_HEAD
 from mcp_supervisor.pg import share
 from tests.supervisor.fixtures_deps import REPO, dep_env, events, log_lines, run_cli, start_cli
 from tests.supervisor.test_embedded_pg import keepers, scratch, wait_until_gone  # noqa: F401
