@@ -364,3 +364,47 @@ async def test_a_build_without_enough_shared_memory_falls_back_to_one_process(
         async with vector_index.bulk_load(pool, model, enabled=True, build_after=lambda: True):
             pass
     assert await index_state(url) == (original, [])
+
+
+# asyncpg drops the listener as it releases a connection, and says so.
+@pytest.mark.filterwarnings("ignore:.*active log listener")
+async def test_a_small_stores_graph_is_built_in_parallel(pg_url: str) -> None:
+    """The store's main heap is small (vectors live in TOAST): PostgreSQL would build
+    its graph in one process, at half the speed on two cores."""
+    await migrate_async(pg_url)
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute(
+            """
+            INSERT INTO embedding_models (name, dimensions) VALUES ('test-model', 768);
+            INSERT INTO embeddings (model_id, text_hash, embedding)
+            SELECT 1, sha256(g::text::bytea),
+                   (SELECT array_agg(random())::vector(768) FROM generate_series(1, 768)
+                    WHERE g > 0)  -- correlated: a new vector per row
+            FROM generate_series(1, 2000) g
+            """
+        )
+    finally:
+        await conn.close()
+    messages: list[str] = []
+
+    def heard(_conn: object, message: object) -> None:
+        messages.append(str(message))
+
+    async def listen(conn: asyncpg.pool.PoolConnectionProxy[asyncpg.Record]) -> None:
+        # On every acquire: a release resets the settings and drops the listener.
+        await conn.execute("SET client_min_messages = debug1")
+        conn.add_log_listener(heard)
+
+    async with database_pool(pg_url) as pool:
+        model = await a_model(pool)
+    pool = await asyncpg.create_pool(pg_url, min_size=1, max_size=2, setup=listen)
+    try:
+        async with vector_index.bulk_load(pool, model, enabled=True, build_after=lambda: True):
+            pass
+    finally:
+        await pool.close()
+    building = [m for m in messages if "building index" in m]
+    assert building and all("parallel workers" in m for m in building), messages
+    definition, aside = await index_state(pg_url)
+    assert definition is not None and aside == []

@@ -174,6 +174,10 @@ async def _build(conn: db.Conn, announce: Announce | None) -> bool:
                 await announce(vectors)
             memory = build_memory(vectors, dimensions)
             await conn.execute(f"SET LOCAL maintenance_work_mem = '{memory // 1024}kB'")
+            # PostgreSQL sizes a build's workers by the table's main heap, and the store's
+            # is small (vectors live in TOAST): ~5 MB for 75k vectors, under the 8 MB below
+            # which it builds in one process. In parallel, that graph builds in half the time.
+            await conn.execute("SET LOCAL min_parallel_table_scan_size = 0")
             log.info("building the vector index", index=row["name"], vectors=vectors)
             await _create(conn, idempotent(row["definition"]))
             await conn.execute("DELETE FROM deferred_indexes WHERE name = $1", row["name"])
