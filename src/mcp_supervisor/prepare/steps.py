@@ -89,7 +89,7 @@ async def _run(spec: RunSpec, mode: Mode) -> int:
         result.append(await _steps(spec, mode))
         tg.cancel_scope.cancel()
     if stopped_by:
-        return 128 + stopped_by[0]
+        return exitcodes.for_signal(stopped_by[0])
     return result[0]
 
 
