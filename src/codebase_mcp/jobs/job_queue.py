@@ -378,23 +378,26 @@ async def save_progress(conn: db.Conn, job: JobInfo, owner: str) -> bool:
         """,
         uuid.UUID(job.id),
         owner,
-        job.files_total,
-        job.files_done,
-        job.files_unchanged,
-        job.files_deleted,
-        job.chunks_total,
-        job.chunks_done,
-        _errors(job),
-        job.message,
-        json.dumps(dict(job.skipped)),
+        *_progress(job),
     )
     if requested is None:
         raise lease.LeaseLostError(f"job {job.id} is no longer run by {owner}")
     return bool(requested)
 
 
-def _errors(job: JobInfo) -> str:
-    return json.dumps([{"path": e.path, "error": e.error} for e in job.errors])
+def _progress(job: JobInfo) -> tuple[object, ...]:
+    """The job's counts, errors, message and skips, in the order both updates take them."""
+    return (
+        job.files_total,
+        job.files_done,
+        job.files_unchanged,
+        job.files_deleted,
+        job.chunks_total,
+        job.chunks_done,
+        json.dumps([{"path": e.path, "error": e.error} for e in job.errors]),
+        job.message,
+        json.dumps(dict(job.skipped)),
+    )
 
 
 async def finish(conn: db.Conn, job: JobInfo, owner: str) -> bool:
@@ -413,15 +416,7 @@ async def finish(conn: db.Conn, job: JobInfo, owner: str) -> bool:
             uuid.UUID(job.id),
             owner,
             job.state.value,
-            job.files_total,
-            job.files_done,
-            job.files_unchanged,
-            job.files_deleted,
-            job.chunks_total,
-            job.chunks_done,
-            _errors(job),
-            job.message,
-            json.dumps(dict(job.skipped)),
+            *_progress(job),
         )
         await lease.release(conn, lease_name(job.id), owner)
     return bool(status != "UPDATE 0")
