@@ -304,8 +304,9 @@ class Settings(BaseSettings):
         return self.index_workers or max(1, os.cpu_count() or 1)
 
 
-class _ExplicitSettings(Settings):
-    """Settings from the given values only: no process environment, no .env file."""
+class GivenValuesOnly:
+    """Put first among a settings class's bases: its values come from the arguments only
+    (no process environment, no .env file), for settings read from a given mapping."""
 
     @classmethod
     def settings_customise_sources(
@@ -317,6 +318,10 @@ class _ExplicitSettings(Settings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings,)
+
+
+class _ExplicitSettings(GivenValuesOnly, Settings):
+    """Settings from the given values only."""
 
 
 def choose_provider(

@@ -20,10 +20,10 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
-    PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
 
+from codebase_mcp.config import GivenValuesOnly
 from codebase_mcp.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -159,19 +159,8 @@ class HttpSecuritySettings(BaseSettings):
         return " or ".join(kinds) if kinds else "none"
 
 
-class _ExplicitHttpSecurity(HttpSecuritySettings):
-    """The settings from the given values only: no process environment."""
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings,)
+class _ExplicitHttpSecurity(GivenValuesOnly, HttpSecuritySettings):
+    """The settings from the given values only."""
 
 
 def default_http_security() -> HttpSecuritySettings:
