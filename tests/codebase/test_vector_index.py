@@ -124,6 +124,21 @@ async def a_model(pool: Pool, dimensions: int = 768) -> embeddings.Model:
     return model
 
 
+async def store_random_vectors(conn: asyncpg.Connection, count: int = 2000) -> None:
+    """The first model ('test-model', 768 dimensions) with `count` distinct vectors."""
+    await conn.execute("INSERT INTO embedding_models (name, dimensions) VALUES ('test-model', 768)")
+    await conn.execute(
+        """
+        INSERT INTO embeddings (model_id, text_hash, embedding)
+        SELECT 1, sha256(g::text::bytea),
+               (SELECT array_agg(random())::vector(768) FROM generate_series(1, 768)
+                WHERE g > 0)  -- correlated: a new vector per row
+        FROM generate_series(1, $1) g
+        """,
+        count,
+    )
+
+
 async def until_set_aside(url: str) -> None:
     with anyio.fail_after(30):
         while True:
@@ -336,16 +351,7 @@ async def test_a_build_without_enough_shared_memory_falls_back_to_one_process(
     try:
         # Parallel workers even for this small table (a large one gets them anyway).
         await conn.execute("ALTER DATABASE shm SET min_parallel_table_scan_size = 0")
-        await conn.execute(
-            """
-            INSERT INTO embedding_models (name, dimensions) VALUES ('test-model', 768);
-            INSERT INTO embeddings (model_id, text_hash, embedding)
-            SELECT 1, sha256(g::text::bytea),
-                   (SELECT array_agg(random())::vector(768) FROM generate_series(1, 768)
-                    WHERE g > 0)  -- correlated: a new vector per row
-            FROM generate_series(1, 2000) g
-            """
-        )
+        await store_random_vectors(conn)
     finally:
         await conn.close()
     async with database_pool(url) as pool:
@@ -374,16 +380,7 @@ async def test_a_small_stores_graph_is_built_in_parallel(pg_url: str) -> None:
     await migrate_async(pg_url)
     conn = await asyncpg.connect(pg_url)
     try:
-        await conn.execute(
-            """
-            INSERT INTO embedding_models (name, dimensions) VALUES ('test-model', 768);
-            INSERT INTO embeddings (model_id, text_hash, embedding)
-            SELECT 1, sha256(g::text::bytea),
-                   (SELECT array_agg(random())::vector(768) FROM generate_series(1, 768)
-                    WHERE g > 0)  -- correlated: a new vector per row
-            FROM generate_series(1, 2000) g
-            """
-        )
+        await store_random_vectors(conn)
     finally:
         await conn.close()
     messages: list[str] = []
