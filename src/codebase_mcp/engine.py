@@ -363,14 +363,7 @@ class Engine:
         while True:
             self._catchup_wanted.clear()
             try:
-                done = await catchup.catch_up(
-                    self.pool,
-                    self._embedder,
-                    self._model,
-                    self.owner,
-                    self.catchup_progress,
-                    lease_seconds=self.settings.job_lease_seconds,
-                )
+                done = await self._catch_up_pass(self._embedder, self._model)
             except Exception as exc:  # the database went away: try again later
                 self.catchup_progress.state = "waiting"
                 self.catchup_progress.last_error = f"{type(exc).__name__}: {exc}"
@@ -386,14 +379,18 @@ class Engine:
     async def catch_up_now(self) -> None:
         """Run a catch-up pass and wait for it (tests and benchmarks)."""
         if self._embedder is not None and self._model is not None:
-            await catchup.catch_up(
-                self.pool,
-                self._embedder,
-                self._model,
-                self.owner,
-                self.catchup_progress,
-                lease_seconds=self.settings.job_lease_seconds,
-            )
+            await self._catch_up_pass(self._embedder, self._model)
+
+    async def _catch_up_pass(self, embedder: Embedder, model: embeddings.Model) -> bool:
+        """One pass over the chunks without a vector of `model`; True when none is left."""
+        return await catchup.catch_up(
+            self.pool,
+            embedder,
+            model,
+            self.owner,
+            self.catchup_progress,
+            lease_seconds=self.settings.job_lease_seconds,
+        )
 
     async def _leftovers(self) -> None:
         """What a job cut short left: statistics deltas to fold in, a vector index set
