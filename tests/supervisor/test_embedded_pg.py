@@ -60,10 +60,14 @@ def postgres_processes(pgdata: str | Path) -> list[psutil.Process]:
 
 
 def keepers(data_dir: str | Path) -> list[psutil.Process]:
-    """The keeper processes of `data_dir`."""
+    """The keeper processes of `data_dir` that still run. A detached keeper that has
+    exited is re-parented to init, which reaps it when it gets to it: until then it is a
+    zombie, ended and holding nothing (its locks went with it)."""
     found = []
-    for p in psutil.process_iter(["cmdline"]):
+    for p in psutil.process_iter(["cmdline", "status"]):
         cmd = p.info.get("cmdline") or []
+        if p.info.get("status") == psutil.STATUS_ZOMBIE:
+            continue
         if "mcp_supervisor.pg.keeper" in cmd and str(data_dir) in cmd:
             found.append(p)
     return found
