@@ -220,7 +220,7 @@ async def scale_up(
                 file_no += 1
             async with conn.transaction():
                 await db.replace_files(conn, repo.id, files, chunk_rows, replacing=False)
-                await embeddings.store(conn, model, hashes, vectors)
+                await embeddings.store(conn, model, hashes, embeddings.encode(model, vectors))
                 added = await stats.share_of(conn, repo.id, [f.path for f in files])
                 await stats.record(conn, repo.id, added)
         await stats.compact(conn, repo.id)

@@ -615,8 +615,13 @@ class Engine:
         if self._embedder_down_until or self.catchup_progress.state == "waiting":
             self.catch_up()  # it answers again: the catch-up resumes
         self._embedder_down_until = 0.0
-        if await self._ensure_model() is None:  # the store refused the model
+        model = await self._ensure_model()
+        if model is None:  # the store refused the model
             return None, f"search by meaning is off ({self._model_error}): full-text search only"
+        if not embeddings.holdable(vector):  # the index could not compare it
+            error = str(embeddings.bad_values(model))
+            log.warning("query embedding unusable; lexical search", error=error)
+            return None, f"embedder unusable ({error}): full-text search only"
         return vector, None
 
     # --- repositories -------------------------------------------------------------------

@@ -221,10 +221,13 @@ async def test_two_writers_storing_the_same_text_keep_the_first_vector(
         first, second, third = (embeddings.text_hash(t) for t in ("one", "two", "three"))
         size = model.dimensions
         async with engine.pool.acquire() as conn, conn.transaction():
-            await embeddings.store(conn, model, [second], [[0.5] * size])
+            await embeddings.store(conn, model, [second], embeddings.encode(model, [[0.5] * size]))
         async with engine.pool.acquire() as conn, conn.transaction():
             await embeddings.store(
-                conn, model, [first, second, third], [[0.25] * size, [1.0] * size, [0.75] * size]
+                conn,
+                model,
+                [first, second, third],
+                embeddings.encode(model, [[0.25] * size, [1.0] * size, [0.75] * size]),
             )
             kept = await conn.fetch(
                 "SELECT text_hash, embedding FROM embeddings WHERE model_id = $1", model.id

@@ -263,6 +263,29 @@ async def test_an_embedder_outage_is_a_job_notice_and_no_model_is_claimed(
         assert infos[str(repo)].embedding_model == "nomic-embed-text"
 
 
+@pytest.mark.parametrize("bad", [1e6, float("nan")])
+async def test_an_embedder_returning_a_value_the_store_cannot_hold_is_a_job_notice(
+    pg_url: str, fake_ollama: FakeOllama, tmp_path: Path, bad: float
+) -> None:
+    """Vectors are kept in half precision: a value beyond +-65504, or NaN (which Python's
+    JSON reader accepts from a server), is the embedder's fault. The files are still
+    stored for full-text search, no file is blamed, and the message names the model."""
+    await migrate_async(pg_url)
+    repo = write_repo(tmp_path)
+    fake_ollama.embed_fn = lambda texts: [[0.5] * 767 + [bad] for _ in texts]
+    async with open_engine(settings_for(pg_url, fake_ollama, tmp_path)) as engine:
+        job = await index_and_wait(engine, repo)
+        assert job.state is JobState.COMPLETED
+        assert job.errors == ()
+        assert job.message is not None
+        assert "nomic-embed-text" in job.message and "65504" in job.message
+        (info,) = await engine.list_repositories()
+        assert info.chunks > 0 and info.chunks_embedded == 0
+        found = await engine.search("open a socket connection")  # the query's vector too
+        assert found.results[0].path == "app/net.py"
+        assert found.notice is not None and "65504" in found.notice
+
+
 async def test_force_while_a_job_runs_queues_a_forced_job_after_it(
     pg_url: str, fake_ollama: FakeOllama, tmp_path: Path
 ) -> None:

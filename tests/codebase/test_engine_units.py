@@ -34,7 +34,7 @@ from codebase_mcp.source.tokens import (
     term_dimension,
     tsquery_of,
 )
-from codebase_mcp.store import db
+from codebase_mcp.store import db, embeddings
 from mcp_supervisor.redact import mask_url
 from tests.support.fake_ollama import FakeOllama, hashed_bag_of_words
 
@@ -269,6 +269,32 @@ def test_how_a_run_ends() -> None:
 def test_vectors_round_trip_through_the_binary_codec() -> None:
     values = [0.5, -1.25, 3.0]
     assert db.decode_vector(db.encode_vector(values)) == values
+    assert db.decode_half(db.encode_half(values)) == values
+    assert db.decode_half(db.encode_half([0.1, 65504.0])) == [0.0999755859375, 65504.0]
+
+
+@pytest.mark.parametrize(
+    ("value", "holdable"),
+    [
+        (0.0, True),
+        (-65504.0, True),
+        (65519.0, True),  # rounds to 65504
+        (1e-9, True),  # underflows to zero: still a number
+        (65520.0, False),
+        (-1e6, False),
+        (float("inf"), False),
+        (float("nan"), False),
+    ],
+)
+def test_the_store_holds_finite_values_within_half_precision(value: float, holdable: bool) -> None:
+    model = embeddings.Model(1, "some-model", 3)
+    vector = [0.25, value, -0.5]
+    assert embeddings.holdable(vector) is holdable
+    if holdable:
+        assert len(embeddings.encode(model, [vector])) == 1
+    else:
+        with pytest.raises(embeddings.VectorValueError, match=r"some-model.*65504"):
+            embeddings.encode(model, [[0.5] * 3, vector])
 
 
 # --- settings -------------------------------------------------------------------------

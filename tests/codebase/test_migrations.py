@@ -25,7 +25,7 @@ from codebase_mcp.source.tokens import (
     term_counts,
     tsvector_positions,
 )
-from codebase_mcp.store import db, embeddings
+from codebase_mcp.store import db, embeddings, vector_index
 from tests.codebase.fixtures_engine import ALEMBIC_INI, downgrade, migrate
 from tests.support.pg import running_cluster, system_bin_dir
 
@@ -130,14 +130,16 @@ async def test_the_store_holds_models_of_any_size_each_with_its_own_index(pg_url
             with pytest.raises(embeddings.ModelSizeError, match="384"):
                 await embeddings.register(conn, "small-model", 768)
             key = embeddings.text_hash("def f(): pass")
-            await embeddings.store(conn, small, [key], [[0.1] * 384])
-            await embeddings.store(conn, large, [key], [[0.2] * 1024])
-            await embeddings.store(conn, small, [key], [[0.9] * 384])  # kept as it was
+            await embeddings.store(conn, small, [key], embeddings.encode(small, [[0.1] * 384]))
+            await embeddings.store(conn, large, [key], embeddings.encode(large, [[0.2] * 1024]))
+            await embeddings.store(
+                conn, small, [key], embeddings.encode(small, [[0.9] * 384])
+            )  # kept as it was
             assert await embeddings.known(conn, small, [key, b"x"]) == {key}
             value = await conn.fetchval(
                 "SELECT embedding FROM embeddings WHERE model_id = $1", small.id
             )
-            assert value[:2] == pytest.approx([0.1, 0.1])
+            assert value[:2] == pytest.approx([0.1, 0.1], rel=1e-3)  # half precision
     finally:
         await pool.close()
     indexes = (await schema(pg_url))["indexes"]
@@ -342,5 +344,89 @@ async def test_revision_0008_moves_vectors_into_the_store_keyed_as_the_indexer_k
         assert await conn.fetchval(
             "SELECT count(*) FROM chunks c JOIN embeddings e ON e.text_hash = c.embed_hash"
         ) == len(chunks)
+    finally:
+        await conn.close()
+
+
+@pytest.mark.anyio
+async def test_revision_0010_keeps_every_vector_in_half_precision_with_its_index(
+    pg_url: str,
+) -> None:
+    """Vectors stored at full precision (revision 0009) are kept in half precision; a
+    small model's HNSW index is built again at once, a large one's is left to the server
+    (deferred_indexes); downgrading brings full-precision columns back with the values."""
+    await anyio.to_thread.run_sync(migrate, pg_url, "0009")
+    small, large = embeddings.Model(1, "small", 3), embeddings.Model(2, "large", 2)
+    conn = await asyncpg.connect(pg_url)
+    try:
+        for model in (small, large):
+            await conn.execute(
+                "INSERT INTO embedding_models (id, name, dimensions) VALUES ($1, $2, $3)",
+                model.id,
+                model.name,
+                model.dimensions,
+            )
+        await conn.execute(
+            "INSERT INTO embeddings VALUES (1, 'a', '[0.1, -0.3333333, 1000.5]'), "
+            "(1, 'b', '[1, 0, 0]')"
+        )
+        # Past the migration's limit for building an index there and then.
+        await conn.execute(
+            "INSERT INTO embeddings SELECT 2, int4send(i), ARRAY[i % 7, 1]::real[]::vector "
+            "FROM generate_series(1, 20001) i"
+        )
+        for model in (small, large):
+            await conn.execute(model.index_definition())
+    finally:
+        await conn.close()
+
+    await anyio.to_thread.run_sync(migrate, pg_url)
+    conn = await asyncpg.connect(pg_url)
+    try:
+        assert (
+            await conn.fetchval(
+                "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                "WHERE attrelid = 'embeddings'::regclass AND attname = 'embedding'"
+            )
+            == "halfvec"
+        )
+        value = await conn.fetchval("SELECT embedding::text FROM embeddings WHERE text_hash = 'a'")
+        assert value == "[0.099975586,-0.33325195,1000.5]"
+        assert await conn.fetchval("SELECT count(*) FROM embeddings") == 20003
+        indexes = {r[0] for r in await conn.fetch("SELECT indexname FROM pg_indexes")}
+        assert small.index_name in indexes
+        assert large.index_name not in indexes
+        assert await conn.fetchval("SELECT count(*) FROM deferred_indexes") == 1
+    finally:
+        await conn.close()
+    # What the server does with it: the index is built as it was defined.
+    pool = await db.create_pool(load_settings(env={"REGISTRY_DATABASE_URL": pg_url}))
+    try:
+        assert await vector_index.build_deferred(pool)
+        async with pool.acquire() as conn:
+            built = await conn.fetchval(
+                "SELECT indexdef FROM pg_indexes WHERE indexname = $1", large.index_name
+            )
+            assert "hnsw (((embedding)::halfvec(2)) halfvec_cosine_ops)" in built
+            assert built.endswith("WHERE (model_id = 2)")
+    finally:
+        await pool.close()
+
+    await anyio.to_thread.run_sync(downgrade, pg_url, "0009")
+    conn = await asyncpg.connect(pg_url)
+    try:
+        value = await conn.fetchval("SELECT embedding::text FROM embeddings WHERE text_hash = 'a'")
+        assert value == "[0.099975586,-0.33325195,1000.5]"
+        assert (
+            await conn.fetchval(
+                "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                "WHERE attrelid = 'embeddings'::regclass AND attname = 'embedding'"
+            )
+            == "vector"
+        )
+        assert await conn.fetchval("SELECT name FROM deferred_indexes") == large.index_name
+        assert small.index_name in {
+            r[0] for r in await conn.fetch("SELECT indexname FROM pg_indexes")
+        }
     finally:
         await conn.close()

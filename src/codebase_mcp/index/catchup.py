@@ -78,7 +78,9 @@ async def catch_up(
                     bytes(r["embed_hash"]), embedding_text(r["path"], r["symbol"], r["text"])
                 )
             try:
-                vectors = await embedder.embed_documents(list(texts.values()))
+                vectors = embeddings.encode(
+                    model, await embedder.embed_documents(list(texts.values()))
+                )
             except EmbedderError as exc:
                 progress.state, progress.last_error = "waiting", str(exc)
                 log.warning("catching up embeddings: the embedder failed", error=str(exc))

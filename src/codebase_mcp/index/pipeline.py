@@ -264,7 +264,7 @@ class Counters:
 class _Embedded:
     files: list[PreparedFile]
     skipped: list[SkippedFile]
-    vectors: dict[bytes, list[float]]  # the texts newly embedded, by their hash
+    vectors: dict[bytes, bytes]  # the texts newly embedded (store-encoded), by their hash
 
 
 @dataclass
@@ -495,7 +495,7 @@ class IndexRun:
             tg.cancel_scope.cancel()
         return self.job.stop_requested
 
-    async def _embed(self, files: list[PreparedFile]) -> dict[bytes, list[float]]:
+    async def _embed(self, files: list[PreparedFile]) -> dict[bytes, bytes]:
         """Vectors for the batch's texts the store does not hold yet for this model (a
         text seen before, in this file or another, at this or another commit, is not
         embedded again); nothing when there is no embedder or it failed (the chunks are
@@ -515,7 +515,9 @@ class IndexRun:
         if not todo:
             return {}
         try:
-            vectors = await self.embedder.embed_documents([text for _, text in todo])
+            vectors = embeddings.encode(
+                self.model, await self.embedder.embed_documents([text for _, text in todo])
+            )
         except EmbedderError as exc:
             # Keep indexing for lexical search; a job-level notice: no file is at fault.
             self.embedder_error = str(exc)

@@ -52,7 +52,7 @@ VECTOR_SETTINGS = (
 _VECTOR_TOP = """
     WITH top AS MATERIALIZED (
         SELECT c.id, c.repository_id, c.path, c.start_line, c.end_line, c.language,
-               c.symbol, c.kind, c.text, 1 - (e.embedding <=> $1) AS score
+               c.symbol, c.kind, c.text, 1 - (e.embedding::vector <=> $1::vector) AS score
         FROM embeddings e JOIN chunks c ON c.embed_hash = e.text_hash
         WHERE e.model_id = {model}{where}
         ORDER BY {order} LIMIT $2
@@ -71,10 +71,10 @@ class Hit:
 
 def vector_sql(model: Model, filters: Filters) -> tuple[str, list[Any]]:
     """The vector top-k query ($1 the vector, $2 k) and its filter parameters. It orders
-    by the expression the model's HNSW index is built on (half precision: half the memory
-    and faster distances); the score is the exact cosine similarity. The model's id is
-    written into the text, not passed: a generic plan could not prove the partial index's
-    `WHERE model_id = N` and would scan every vector."""
+    by the expression the model's HNSW index is built on; the score is the cosine
+    similarity of the stored (half-precision) vector to the full-precision query. The
+    model's id is written into the text, not passed: a generic plan could not prove the
+    partial index's `WHERE model_id = N` and would scan every vector."""
     where, params = filters.sql(3)
     half = model.half()
     sql = _VECTOR_TOP.format(
@@ -107,7 +107,7 @@ async def vector_scores(
     if not ids:
         return {}
     rows = await conn.fetch(
-        "SELECT c.id, 1 - (e.embedding <=> $1) AS score FROM chunks c "
+        "SELECT c.id, 1 - (e.embedding::vector <=> $1::vector) AS score FROM chunks c "
         "JOIN embeddings e ON e.model_id = $3 AND e.text_hash = c.embed_hash "
         "WHERE c.id = ANY($2::bigint[])",
         vector,

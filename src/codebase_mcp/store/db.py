@@ -1,7 +1,7 @@
 """Storage: the asyncpg pool and every query the indexer and the engine run.
 
-pgvector values travel in pgvector's binary format through a codec registered on each
-connection, so COPY (`copy_records_to_table`) can bulk-load chunks with their embeddings.
+pgvector values travel in pgvector's binary format through codecs registered on each
+connection, so COPY (`copy_records_to_table`) can bulk-load chunks and embeddings.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ else:  # asyncpg's classes are generic only in the stubs
     Pool = asyncpg.Pool
 
 # The alembic head this code expects (a test checks it against migrations/).
-SCHEMA_HEAD = "0009"
+SCHEMA_HEAD = "0010"
 
 _HEADER = struct.Struct(">HH")
 _BIG_ENDIAN = sys.byteorder == "big"
@@ -56,6 +56,21 @@ def decode_vector(data: bytes) -> list[float]:
     if not _BIG_ENDIAN:
         values.byteswap()
     return values.tolist()
+
+
+def encode_half(vector: Sequence[float] | bytes) -> bytes:
+    """pgvector's halfvec send format: dims (int16), unused (int16), IEEE half-precision
+    big-endian. Raises OverflowError for a value beyond +-65504 (NaN and infinity pack,
+    and PostgreSQL refuses them). Bytes pass as they are (already encoded)."""
+    if isinstance(vector, bytes):
+        return vector
+    n = len(vector)
+    return struct.pack(f">HH{n}e", n, 0, *vector)
+
+
+def decode_half(data: bytes) -> list[float]:
+    dims, _ = _HEADER.unpack_from(data)
+    return list(struct.unpack_from(f">{dims}e", data, 4))
 
 
 def _passthrough(data: bytes) -> bytes:
@@ -82,6 +97,13 @@ async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
             schema=schema,
             encoder=encode_vector,
             decoder=decode_vector,
+            format="binary",
+        )
+        await conn.set_type_codec(
+            "halfvec",
+            schema=schema,
+            encoder=encode_half,
+            decoder=decode_half,
             format="binary",
         )
         await conn.set_type_codec(
