@@ -327,3 +327,38 @@ async def test_deltas_count_at_once_and_a_crashed_jobs_are_folded_in_at_start(
                         break
                 await anyio.sleep(0.05)
     await statistics_match_a_recount(pg_url)
+
+
+async def test_a_first_fold_meeting_words_already_counted_adds_to_them(pg_url: str) -> None:
+    """A repository that counts no chunk has its words inserted without a look for each;
+    should one be counted after all, the fold still adds to it rather than failing."""
+    from codebase_mcp.store import stats
+
+    await migrate_async(pg_url)
+    conn = await asyncpg.connect(pg_url)
+    try:
+        repository_id = await conn.fetchval(
+            "INSERT INTO repositories (path) VALUES ('/r') RETURNING id"
+        )
+        fresh = stats.share({"alpha": 2, "beta": 1}, chunks=2, body_length=10)
+        async with conn.transaction():
+            await stats.record(conn, repository_id, fresh)
+        await stats.compact(conn, repository_id)  # the fast way
+        assert dict(await conn.fetch("SELECT lexeme, df FROM lexeme_stats")) == {
+            "alpha": 2,
+            "beta": 1,
+        }
+        # Counted words, yet no chunks counted: the fast way meets "alpha" and backs off.
+        await conn.execute("UPDATE repositories SET chunk_count = 0")
+        async with conn.transaction():
+            await stats.record(conn, repository_id, stats.share({"alpha": 1, "gamma": 1}, 1, 5))
+        await stats.compact(conn, repository_id)
+        assert dict(await conn.fetch("SELECT lexeme, df FROM lexeme_stats")) == {
+            "alpha": 3,
+            "beta": 1,
+            "gamma": 1,
+        }
+        assert await conn.fetchval("SELECT count(*) FROM lexeme_deltas") == 0
+        assert await conn.fetchval("SELECT chunk_count FROM repositories") == 1
+    finally:
+        await conn.close()

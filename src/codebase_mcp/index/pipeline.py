@@ -83,26 +83,34 @@ class PreparedFile:
     size: int
     # db.ChunkRecord: ..., text, tsv, term_freqs, body_length, embed_hash
     chunks: list[tuple[int, int, int, str, str | None, str | None, str, bytes, bytes, int, bytes]]
-    # word -> how many of the chunks hold it (the file's share of document frequencies)
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedBatch:
+    results: list[PreparedFile | SkippedFile]
+    # word -> how many of the batch's chunks hold it (its share of document frequencies),
+    # counted here so that the job's process does not merge a count per file
     words: dict[str, int]
 
 
-def prepare_file(source: SourceFile, max_bytes: int) -> PreparedFile | SkippedFile:
-    """Read, decode, chunk one file and compute each chunk's search text."""
+def prepare_file(
+    source: SourceFile, max_bytes: int
+) -> tuple[PreparedFile | SkippedFile, list[str]]:
+    """Read, decode, chunk one file and compute each chunk's search text; with the
+    distinct words of each of its chunks, one after another."""
     try:
         loaded = source.load(max_bytes)
         if isinstance(loaded, SkipReason):
             error = "unreadable" if loaded is SkipReason.UNREADABLE else None
-            return SkippedFile(source.rel_path, loaded, error)
+            return SkippedFile(source.rel_path, loaded, error), []
         chunks = chunk_source(loaded.text, loaded.language, ChunkOptions())
         rows = []
-        words: dict[str, int] = {}
+        words: list[str] = []
         for i, c in enumerate(chunks):
             tsv, term_freqs, body_length, lexemes = chunk_vectors(
                 ((c.symbol or "", WEIGHT_A), (source.rel_path, WEIGHT_B), (c.text, WEIGHT_D))
             )
-            for lexeme in lexemes:
-                words[lexeme] = words.get(lexeme, 0) + 1
+            words.extend(lexemes)
             text = c.text.replace("\x00", "")
             rows.append(
                 (
@@ -120,16 +128,22 @@ def prepare_file(source: SourceFile, max_bytes: int) -> PreparedFile | SkippedFi
                 )
             )
     except Exception as exc:  # one bad file must not stop the job
-        return SkippedFile(source.rel_path, SkipReason.FAILED, f"{type(exc).__name__}: {exc}")
-    return PreparedFile(
-        source.rel_path, loaded.language, loaded.content_hash, len(loaded.data), rows, words
+        failed = SkippedFile(source.rel_path, SkipReason.FAILED, f"{type(exc).__name__}: {exc}")
+        return failed, []
+    prepared = PreparedFile(
+        source.rel_path, loaded.language, loaded.content_hash, len(loaded.data), rows
     )
+    return prepared, words
 
 
-def prepare_batch(
-    sources: Sequence[SourceFile], max_bytes: int
-) -> list[PreparedFile | SkippedFile]:
-    return [prepare_file(s, max_bytes) for s in sources]
+def prepare_batch(sources: Sequence[SourceFile], max_bytes: int) -> PreparedBatch:
+    results: list[PreparedFile | SkippedFile] = []
+    words: Counter[str] = Counter()
+    for source in sources:
+        result, found = prepare_file(source, max_bytes)
+        results.append(result)
+        words.update(found)  # counted in C
+    return PreparedBatch(results, words)
 
 
 def hash_file(source: SourceFile) -> str | None:
@@ -265,6 +279,7 @@ class _Embedded:
     files: list[PreparedFile]
     skipped: list[SkippedFile]
     vectors: dict[bytes, bytes]  # the texts newly embedded (store-encoded), by their hash
+    words: dict[str, int]  # PreparedBatch.words
 
 
 @dataclass
@@ -431,14 +446,12 @@ class IndexRun:
         ]
         if not batches:
             return False
-        to_embed_send, to_embed_recv = anyio.create_memory_object_stream[
-            list[PreparedFile | SkippedFile]
-        ](1)
+        to_embed_send, to_embed_recv = anyio.create_memory_object_stream[PreparedBatch](1)
         to_write_send, to_write_recv = anyio.create_memory_object_stream[_Embedded](1)
 
         async def chunk_stage() -> None:
             async with to_embed_send:
-                pending: list[Future[list[PreparedFile | SkippedFile]]] = []
+                pending: list[Future[PreparedBatch]] = []
                 submitted = 0
                 try:
                     while submitted < len(batches) or pending:
@@ -462,15 +475,15 @@ class IndexRun:
 
         async def embed_stage() -> None:
             async with to_embed_recv, to_write_send:
-                async for results in to_embed_recv:
-                    files = [r for r in results if isinstance(r, PreparedFile)]
-                    skipped = [r for r in results if isinstance(r, SkippedFile)]
+                async for prepared in to_embed_recv:
+                    files = [r for r in prepared.results if isinstance(r, PreparedFile)]
+                    skipped = [r for r in prepared.results if isinstance(r, SkippedFile)]
                     self.counters.chunks_total += sum(len(f.chunks) for f in files)
                     vectors = await self._embed(files)
                     if self.job.stop_requested:
                         return
                     try:
-                        await to_write_send.send(_Embedded(files, skipped, vectors))
+                        await to_write_send.send(_Embedded(files, skipped, vectors, prepared.words))
                     except anyio.BrokenResourceError:  # the writers stopped first
                         return
 
@@ -547,12 +560,8 @@ class IndexRun:
         chunk_rows = [f.chunks for f in batch.files]
         gone = [s.path for s in batch.skipped if s.path in stored]
         if rows or gone:
-            words: dict[str, int] = {}
-            for f in batch.files:
-                for word, n in f.words.items():
-                    words[word] = words.get(word, 0) + n
             added = stats.share(
-                words,
+                batch.words,
                 sum(len(f.chunks) for f in batch.files),
                 sum(ch[9] for f in batch.files for ch in f.chunks),
             )
