@@ -17,9 +17,9 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python3 -m venv /opt/venv
 WORKDIR /src
 
-# A C compiler for the project's one compiled module (codebase_mcp._tsvector, the indexer's
-# full-text vectors; see setup.py), in the build stages only: the runtime stage copies the
-# venv alone. python:*-slim images carry the Python headers; a Debian base's own python3
+# A C compiler for the project's compiled modules (codebase_mcp._tsvector, the indexer's
+# full-text vectors, and _halfvec, its vectors' storage format; see setup.py), in the
+# build stages only: the runtime stage copies the venv alone. python:*-slim images carry the Python headers; a Debian base's own python3
 # needs python3-dev. Versions follow the base image's Debian release, hence no pin.
 # hadolint ignore=DL3008
 RUN headers="$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"; \
@@ -90,7 +90,7 @@ COPY src ./src
 RUN --mount=type=secret,id=ca_bundle \
     if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi; \
     pip install --no-compile --no-deps . ; \
-    python3 -c 'import codebase_mcp._tsvector' ; \
+    python3 -c 'import codebase_mcp._tsvector, codebase_mcp._halfvec' ; \
     pip uninstall --yes pip setuptools wheel 2>/dev/null || true; \
     python3 /usr/local/lib/cbmcp-build/build_helper.py prune-grammars /opt/venv \
         --keep "$TREE_SITTER_GRAMMARS"; \

@@ -7,7 +7,7 @@ only: nothing else is installed yet).
         local model verified and loaded once; again: only the checks, in seconds.
         The options are `mcp-supervisor migrate`'s (e.g. --data-dir DIR).
     scripts/run [...]                          when .venv is missing or older than
-        pyproject.toml, setup.py or _tsvector.c: the .venv part, then the server starts
+        pyproject.toml, setup.py or a .c file: the .venv part, then the server starts
         (its supervisor makes the database itself)
 
 Why a set-up of its own: installing takes ~40 s with pip on two cores, more than an MCP
@@ -43,7 +43,12 @@ from pathlib import Path
 MIN_PYTHON = (3, 11)
 # What .venv is built from: when one is newer than the marker, .venv is set up again.
 # scripts/run's fast path tests the same files (`-nt`).
-INPUTS = ("pyproject.toml", "setup.py", "src/codebase_mcp/_tsvector.c")
+INPUTS = (
+    "pyproject.toml",
+    "setup.py",
+    "src/codebase_mcp/_tsvector.c",
+    "src/codebase_mcp/_halfvec.c",
+)
 EXTRA = "local-embed"
 MARKER = ".codebase-mcp-setup"
 LOCK_WAIT = 900.0  # another set-up's install, on a slow network

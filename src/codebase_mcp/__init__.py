@@ -10,9 +10,9 @@
     store/            PostgreSQL: queries, BM25 statistics, leases, embeddings store, HNSW index
     embed/            the embedders: HTTP clients (Ollama, OpenAI-compatible), the local model
     source/           a repository's files, their chunks and words; no database, no network
-    config, errors, models, paths, logs, _tsvector
+    config, errors, models, paths, logs, _tsvector, _halfvec
                       plain modules: settings, errors, result types, the text form of
-                      paths, logging, the compiled tsvector builder
+                      paths, logging, the compiled tsvector builder and halfvec encoder
 
 Imports go down only: cli -> serve -> engine -> index | search | jobs -> store | embed ->
 source -> the plain modules. Parts on one line do not import each other (the engine hands

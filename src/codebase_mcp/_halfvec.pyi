@@ -1,0 +1,3 @@
+from collections.abc import Sequence
+
+def encode(values: Sequence[float], /) -> bytes | None: ...
