@@ -348,6 +348,15 @@ async def test_revision_0008_moves_vectors_into_the_store_keyed_as_the_indexer_k
         await conn.close()
 
 
+async def embedding_type(conn: asyncpg.Connection) -> str:
+    return str(
+        await conn.fetchval(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = 'embeddings'::regclass AND attname = 'embedding'"
+        )
+    )
+
+
 @pytest.mark.anyio
 async def test_revision_0010_keeps_every_vector_in_half_precision_with_its_index(
     pg_url: str,
@@ -383,13 +392,7 @@ async def test_revision_0010_keeps_every_vector_in_half_precision_with_its_index
     await anyio.to_thread.run_sync(migrate, pg_url)
     conn = await asyncpg.connect(pg_url)
     try:
-        assert (
-            await conn.fetchval(
-                "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
-                "WHERE attrelid = 'embeddings'::regclass AND attname = 'embedding'"
-            )
-            == "halfvec"
-        )
+        assert await embedding_type(conn) == "halfvec"
         value = await conn.fetchval("SELECT embedding::text FROM embeddings WHERE text_hash = 'a'")
         assert value == "[0.099975586,-0.33325195,1000.5]"
         assert await conn.fetchval("SELECT count(*) FROM embeddings") == 20003
@@ -417,13 +420,7 @@ async def test_revision_0010_keeps_every_vector_in_half_precision_with_its_index
     try:
         value = await conn.fetchval("SELECT embedding::text FROM embeddings WHERE text_hash = 'a'")
         assert value == "[0.099975586,-0.33325195,1000.5]"
-        assert (
-            await conn.fetchval(
-                "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
-                "WHERE attrelid = 'embeddings'::regclass AND attname = 'embedding'"
-            )
-            == "vector"
-        )
+        assert await embedding_type(conn) == "vector"
         assert await conn.fetchval("SELECT name FROM deferred_indexes") == large.index_name
         assert small.index_name in {
             r[0] for r in await conn.fetch("SELECT indexname FROM pg_indexes")
