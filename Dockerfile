@@ -19,8 +19,9 @@ WORKDIR /src
 
 # A C compiler for the project's compiled modules (codebase_mcp._tsvector, the indexer's
 # full-text vectors, and _halfvec, its vectors' storage format; see setup.py), in the
-# build stages only: the runtime stage copies the venv alone. python:*-slim images carry the Python headers; a Debian base's own python3
-# needs python3-dev. Versions follow the base image's Debian release, hence no pin.
+# build stages only: the runtime stage copies the venv alone. python:*-slim images carry
+# the Python headers; a Debian base's own python3 needs python3-dev. Versions follow the
+# base image's Debian release, hence no pin.
 # hadolint ignore=DL3008
 RUN headers="$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"; \
     dev=""; [ -e "$headers/Python.h" ] || dev="python3-dev"; \
